@@ -1,0 +1,55 @@
+"""The registry of audit event types: every name billwatch may write, with its meaning.
+
+A name is registered once; writing an unregistered name is a programming error caught by tests.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class AuditEvent(StrEnum):
+    # user-initiated billing operations
+    CHECKOUT_CREATED = "billing.checkout.created"
+    SUBSCRIPTION_VIEWED = "billing.account.viewed"
+    SUBSCRIPTION_CANCELLED = "billing.subscription.cancelled"
+    PORTAL_ACCESSED = "billing.portal.accessed"
+    REFUND_ISSUED = "billing.refund.issued"
+    FREE_SUBSCRIPTION_GRANTED = "billing.free_subscription.granted"
+    OVERRIDE_CREATED = "billing.override.created"
+    OVERRIDE_REVOKED = "billing.override.revoked"
+    MANAGER_ASSIGNED = "billing.manager.assigned"
+    MANAGER_REMOVED = "billing.manager.removed"
+    MANAGERS_VIEWED = "billing.manager.viewed"
+    PROXY_CHECKOUT_CREATED = "billing.proxy.checkout.created"
+    PROXY_SUBSCRIPTION_CANCELLED = "billing.proxy.subscription.cancelled"
+    PROXY_ACCOUNT_VIEWED = "billing.proxy.account.viewed"
+    # Stripe-initiated (webhooks)
+    WEBHOOK_RECEIVED = "billing.webhook.received"
+    WEBHOOK_FAILED = "billing.webhook.failed"
+    SUBSCRIPTION_CREATED = "billing.subscription.created"
+    SUBSCRIPTION_UPDATED = "billing.subscription.updated"
+    PAYMENT_SUCCEEDED = "billing.payment.succeeded"
+    PAYMENT_FAILED = "billing.payment.failed"
+    REFUND_RECORDED = "billing.refund.recorded"
+    CHECKOUT_COMPLETED = "billing.checkout.completed"
+    # the audit trail and admin reads
+    AUDIT_READ = "audit.read"
+    AUDIT_ACCESS_DENIED = "audit.access_denied"
+
+
+PROXY_VARIANTS: dict[AuditEvent, AuditEvent] = {
+    AuditEvent.CHECKOUT_CREATED: AuditEvent.PROXY_CHECKOUT_CREATED,
+    AuditEvent.SUBSCRIPTION_CANCELLED: AuditEvent.PROXY_SUBSCRIPTION_CANCELLED,
+    AuditEvent.SUBSCRIPTION_VIEWED: AuditEvent.PROXY_ACCOUNT_VIEWED,
+}
+"""A proxy acting for a patient writes the proxy variant, so its actions are one filter away."""
+
+
+def for_actor(event: AuditEvent, *, via_assignment: bool) -> AuditEvent:
+    return PROXY_VARIANTS.get(event, event) if via_assignment else event

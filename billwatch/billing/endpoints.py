@@ -1,0 +1,159 @@
+"""Billing routes for owners, their proxies and admins: parse, authorize, call one service."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import Request, status
+
+from billwatch.accounts.actor import Actor, OwnerRef
+from billwatch.accounts.models import OwnerType
+from billwatch.audit.events import AuditEvent
+from billwatch.audit.recorder import Resource
+from billwatch.billing import checkout, overrides, refunds, subscriptions
+from billwatch.billing.schemas import (
+    AccountOut,
+    CancelRequest,
+    CheckoutOut,
+    CheckoutRequest,
+    FreeGrantRequest,
+    OverrideOut,
+    OverrideRequest,
+    PortalOut,
+    PortalRequest,
+    RefundRequest,
+    RevokeRequest,
+    SubscriptionOut,
+    TransactionOut,
+)
+from billwatch.http import (
+    AdminActor,
+    AuditedRouter,
+    CurrentActor,
+    GatewayDep,
+    SessionDep,
+    SettingsDep,
+    audited,
+)
+from billwatch.managers.service import Purpose, authorize_owner
+
+router = AuditedRouter(prefix="/billing", tags=["billing"])
+admin_router = AuditedRouter(prefix="/admin", tags=["admin"])
+
+
+async def owner_access(request: Request, session: SessionDep, actor: Actor, owner: OwnerRef,
+                       purpose: Purpose) -> Actor:
+    """Authorize ``actor`` for ``owner``; the owner is remembered for a failure audit row."""
+    request.state.audit_owner = owner
+    allowed = await authorize_owner(session, actor, owner, purpose=purpose)
+    request.state.actor = allowed
+    return allowed
+
+
+@router.post("/checkout", status_code=status.HTTP_201_CREATED, response_model=CheckoutOut,
+             openapi_extra=audited(AuditEvent.CHECKOUT_CREATED))
+async def create_checkout(body: CheckoutRequest, request: Request, session: SessionDep,
+                          actor: CurrentActor, gateway: GatewayDep,
+                          settings: SettingsDep) -> CheckoutOut:
+    """Start a Stripe Checkout for an owner (as the owner, its proxy, or an admin)."""
+    owner = OwnerRef(body.owner_type, body.owner_id)
+    actor = await owner_access(request, session, actor, owner, Purpose.CHECKOUT)
+    created = await checkout.create_checkout(
+        session, gateway, settings, actor=actor, owner=owner, plan_code=body.plan_code,
+        success_url=str(body.success_url) if body.success_url else None,
+        cancel_url=str(body.cancel_url) if body.cancel_url else None)
+    return CheckoutOut.model_validate(created)
+
+
+@router.get("/owners/{owner_type}/{owner_id}", response_model=AccountOut,
+            openapi_extra=audited(AuditEvent.SUBSCRIPTION_VIEWED))
+async def read_account(owner_type: OwnerType, owner_id: uuid.UUID, request: Request,
+                       session: SessionDep, actor: CurrentActor) -> AccountOut:
+    """An owner's subscriptions, latest transactions and billing overrides."""
+    owner = OwnerRef(owner_type, owner_id)
+    actor = await owner_access(request, session, actor, owner, Purpose.READ)
+    account = await subscriptions.read_account(session, actor=actor, owner=owner)
+    return AccountOut(
+        owner_type=owner.type, owner_id=owner.id,
+        subscriptions=[SubscriptionOut.model_validate(s) for s in account.subscriptions],
+        transactions=[TransactionOut.model_validate(t) for t in account.transactions],
+        overrides=[OverrideOut.model_validate(o) for o in account.overrides])
+
+
+@router.post("/subscriptions/{subscription_id}/cancel", response_model=SubscriptionOut,
+             openapi_extra=audited(AuditEvent.SUBSCRIPTION_CANCELLED))
+async def cancel_subscription(subscription_id: uuid.UUID, body: CancelRequest, request: Request,
+                              session: SessionDep, actor: CurrentActor,
+                              gateway: GatewayDep) -> SubscriptionOut:
+    """Cancel at period end (default) or immediately."""
+    request.state.audit_resource = Resource("subscription", subscription_id)
+    subscription = await subscriptions.get_subscription(session, subscription_id)
+    owner = OwnerRef(subscription.owner_type, subscription.owner_id)
+    actor = await owner_access(request, session, actor, owner, Purpose.CANCEL)
+    cancelled = await subscriptions.cancel_subscription(
+        session, gateway, actor=actor, subscription=subscription,
+        at_period_end=body.at_period_end, reason=body.reason)
+    return SubscriptionOut.model_validate(cancelled)
+
+
+@router.post("/portal", response_model=PortalOut,
+             openapi_extra=audited(AuditEvent.PORTAL_ACCESSED))
+async def open_portal(body: PortalRequest, request: Request, session: SessionDep,
+                      actor: CurrentActor, gateway: GatewayDep, settings: SettingsDep) -> PortalOut:
+    """A Stripe customer-portal link for the owner (not for proxies)."""
+    owner = OwnerRef(body.owner_type, body.owner_id)
+    actor = await owner_access(request, session, actor, owner, Purpose.PORTAL)
+    info = await checkout.open_portal(session, gateway, settings, actor=actor, owner=owner,
+                                      return_url=str(body.return_url) if body.return_url else None)
+    return PortalOut(id=info.id, url=info.url)
+
+
+@admin_router.post("/transactions/{transaction_id}/refund", status_code=status.HTTP_201_CREATED,
+                   response_model=TransactionOut, openapi_extra=audited(AuditEvent.REFUND_ISSUED))
+async def refund_transaction(transaction_id: uuid.UUID, body: RefundRequest, request: Request,
+                             session: SessionDep, actor: AdminActor,
+                             gateway: GatewayDep) -> TransactionOut:
+    """Refund all (no amount) or part of a payment."""
+    request.state.audit_resource = Resource("transaction", transaction_id)
+    refund = await refunds.issue_refund(session, gateway, actor=actor,
+                                        transaction_id=transaction_id,
+                                        amount_cents=body.amount_cents, reason=body.reason,
+                                        note=body.note)
+    return TransactionOut.model_validate(refund)
+
+
+@admin_router.post("/free-grants", status_code=status.HTTP_201_CREATED, response_model=OverrideOut,
+                   openapi_extra=audited(AuditEvent.FREE_SUBSCRIPTION_GRANTED))
+async def grant_free(body: FreeGrantRequest, request: Request, session: SessionDep,
+                     actor: AdminActor, settings: SettingsDep) -> OverrideOut:
+    """Grant a free subscription for N months, or with no end."""
+    owner = OwnerRef(body.owner_type, body.owner_id)
+    request.state.audit_owner = owner
+    override = await overrides.grant_free_subscription(
+        session, settings, actor=actor, owner=owner, plan_code=body.plan_code,
+        months=body.months, reason=body.reason)
+    return OverrideOut.model_validate(override)
+
+
+@admin_router.post("/overrides", status_code=status.HTTP_201_CREATED, response_model=OverrideOut,
+                   openapi_extra=audited(AuditEvent.OVERRIDE_CREATED))
+async def create_override(body: OverrideRequest, request: Request, session: SessionDep,
+                          actor: AdminActor) -> OverrideOut:
+    """Create a discount or payment exemption."""
+    owner = OwnerRef(body.owner_type, body.owner_id)
+    request.state.audit_owner = owner
+    override = await overrides.create_override(
+        session, actor=actor, owner=owner, kind=body.kind, reason=body.reason,
+        percent_off=body.percent_off, plan_code=body.plan_code, ends_at=body.ends_at)
+    return OverrideOut.model_validate(override)
+
+
+@admin_router.post("/overrides/{override_id}/revoke", response_model=OverrideOut,
+                   openapi_extra=audited(AuditEvent.OVERRIDE_REVOKED))
+async def revoke_override(override_id: uuid.UUID, body: RevokeRequest, request: Request,
+                          session: SessionDep, actor: AdminActor) -> OverrideOut:
+    """Revoke an override now."""
+    request.state.audit_resource = Resource("billing_override", override_id)
+    override = await overrides.revoke_override(session, actor=actor, override_id=override_id,
+                                               reason=body.reason)
+    return OverrideOut.model_validate(override)

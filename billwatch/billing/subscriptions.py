@@ -1,0 +1,108 @@
+"""Reading an owner's billing and cancelling subscriptions."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billwatch.accounts.actor import Actor, OwnerRef
+from billwatch.accounts.models import Role
+from billwatch.audit import recorder
+from billwatch.audit.events import AuditEvent, for_actor
+from billwatch.audit.recorder import Resource, StripeRefs
+from billwatch.billing.models import (
+    BillingOverride,
+    Subscription,
+    SubscriptionSource,
+    SubscriptionStatus,
+    Transaction,
+)
+from billwatch.db import after_commit, utcnow
+from billwatch.errors import Conflict, NotFound
+from billwatch.metrics import billing as billing_metrics
+from billwatch.payments.gateway import PaymentsGateway
+
+LIVE_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING,
+                 SubscriptionStatus.PAST_DUE, SubscriptionStatus.INCOMPLETE,
+                 SubscriptionStatus.UNPAID, SubscriptionStatus.PAUSED)
+"""Statuses in which an owner still has a subscription (and may not start another)."""
+
+TRANSACTIONS_SHOWN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class BillingAccount:
+    owner: OwnerRef
+    subscriptions: list[Subscription]
+    transactions: list[Transaction]
+    overrides: list[BillingOverride]
+
+
+async def get_subscription(session: AsyncSession, subscription_id: uuid.UUID) -> Subscription:
+    subscription = await session.get(Subscription, subscription_id)
+    if subscription is None:
+        raise NotFound(f"subscription {subscription_id} not found", code="subscription_not_found")
+    return subscription
+
+
+async def read_account(session: AsyncSession, *, actor: Actor, owner: OwnerRef) -> BillingAccount:
+    """The owner's subscriptions, latest transactions and overrides; the read is audited."""
+    subs = await session.scalars(select(Subscription).where(
+        Subscription.owner_type == owner.type, Subscription.owner_id == owner.id)
+        .order_by(Subscription.created_at.desc()))
+    txs = await session.scalars(select(Transaction).where(
+        Transaction.owner_type == owner.type, Transaction.owner_id == owner.id)
+        .order_by(Transaction.created_at.desc()).limit(TRANSACTIONS_SHOWN))
+    overrides = await session.scalars(select(BillingOverride).where(
+        BillingOverride.owner_type == owner.type, BillingOverride.owner_id == owner.id)
+        .order_by(BillingOverride.created_at.desc()))
+    by_proxy = actor.via_assignment_id is not None
+    recorder.record(session, for_actor(AuditEvent.SUBSCRIPTION_VIEWED, via_assignment=by_proxy),
+                    actor=actor, owner=owner, resource=Resource(owner.type.value, owner.id))
+    if by_proxy:
+        after_commit(session, billing_metrics.proxy_viewed)
+    return BillingAccount(owner, list(subs), list(txs), list(overrides))
+
+
+def cancelled_by(actor: Actor) -> str:
+    if actor.via_assignment_id is not None:
+        return "proxy"
+    return "admin" if actor.role is Role.ADMIN else "owner"
+
+
+async def cancel_subscription(session: AsyncSession, gateway: PaymentsGateway, *, actor: Actor,
+                              subscription: Subscription, at_period_end: bool,
+                              reason: str | None = None) -> Subscription:
+    """Cancel now or at the end of the paid period; Stripe first, then our row."""
+    if subscription.status is SubscriptionStatus.CANCELED:
+        raise Conflict("subscription is already cancelled", code="already_cancelled")
+    if at_period_end and subscription.cancel_at_period_end:
+        raise Conflict("subscription already ends at period end", code="already_cancelling")
+    owner = OwnerRef(subscription.owner_type, subscription.owner_id)
+    mode = "period_end" if at_period_end else "immediately"
+    key = f"cancel:{subscription.id}:{mode}"
+    now = utcnow()
+    if subscription.source is SubscriptionSource.STRIPE and subscription.stripe_subscription_id:
+        await gateway.cancel_subscription(subscription.stripe_subscription_id,
+                                          at_period_end=at_period_end, idempotency_key=key)
+    if at_period_end and subscription.source is SubscriptionSource.STRIPE:
+        subscription.cancel_at_period_end = True
+    else:
+        subscription.status = SubscriptionStatus.CANCELED
+        subscription.canceled_at = now
+        subscription.ended_at = now
+    by_proxy = actor.via_assignment_id is not None
+    recorder.record(
+        session, for_actor(AuditEvent.SUBSCRIPTION_CANCELLED, via_assignment=by_proxy),
+        actor=actor, owner=owner, resource=Resource("subscription", subscription.id),
+        stripe=StripeRefs(customer_id=subscription.stripe_customer_id,
+                          subscription_id=subscription.stripe_subscription_id),
+        idempotency_key=key if subscription.stripe_subscription_id else None,
+        data={"mode": mode, "plan": subscription.plan_code, "reason": reason,
+              "source": subscription.source.value})
+    who = cancelled_by(actor)
+    after_commit(session, lambda: billing_metrics.subscription_cancelled(owner.type.value, who))
+    return subscription

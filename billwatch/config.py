@@ -1,0 +1,121 @@
+"""Settings: the one place configuration enters billwatch.
+
+Every field is read from the environment with the ``BILLWATCH_`` prefix (or a ``.env`` file),
+so the same code runs the embedded laptop default and a production deployment.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class BillingInterval(StrEnum):
+    MONTH = "month"
+    YEAR = "year"
+
+
+class Plan(BaseModel):
+    """A sellable plan: our code, the Stripe price (or legacy plan) id and its amount."""
+
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]{1,39}$")
+    name: str
+    stripe_price: str
+    interval: BillingInterval
+    amount_cents: int = Field(gt=0)
+    currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
+
+    @property
+    def monthly_cents(self) -> int:
+        """The price normalised to one month, as MRR counts it (yearly / 12, rounded)."""
+        if self.interval is BillingInterval.YEAR:
+            return round(self.amount_cents / 12)
+        return self.amount_cents
+
+
+DEFAULT_PLANS: list[Plan] = [
+    Plan(code=f"{tier}_{per}ly", name=f"{tier.title()} ({per}ly)",
+         stripe_price=f"billwatch_{tier}_{per}ly", interval=BillingInterval(per),
+         amount_cents=amount * (10 if per == "year" else 1), currency="usd")
+    for tier, amount in (("basic", 1500), ("plus", 3000), ("clinic", 9900))
+    for per in ("month", "year")
+]
+
+_DEV_TOKEN_SECRET = "billwatch-development-token-secret-change-me-0000"
+
+
+class Settings(BaseSettings):
+    """billwatch configuration; the README documents each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BILLWATCH_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./billwatch.db"
+    """SQLAlchemy async URL; PostgreSQL via ``postgresql+asyncpg://user@host/db``."""
+
+    stripe_api_key: SecretStr = SecretStr("sk_test_billwatch_local")
+    stripe_api_base: str | None = None
+    """Where the Stripe API lives; set to a local Stripe peer (localstripe) for tests and demo."""
+    stripe_webhook_secret: SecretStr = SecretStr("whsec_billwatch_local_development_secret")
+    stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    stripe_local_standins: bool | None = None
+    """Serve Checkout/portal sessions from billwatch's stand-in; defaults to on with an API base."""
+
+    token_secret: SecretStr = SecretStr(_DEV_TOKEN_SECRET)
+    token_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+
+    public_base_url: str = "http://127.0.0.1:8000"
+    plans: Annotated[list[Plan], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PLANS))
+
+    billing_alert_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    enable_billing_metrics: bool = True
+    enable_billing_alerts: bool = True
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("plans", mode="before")
+    @classmethod
+    def _parse_plans(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @field_validator("billing_alert_emails", mode="before")
+    @classmethod
+    def _split_emails(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_plan_codes(self) -> Settings:
+        codes = [plan.code for plan in self.plans]
+        if len(set(codes)) != len(codes):
+            raise ValueError("plan codes must be unique")
+        return self
+
+    @property
+    def use_local_standins(self) -> bool:
+        if self.stripe_local_standins is not None:
+            return self.stripe_local_standins
+        return self.stripe_api_base is not None
+
+    @property
+    def uses_development_token_secret(self) -> bool:
+        return self.token_secret.get_secret_value() == _DEV_TOKEN_SECRET
+
+    def plan(self, code: str) -> Plan | None:
+        return next((plan for plan in self.plans if plan.code == code), None)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,214 @@
+"""The only code that talks to Stripe, through the official SDK's async client.
+
+Every call that creates an object or moves money passes an idempotency key derived from our own
+operation id, so a retried request can never charge, refund or create twice. Stripe errors
+leave here as :class:`PaymentProviderError` with a redacted message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import stripe
+import structlog
+
+from billwatch.audit.redaction import redact_text
+from billwatch.config import Plan, Settings
+from billwatch.errors import PaymentProviderError
+from billwatch.payments import standins
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutSessionInfo:
+    id: str
+    url: str
+    customer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSessionInfo:
+    id: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundInfo:
+    id: str
+    status: str
+    amount_cents: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionInfo:
+    id: str
+    status: str
+    cancel_at_period_end: bool
+    canceled_at: int | None
+
+
+def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProviderError:
+    message = redact_text(error.user_message or str(error) or type(error).__name__)
+    log.warning("stripe_call_failed", operation=operation, error_type=type(error).__name__,
+                stripe_code=getattr(error, "code", None), message=message)
+    return PaymentProviderError(f"Stripe {operation} failed: {message}",
+                                code=f"stripe_{getattr(error, 'code', None) or 'error'}")
+
+
+class PaymentsGateway:
+    """Async Stripe access; one per process, shared by every request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        self._client = stripe.StripeClient(
+            settings.stripe_api_key.get_secret_value(),
+            base_addresses=base,  # type: ignore[arg-type]
+            http_client=stripe.HTTPXClient(timeout=20),
+            max_network_retries=2,
+        )
+        self._standins = settings.use_local_standins
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        return self._client
+
+    async def create_customer(self, *, email: str | None, name: str, metadata: dict[str, str],
+                              idempotency_key: str) -> str:
+        try:
+            customer = await self._client.v1.customers.create_async(
+                params={"email": email, "name": name, "metadata": metadata} if email else
+                {"name": name, "metadata": metadata},
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _provider_error("customer creation", error) from error
+        return str(customer.id)
+
+    async def create_checkout_session(self, *, customer_id: str, plan: Plan, success_url: str,
+                                      cancel_url: str, metadata: dict[str, str],
+                                      idempotency_key: str) -> CheckoutSessionInfo:
+        if self._standins:
+            session = standins.checkout_session(
+                customer=customer_id, price=plan.stripe_price, success_url=success_url,
+                cancel_url=cancel_url, metadata=metadata, base_url=self._settings.public_base_url)
+            return CheckoutSessionInfo(session["id"], session["url"], customer_id)
+        try:
+            created = await self._client.v1.checkout.sessions.create_async(
+                params={  # type: ignore[arg-type]
+                    "mode": "subscription",
+                    "customer": customer_id,
+                    "line_items": [{"price": plan.stripe_price, "quantity": 1}],
+                    "success_url": success_url,
+                    "cancel_url": cancel_url,
+                    "metadata": metadata,
+                    "client_reference_id": metadata.get("billwatch_checkout_id"),
+                    "subscription_data": {"metadata": metadata},
+                },
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.StripeError as error:
+            raise _provider_error("checkout session creation", error) from error
+        return CheckoutSessionInfo(str(created.id), str(created.url), customer_id)
+
+    async def create_portal_session(self, *, customer_id: str, return_url: str) -> PortalSessionInfo:
+        if self._standins:
+            session = standins.portal_session(customer=customer_id, return_url=return_url,
+                                              base_url=self._settings.public_base_url)
+            return PortalSessionInfo(session["id"], session["url"])
+        try:
+            created = await self._client.v1.billing_portal.sessions.create_async(
+                params={"customer": customer_id, "return_url": return_url})
+        except stripe.StripeError as error:
+            raise _provider_error("portal session creation", error) from error
+        return PortalSessionInfo(str(created.id), str(created.url))
+
+    async def cancel_subscription(self, subscription_id: str, *, at_period_end: bool,
+                                  idempotency_key: str) -> SubscriptionInfo:
+        try:
+            if at_period_end:
+                sub = await self._client.v1.subscriptions.update_async(
+                    subscription_id, params={"cancel_at_period_end": True},
+                    options={"idempotency_key": idempotency_key})
+            else:
+                sub = await self._client.v1.subscriptions.cancel_async(
+                    subscription_id, options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as error:
+            raise _provider_error("subscription cancellation", error) from error
+        data = sub.to_dict()
+        return SubscriptionInfo(str(data["id"]), str(data["status"]),
+                                bool(data.get("cancel_at_period_end")), data.get("canceled_at"))
+
+    async def refund(self, *, charge_id: str | None, payment_intent_id: str | None,
+                     amount_cents: int, reason: str, metadata: dict[str, str],
+                     idempotency_key: str) -> RefundInfo:
+        params: dict[str, Any] = {"amount": amount_cents, "metadata": {**metadata, "reason": reason}}
+        if charge_id:
+            params["charge"] = charge_id
+        elif payment_intent_id:
+            params["payment_intent"] = payment_intent_id
+        else:
+            raise PaymentProviderError("payment has no Stripe charge to refund", code="no_charge")
+        stripe_reason = {"duplicate": "duplicate", "fraudulent": "fraudulent",
+                         "requested_by_customer": "requested_by_customer"}.get(reason)
+        # Named gap: localstripe refuses the `reason` parameter, so the stand-in keeps it in metadata.
+        if stripe_reason and not self._standins:
+            params["reason"] = stripe_reason
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as error:
+            raise _provider_error("refund", error) from error
+        data = refund.to_dict()
+        return RefundInfo(str(data["id"]), str(data.get("status") or "pending"),
+                          int(data["amount"]), str(data["currency"]))
+
+    async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        try:
+            sub = await self._client.v1.subscriptions.retrieve_async(subscription_id)
+        except stripe.StripeError as error:
+            raise _provider_error("subscription retrieval", error) from error
+        return sub.to_dict()
+
+    async def iter_events(self, *, since: datetime) -> AsyncIterator[dict[str, Any]]:
+        """Every event Stripe still holds since ``since`` (the Events API keeps 30 days)."""
+        params: dict[str, Any] = {"limit": 100, "created": {"gte": int(since.timestamp())}}
+        try:
+            while True:
+                page = await self._client.v1.events.list_async(params=params)  # type: ignore[arg-type]
+                for event in page.data:
+                    yield event.to_dict()
+                if not page.has_more or not page.data:
+                    return
+                params["starting_after"] = page.data[-1].id
+        except stripe.StripeError as error:
+            raise _provider_error("event listing", error) from error
+
+    async def ensure_catalogue(self, plans: list[Plan]) -> None:
+        """Create any missing product and plan, so a fresh Stripe peer knows our prices."""
+        for plan in plans:
+            try:
+                await self._client.v1.plans.retrieve_async(plan.stripe_price)
+                continue
+            except stripe.InvalidRequestError:
+                pass
+            except stripe.StripeError as error:
+                raise _provider_error("plan lookup", error) from error
+            try:
+                product = await self._client.v1.products.create_async(
+                    params={"name": plan.name},
+                    options={"idempotency_key": f"product:{plan.stripe_price}"})
+                await self._client.v1.plans.create_async(
+                    params={"id": plan.stripe_price, "product": product.id,
+                            "amount": plan.amount_cents, "currency": plan.currency,
+                            "interval": plan.interval.value},
+                    options={"idempotency_key": f"plan:{plan.stripe_price}"})
+            except stripe.StripeError as error:
+                raise _provider_error("catalogue sync", error) from error
+            log.info("stripe_plan_created", plan=plan.code, stripe_price=plan.stripe_price)

@@ -1,0 +1,59 @@
+"""A narrow stand-in for the Stripe objects our local Stripe peer lacks: Checkout and portal.
+
+localstripe implements customers, plans, subscriptions, invoices, payment intents and refunds,
+but not Checkout Sessions, billing-portal sessions or Prices. For tests and the local run only,
+the gateway builds those two session objects here, in Stripe's current shape (taken from
+Stripe's published API fixtures in ``stripe_shapes.json``), instead of calling the API.
+Nothing else is faked: subscriptions and money still go through the real SDK to the peer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import time
+from functools import cache
+from importlib import resources
+from typing import Any
+
+
+@cache
+def _shapes() -> dict[str, Any]:
+    text = resources.files("billwatch.payments").joinpath("stripe_shapes.json").read_text()
+    shapes: dict[str, Any] = json.loads(text)
+    return shapes
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(24).replace('-', 'x').replace('_', 'y')}"
+
+
+def checkout_session(*, customer: str, price: str, success_url: str, cancel_url: str,
+                     metadata: dict[str, str], base_url: str) -> dict[str, Any]:
+    """A subscription-mode Checkout Session as Stripe would return it on creation."""
+    session: dict[str, Any] = copy.deepcopy(_shapes()["checkout.session"])
+    now = int(time.time())
+    session_id = _new_id("cs_test")
+    session.update(
+        id=session_id, object="checkout.session", created=now, expires_at=now + 24 * 3600,
+        customer=customer, mode="subscription", status="open", payment_status="unpaid",
+        success_url=success_url, cancel_url=cancel_url, metadata=dict(metadata),
+        subscription=None, invoice=None, livemode=False,
+        url=f"{base_url.rstrip('/')}/_standin/checkout/{session_id}",
+        client_reference_id=metadata.get("billwatch_checkout_id"),
+        line_items={"object": "list", "data": [{"price": {"id": price}, "quantity": 1}]},
+    )
+    return session
+
+
+def portal_session(*, customer: str, return_url: str, base_url: str) -> dict[str, Any]:
+    """A billing-portal session as Stripe would return it on creation."""
+    session: dict[str, Any] = copy.deepcopy(_shapes()["billing_portal.session"])
+    session_id = _new_id("bps")
+    session.update(
+        id=session_id, object="billing_portal.session", created=int(time.time()),
+        customer=customer, return_url=return_url, livemode=False, flow=None,
+        url=f"{base_url.rstrip('/')}/_standin/portal/{session_id}",
+    )
+    return session

@@ -1,0 +1,173 @@
+"""Shared test helpers: real databases, a real Stripe peer process, factories."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import func, select, text
+
+from billwatch.accounts import service as accounts
+from billwatch.accounts.models import Organization, Role, User
+from billwatch.accounts.tokens import mint_token
+from billwatch.audit.models import AuditLog
+from billwatch.config import Settings
+from billwatch.db import Base, Database
+from billwatch.migrations import upgrade
+
+PG_ADMIN_DSN = os.environ.get("BILLWATCH_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REPO = Path(__file__).resolve().parent.parent
+SHARED_STRIPE_FIXTURES = REPO.parent / "shared" / "stripe" / "fixtures3.json"
+TEST_TOKEN_SECRET = "billwatch-test-token-secret-0123456789abcdef"
+TEST_WEBHOOK_SECRET = "whsec_billwatch_test_secret_0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class LocalStripe:
+    """localstripe run as a separate process (it is GPL: never imported) in its own folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        exe = shutil.which("localstripe") or str(Path(sys.executable).parent / "localstripe")
+        self.log = open(workdir / "localstripe.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen([exe, "--port", str(self.port), "--from-scratch"],
+                                        cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, process=self.process)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+async def create_pg_database() -> tuple[str, str]:
+    """A fresh PostgreSQL database for this run; returns (name, async SQLAlchemy URL)."""
+    name = f"billwatch_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return name, f"{base}/{name}"
+
+
+async def drop_pg_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def migrate(url: str) -> None:
+    await asyncio.to_thread(upgrade, url)
+
+
+async def reset_database(db: Database) -> None:
+    """Empty every table between tests (PostgreSQL); SQLite tests get a fresh file instead."""
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with db.engine.begin() as conn:
+        await conn.execute(text("SET LOCAL billwatch.maintenance = 'on'"))
+        await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+
+
+def test_settings(database_url: str, stripe_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "stripe_api_base": stripe_url,
+        "stripe_api_key": "sk_test_billwatch_tests",
+        "stripe_webhook_secret": TEST_WEBHOOK_SECRET,
+        "token_secret": TEST_TOKEN_SECRET,
+        "public_base_url": "http://127.0.0.1:8000",
+        "log_json": True,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class Factory:
+    """Creates users and organizations in committed transactions, and mints their tokens."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    async def user(self, role: Role, name: str | None = None) -> User:
+        async with self.db.unit_of_work() as session:
+            tag = uuid.uuid4().hex[:8]
+            return await accounts.create_user(session, email=f"{role.value}-{tag}@example.test",
+                                              name=name or f"{role.value.title()} {tag}", role=role)
+
+    async def organization(self, *, billing_admins: Sequence[User] = (),
+                           members: Sequence[User] = ()) -> Organization:
+        async with self.db.unit_of_work() as session:
+            return await accounts.create_organization(
+                session, name=f"Clinic {uuid.uuid4().hex[:6]}",
+                billing_admins=list(billing_admins), members=list(members))
+
+    def headers(self, user: User) -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint_token(user, self.settings)}"}
+
+
+async def audit_rows(db: Database, **filters: Any) -> list[AuditLog]:
+    async with db.sessionmaker() as session:
+        query = select(AuditLog).order_by(AuditLog.occurred_at)
+        for name, value in filters.items():
+            query = query.where(getattr(AuditLog, name) == value)
+        return list((await session.scalars(query)).all())
+
+
+async def count(db: Database, model: type[Any]) -> int:
+    async with db.sessionmaker() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def snapshot(db: Database) -> dict[str, int]:
+    """Row counts of every business table (everything but the audit trail)."""
+    async with db.sessionmaker() as session:
+        result = {}
+        for table in Base.metadata.sorted_tables:
+            if table.name == "audit_logs":
+                continue
+            result[table.name] = int(await session.scalar(
+                select(func.count()).select_from(table)) or 0)
+        return result
+
