@@ -7,7 +7,7 @@ neither is. Failures are recorded by the caller in a fresh transaction after the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,27 @@ from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.models import AuditLog
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.context import current_origin
+
+
+AuditListener = Callable[[AsyncSession, AuditLog], None]
+_listeners: list[AuditListener] = []
+
+
+def subscribe(listener: AuditListener) -> AuditListener:
+    """Call ``listener(session, row)`` for every recorded row, inside the same transaction.
+
+    Alert rules hang off the audit trail this way: an alert row rides in the transaction of the
+    event that raised it, so a rolled-back event never alerts. Listeners must only add to the
+    session (and register after-commit work); they must not commit or do I/O.
+    """
+    if listener not in _listeners:
+        _listeners.append(listener)
+    return listener
+
+
+def unsubscribe(listener: AuditListener) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +97,6 @@ def record(
         data=redact(dict(data or {})),
     )
     session.add(row)
+    for listener in list(_listeners):
+        listener(session, row)
     return row
