@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,22 @@ import asyncpg
 from sqlalchemy import func, select, text
 
 from billwatch.accounts import service as accounts
+from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import Organization, Role, User
 from billwatch.accounts.tokens import mint_token
 from billwatch.audit.models import AuditLog
+from billwatch.billing.models import (
+    StripeCustomer,
+    Subscription,
+    SubscriptionStatus,
+    Transaction,
+    TransactionKind,
+    TransactionStatus,
+)
 from billwatch.config import Settings
 from billwatch.db import Base, Database
 from billwatch.migrations import upgrade
+from billwatch.payments.gateway import PaymentsGateway
 
 PG_ADMIN_DSN = os.environ.get("BILLWATCH_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
@@ -160,14 +171,52 @@ async def count(db: Database, model: type[Any]) -> int:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-async def snapshot(db: Database) -> dict[str, int]:
-    """Row counts of every business table (everything but the audit trail)."""
+async def snapshot(db: Database) -> dict[str, list[str]]:
+    """Every business row (everything but the audit trail), to compare before and after."""
     async with db.sessionmaker() as session:
-        result = {}
+        result: dict[str, list[str]] = {}
         for table in Base.metadata.sorted_tables:
-            if table.name == "audit_logs":
+            if table.name.startswith("audit_"):
                 continue
-            result[table.name] = int(await session.scalar(
-                select(func.count()).select_from(table)) or 0)
+            rows = (await session.execute(select(table))).all()
+            result[table.name] = sorted(repr(tuple(row)) for row in rows)
         return result
 
+
+async def paid_subscription(db: Database, settings: Settings, owner: OwnerRef, *,
+                            plan_code: str = "basic_monthly",
+                            card: str = "4242424242424242") -> tuple[Subscription, Transaction]:
+    """A subscription really created and paid at the Stripe peer, recorded as the webhooks would."""
+    plan = settings.plan(plan_code)
+    assert plan is not None
+    stripe_client = PaymentsGateway(settings).client
+    customer = await stripe_client.v1.customers.create_async(params={"name": "Test owner"})
+    method = await stripe_client.v1.payment_methods.create_async(params={
+        "type": "card", "card": {"number": card, "exp_month": 12, "exp_year": 2040, "cvc": "123"}})
+    await stripe_client.v1.payment_methods.attach_async(method.id, params={"customer": customer.id})
+    await stripe_client.v1.customers.update_async(
+        customer.id, params={"invoice_settings": {"default_payment_method": method.id}})
+    stripe_sub = (await stripe_client.v1.subscriptions.create_async(params={
+        "customer": customer.id, "items": [{"plan": plan.stripe_price}]})).to_dict()
+    invoice = (await stripe_client.v1.invoices.retrieve_async(stripe_sub["latest_invoice"])).to_dict()
+    charge = invoice.get("charge")
+    charge_id = charge["id"] if isinstance(charge, dict) else charge
+    async with db.unit_of_work() as session:
+        session.add(StripeCustomer(id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
+                                   stripe_customer_id=customer.id, idempotency_key=f"test:{customer.id}"))
+        subscription = Subscription(
+            id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id, plan_code=plan.code,
+            status=SubscriptionStatus.ACTIVE, stripe_subscription_id=stripe_sub["id"],
+            stripe_customer_id=customer.id,
+            current_period_start=datetime.fromtimestamp(stripe_sub["current_period_start"], UTC),
+            current_period_end=datetime.fromtimestamp(stripe_sub["current_period_end"], UTC))
+        session.add(subscription)
+        await session.flush()
+        payment = Transaction(
+            id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
+            subscription_id=subscription.id, kind=TransactionKind.PAYMENT,
+            status=TransactionStatus.SUCCEEDED, amount_cents=plan.amount_cents,
+            currency=plan.currency, plan_code=plan.code, stripe_invoice_id=invoice["id"],
+            stripe_charge_id=charge_id, stripe_payment_intent_id=invoice.get("payment_intent"))
+        session.add(payment)
+    return subscription, payment

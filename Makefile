@@ -1,0 +1,38 @@
+# billwatch: two commands for a new machine, `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint typecheck pytest services clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve on 127.0.0.1:8000 with the embedded SQLite database (migrated first).
+run: install
+	$(BIN)/billwatch migrate
+	$(BIN)/billwatch serve --host 127.0.0.1 --port 8000 --no-migrate
+
+services:
+	bash scripts/ensure-services.sh
+
+lint: install
+	$(BIN)/ruff check billwatch tests bench deploy
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install services
+	$(BIN)/pytest tests
+
+## Everything CI runs: services up, lint, types, the whole test suite on PostgreSQL and SQLite.
+test: install services lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache billwatch.db*
