@@ -16,8 +16,7 @@ install: $(STAMP)
 
 ## Serve on 127.0.0.1:8000 with the embedded SQLite database (migrated first).
 run: install
-	$(BIN)/billwatch migrate
-	$(BIN)/billwatch serve --host 127.0.0.1 --port 8000 --no-migrate
+	bash scripts/run.sh
 
 services:
 	bash scripts/ensure-services.sh
