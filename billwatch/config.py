@@ -77,6 +77,31 @@ class Settings(BaseSettings):
     enable_billing_metrics: bool = True
     enable_billing_alerts: bool = True
 
+    # --- alerts and jobs (billwatch.alerts, billwatch.jobs; the README lists each) ---
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "billwatch@localhost"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    broker_url: str = ""
+    """Celery broker (Redis in production); empty = embedded in-process delivery and schedule."""
+    broker_visibility_timeout_seconds: int = Field(default=3600, ge=1)
+    celery_queue: str = "billwatch"
+    alert_cooldown_seconds: int = Field(default=3600, ge=0)
+    alert_payment_failure_attempts: int = Field(default=3, ge=1)
+    alert_refunds_per_day: int = Field(default=5, ge=0)
+    alert_churn_rate: float = Field(default=0.05, ge=0, le=1)
+    alert_payment_failure_rate_factor: float = Field(default=3.0, ge=1)
+    alert_payment_failure_min_attempts: int = Field(default=10, ge=1)
+    alert_retry_base_seconds: float = Field(default=30.0, gt=0)
+    alert_retry_max_seconds: float = Field(default=1800.0, gt=0)
+    alert_max_attempts: int = Field(default=50, ge=1)
+    alert_poll_seconds: float = Field(default=15.0, gt=0)
+    embedded_scheduler: bool = True
+    job_catch_up_days: int = Field(default=3, ge=1, le=31)
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -1,6 +1,7 @@
 """Every mapped table, imported in one place so Alembic and tests see the whole schema."""
 
 from billwatch.accounts.models import Organization, OrganizationMember, User
+from billwatch.alerts.models import Alert, AlertCooldown
 from billwatch.audit.models import AuditLog
 from billwatch.billing.models import (
     BillingOverride,
@@ -10,14 +11,19 @@ from billwatch.billing.models import (
     Transaction,
 )
 from billwatch.db import Base
+from billwatch.jobs.models import DailyBillingMetrics, JobRun
 from billwatch.managers.models import BillingManagerAssignment
 
 __all__ = [
+    "Alert",
+    "AlertCooldown",
     "AuditLog",
     "Base",
     "BillingManagerAssignment",
     "BillingOverride",
     "CheckoutSession",
+    "DailyBillingMetrics",
+    "JobRun",
     "Organization",
     "OrganizationMember",
     "StripeCustomer",
