@@ -20,6 +20,7 @@ from billwatch.errors import BillwatchError
 from billwatch.http import RequestContextMiddleware
 from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
+from billwatch.metrics.exposition import install_metrics
 from billwatch.payments.gateway import PaymentsGateway
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.gateway = gateway or PaymentsGateway(settings)
 
     app.add_middleware(RequestContextMiddleware)
+    install_metrics(app, settings, db)
     _add_error_handlers(app)
 
     @app.get("/healthz", tags=["ops"])

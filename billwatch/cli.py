@@ -57,13 +57,16 @@ def serve(
     migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate",
                                                 help="Upgrade the schema first.")] = True,
 ) -> None:
-    """Serve the HTTP API."""
+    """Serve the HTTP API (several workers share their metrics through PROMETHEUS_MULTIPROC_DIR)."""
     import uvicorn
+
+    from billwatch.metrics.multiproc import prepared_for_workers
 
     if migrate_first:
         migrate()
-    uvicorn.run("billwatch.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, proxy_headers=True)
+    with prepared_for_workers(workers):
+        uvicorn.run("billwatch.app:create_app", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning", access_log=False, proxy_headers=True)
 
 
 @app.command()

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
 
     billing_alert_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
     enable_billing_metrics: bool = True
+    metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    """How long /metrics reuses the database gauges before querying again."""
     enable_billing_alerts: bool = True
 
     # --- alerts and jobs (billwatch.alerts, billwatch.jobs; the README lists each) ---

@@ -1,0 +1,222 @@
+"""Gauges computed from the database: active subscriptions, MRR, paying customers, ARPU, churn.
+
+They are SQL aggregates rather than process-local Gauge objects, so they are right straight after
+a restart and identical whichever worker is scraped. The query runs asynchronously in the
+``/metrics`` endpoint (:meth:`GaugeCache.refresh`) and its result is kept for
+``metrics_cache_seconds``, so scrapes never hammer the database; the synchronous collector that
+``prometheus_client`` calls while rendering only reads that cached snapshot. In multiprocess mode
+the collector is added to the per-scrape registry of the scraping process, never written to the
+shared gauge files, so workers' values are never summed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Select, case, func, literal, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billwatch.billing.models import Subscription, SubscriptionSource, SubscriptionStatus
+from billwatch.config import Settings
+from billwatch.db import Database
+from billwatch.jobs.models import DailyBillingMetrics
+from billwatch.metrics import labels
+
+log = structlog.get_logger(__name__)
+
+ACTIVE_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING,
+                   SubscriptionStatus.PAST_DUE)
+"""Counted as active subscriptions (and as proxy-managed ones)."""
+REVENUE_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
+"""Counted in MRR: paying or expected to pay; trials and free grants are excluded."""
+
+
+@dataclass(frozen=True, slots=True)
+class DailyFigures:
+    """The newest row of the daily metrics job."""
+
+    customer_churn_ratio: float | None
+    revenue_churn_ratio: float | None
+    revenue_cents: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeSnapshot:
+    active: Mapping[tuple[str, str], int]
+    mrr_cents: Mapping[str, int]
+    paying_customers: Mapping[str, int]
+    proxy_managed: int
+    daily: DailyFigures | None = None
+
+    @property
+    def arpu_cents(self) -> float:
+        paying = sum(self.paying_customers.values())
+        return round(sum(self.mrr_cents.values()) / paying) if paying else 0.0
+
+
+@dataclass(slots=True)
+class GaugeCache:
+    """Runs the aggregates at most once per ``ttl_seconds`` and keeps the result for the collector."""
+
+    db: Database
+    monthly_cents: Mapping[str, int]
+    ttl_seconds: float
+    snapshot: GaugeSnapshot | None = None
+    fetched_at: float | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @classmethod
+    def for_settings(cls, db: Database, settings: Settings) -> GaugeCache:
+        return cls(db, {plan.code: plan.monthly_cents for plan in settings.plans},
+                   settings.metrics_cache_seconds)
+
+    def fresh(self) -> bool:
+        return self.fetched_at is not None and time.monotonic() - self.fetched_at < self.ttl_seconds
+
+    async def refresh(self) -> GaugeSnapshot | None:
+        """Query unless a fresh result exists; concurrent scrapes share one query."""
+        if self.fresh():
+            return self.snapshot
+        async with self._lock:
+            if self.fresh():
+                return self.snapshot
+            try:
+                self.snapshot = await query_snapshot(self.db, self.monthly_cents)
+            except Exception as error:
+                # Absent gauges are visible (and alertable); stale or zero ones would lie.
+                log.warning("metrics_gauges_unavailable", error_type=type(error).__name__)
+                self.snapshot = None
+            self.fetched_at = time.monotonic()
+            return self.snapshot
+
+
+async def query_snapshot(db: Database, monthly_cents: Mapping[str, int]) -> GaugeSnapshot:
+    """Every gauge from one read-only connection."""
+    async with db.engine.connect() as conn:
+        active = await _active_subscriptions(conn, frozenset(monthly_cents))
+        mrr, paying = await _revenue(conn, monthly_cents)
+        proxy_managed = await conn.scalar(select(func.count()).select_from(Subscription).where(
+            Subscription.status.in_(ACTIVE_STATUSES), Subscription.managed_by_proxy_id.is_not(None)))
+        daily = await _daily_figures(conn)
+    return GaugeSnapshot(active, mrr, paying, int(proxy_managed or 0), daily)
+
+
+async def _active_subscriptions(conn: AsyncConnection,
+                                plans: frozenset[str]) -> dict[tuple[str, str], int]:
+    rows = await conn.execute(
+        select(Subscription.owner_type, Subscription.plan_code, func.count())
+        .where(Subscription.status.in_(ACTIVE_STATUSES))
+        .group_by(Subscription.owner_type, Subscription.plan_code))
+    result = {(owner, plan): 0 for owner in labels.OWNER_TYPES for plan in sorted(plans)}
+    for owner_type, plan_code, count in rows:
+        key = (labels.owner_type(owner_type), labels.closed(plan_code, plans))
+        result[key] = result.get(key, 0) + int(count)
+    return result
+
+
+def _per_owner_mrr(monthly_cents: Mapping[str, int]) -> Select[Any]:
+    price: Any = (case(dict(monthly_cents), value=Subscription.plan_code, else_=0)
+                  if monthly_cents else literal(0))
+    return (select(Subscription.owner_type.label("owner_type"), func.sum(price).label("mrr"))
+            .where(Subscription.status.in_(REVENUE_STATUSES),
+                   Subscription.source == SubscriptionSource.STRIPE)
+            .group_by(Subscription.owner_type, Subscription.owner_id))
+
+
+async def _revenue(conn: AsyncConnection,
+                   monthly_cents: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """MRR and paying customers (owners whose MRR is above zero) by owner type."""
+    per_owner = _per_owner_mrr(monthly_cents).subquery()
+    rows = await conn.execute(
+        select(per_owner.c.owner_type, func.sum(per_owner.c.mrr), func.count())
+        .where(per_owner.c.mrr > 0).group_by(per_owner.c.owner_type))
+    mrr = dict.fromkeys(labels.OWNER_TYPES, 0)
+    paying = dict.fromkeys(labels.OWNER_TYPES, 0)
+    for owner_type, total, owners in rows:
+        key = labels.owner_type(owner_type)
+        mrr[key] = mrr.get(key, 0) + int(total or 0)
+        paying[key] = paying.get(key, 0) + int(owners)
+    return mrr, paying
+
+
+async def _daily_figures(conn: AsyncConnection) -> DailyFigures | None:
+    """The newest row of the daily metrics job; None before its first run."""
+    try:
+        row = (await conn.execute(
+            select(DailyBillingMetrics.customer_churn_rate, DailyBillingMetrics.revenue_churn_rate,
+                   DailyBillingMetrics.gross_revenue_cents)
+            .order_by(DailyBillingMetrics.day.desc()).limit(1))).first()
+    except DBAPIError:
+        # A database not yet migrated to the jobs schema still gets the other gauges.
+        log.warning("metrics_daily_figures_unavailable")
+        return None
+    if row is None:
+        return None
+    customer_churn, revenue_churn, revenue = row
+    return DailyFigures(customer_churn, revenue_churn,
+                        float(revenue) if revenue is not None else None)
+
+
+class GaugeCollector(Collector):
+    """Renders the cached snapshot; never touches the database itself."""
+
+    def __init__(self, cache: GaugeCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._cache.snapshot
+        if snapshot is None:
+            return
+        yield from _families(snapshot)
+
+
+def _families(snapshot: GaugeSnapshot) -> Iterator[Metric]:
+    active = GaugeMetricFamily(
+        "billing_active_subscriptions",
+        "Subscriptions in status active, trialing or past_due, from the database.",
+        labels=["owner_type", "plan"])
+    for (owner, plan), count in sorted(snapshot.active.items()):
+        active.add_metric([owner, plan], count)
+    yield active
+    mrr = GaugeMetricFamily(
+        "billing_mrr_cents", "Monthly recurring revenue in minor units (yearly plans / 12; "
+        "active and past_due Stripe subscriptions, no trials or free grants).",
+        labels=["owner_type"])
+    paying = GaugeMetricFamily("billing_paying_customers", "Owners whose MRR is above zero.",
+                               labels=["owner_type"])
+    for owner in sorted(snapshot.mrr_cents):
+        mrr.add_metric([owner], snapshot.mrr_cents[owner])
+        paying.add_metric([owner], snapshot.paying_customers.get(owner, 0))
+    yield mrr
+    yield paying
+    yield GaugeMetricFamily("billing_arpu_cents", "MRR divided by paying customers, minor units.",
+                            value=snapshot.arpu_cents)
+    yield GaugeMetricFamily(
+        "billing_proxy_managed_subscriptions",
+        "Active subscriptions set up and managed by a proxy (billing manager).",
+        value=snapshot.proxy_managed)
+    yield from _daily_families(snapshot.daily)
+
+
+def _daily_families(daily: DailyFigures | None) -> Iterator[Metric]:
+    if daily is None:
+        return
+    figures = (
+        ("billing_monthly_customer_churn_ratio", daily.customer_churn_ratio,
+         "Customer churn over the last month (0..1), from the newest daily metrics row."),
+        ("billing_monthly_revenue_churn_ratio", daily.revenue_churn_ratio,
+         "Revenue churn over the last month (0..1), from the newest daily metrics row."),
+        ("billing_daily_revenue_cents", daily.revenue_cents,
+         "Gross revenue of the newest day the daily metrics job computed, minor units."),
+    )
+    for name, value, documentation in figures:
+        if value is not None:
+            yield GaugeMetricFamily(name, documentation, value=value)

@@ -1,0 +1,97 @@
+"""The closed sets every metric label value comes from.
+
+A label value that is an id, an e-mail or free text makes a new time series per customer, which
+is both a privacy leak and a way to run Prometheus out of memory. Every value therefore passes
+through one of the normalisers below, which map anything outside the set onto ``other``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from billwatch.accounts.models import OwnerType
+
+OTHER = "other"
+
+OWNER_TYPES: tuple[str, ...] = tuple(member.value for member in OwnerType)
+
+REFUND_REASON_CATEGORIES: tuple[str, ...] = (
+    "requested_by_customer", "duplicate", "fraudulent", "service_issue", "billing_error", OTHER)
+"""Mirrors :class:`billwatch.billing.refunds.RefundReason` (a test keeps the two equal)."""
+
+PAYMENT_FAILURE_REASONS: tuple[str, ...] = (
+    "card_declined", "insufficient_funds", "expired_card", "incorrect_cvc", "processing_error",
+    "authentication_required", OTHER)
+
+CANCELLED_BY: tuple[str, ...] = ("owner", "admin", "proxy", "stripe", "system", OTHER)
+ASSIGNED_BY_TYPES: tuple[str, ...] = ("patient", "admin", OTHER)
+PROXY_ACTION_TYPES: tuple[str, ...] = ("checkout", "cancel", "view", OTHER)
+AUDIT_OUTCOMES: tuple[str, ...] = ("success", "failure")
+
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
+    "checkout.session.completed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "charge.refunded",
+    "charge.refund.updated",
+    OTHER,
+)
+"""The Stripe event types billwatch handles; every other type is counted as ``other``."""
+
+WEBHOOK_REJECT_REASONS: tuple[str, ...] = (
+    "signature", "missing_signature", "timestamp", "malformed", "too_large", OTHER)
+
+ALERT_KINDS: tuple[str, ...] = (
+    "payment_final_failure", "webhook_failure", "churn_high", "refunds_high",
+    "audit_write_failure", "payment_failure_rate", "daily_report", OTHER)
+"""Known alert kinds; :func:`alert_kind` also admits other digit-free identifiers from code."""
+
+HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+UNMATCHED_ROUTE = "unmatched"
+
+_IDENTIFIER = re.compile(r"^[a-z][a-z_.]{0,47}$")
+
+
+def closed(value: object, allowed: Iterable[str]) -> str:
+    """``value`` when it belongs to ``allowed``, otherwise ``other``."""
+    text = getattr(value, "value", value)
+    return text if isinstance(text, str) and text in allowed else OTHER
+
+
+def owner_type(value: object) -> str:
+    return closed(value, OWNER_TYPES)
+
+
+def reason_category(value: object) -> str:
+    return closed(value, REFUND_REASON_CATEGORIES)
+
+
+def payment_failure_reason(code: str | None) -> str:
+    """Map a Stripe decline or failure code onto the closed label set."""
+    return closed(code, PAYMENT_FAILURE_REASONS)
+
+
+def webhook_event_type(value: str | None) -> str:
+    return closed(value, WEBHOOK_EVENT_TYPES)
+
+
+def alert_kind(value: object) -> str:
+    """Alert kinds are named in code; anything that could be an id or number becomes ``other``."""
+    text = getattr(value, "value", value)
+    if isinstance(text, str) and (text in ALERT_KINDS or _IDENTIFIER.fullmatch(text)):
+        return text
+    return OTHER
+
+
+def http_method(value: str) -> str:
+    upper = value.upper()
+    return upper if upper in HTTP_METHODS else OTHER
+
+
+def http_status(value: int) -> str:
+    return str(value) if 100 <= value <= 599 else OTHER
