@@ -19,7 +19,6 @@ from billwatch.audit.models import AuditLog
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.context import current_origin
 
-
 AuditListener = Callable[[AsyncSession, AuditLog], None]
 _listeners: list[AuditListener] = []
 
