@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts.actor import Actor, OwnerRef
@@ -12,11 +11,10 @@ from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, for_actor
 from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.billing.customers import ensure_customer
-from billwatch.billing.models import CheckoutSession, CheckoutStatus, Subscription
-from billwatch.billing.subscriptions import LIVE_STATUSES
+from billwatch.billing.models import CheckoutSession, CheckoutStatus
+from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
 from billwatch.config import Settings
 from billwatch.db import after_commit
-from billwatch.errors import Conflict, NotFound
 from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import PaymentsGateway, PortalSessionInfo
 
@@ -26,15 +24,8 @@ async def create_checkout(session: AsyncSession, gateway: PaymentsGateway, setti
                           success_url: str | None = None,
                           cancel_url: str | None = None) -> CheckoutSession:
     """Open a Stripe Checkout session for ``owner`` to subscribe to ``plan_code``."""
-    plan = settings.plan(plan_code)
-    if plan is None:
-        raise NotFound(f"plan {plan_code!r} not found", code="plan_not_found")
-    live = await session.scalars(select(Subscription.id).where(
-        Subscription.owner_type == owner.type, Subscription.owner_id == owner.id,
-        Subscription.status.in_(LIVE_STATUSES)))
-    if live.first() is not None:
-        raise Conflict("owner already has a live subscription; cancel it or use the portal",
-                       code="subscription_exists")
+    plan = require_plan(settings, plan_code)
+    await ensure_no_live_subscription(session, owner)
     customer, customer_created = await ensure_customer(session, gateway, owner=owner)
     checkout_id = uuid.uuid4()
     key = f"checkout:{checkout_id}"

@@ -6,7 +6,6 @@ import calendar
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts import service as accounts
@@ -21,7 +20,7 @@ from billwatch.billing.models import (
     SubscriptionSource,
     SubscriptionStatus,
 )
-from billwatch.billing.subscriptions import LIVE_STATUSES
+from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
 from billwatch.config import Settings
 from billwatch.db import utcnow
 from billwatch.errors import Conflict, NotFound, Unprocessable
@@ -47,15 +46,8 @@ async def grant_free_subscription(session: AsyncSession, settings: Settings, *, 
                                   reason: str) -> BillingOverride:
     """Give ``owner`` the plan for free for ``months`` (or with no end); no money moves."""
     await accounts.owner_display(session, owner)
-    plan = settings.plan(plan_code)
-    if plan is None:
-        raise NotFound(f"plan {plan_code!r} not found", code="plan_not_found")
-    live = await session.scalars(select(Subscription.id).where(
-        Subscription.owner_type == owner.type, Subscription.owner_id == owner.id,
-        Subscription.status.in_(LIVE_STATUSES)))
-    if live.first() is not None:
-        raise Conflict("owner already has a live subscription; cancel it first",
-                       code="subscription_exists")
+    plan = require_plan(settings, plan_code)
+    await ensure_no_live_subscription(session, owner)
     now = utcnow()
     ends_at = add_months(now, months) if months is not None else None
     subscription = Subscription(

@@ -20,6 +20,7 @@ from billwatch.billing.models import (
     SubscriptionStatus,
     Transaction,
 )
+from billwatch.config import Plan, Settings
 from billwatch.db import after_commit, utcnow
 from billwatch.errors import Conflict, NotFound
 from billwatch.metrics import billing as billing_metrics
@@ -39,6 +40,23 @@ class BillingAccount:
     subscriptions: list[Subscription]
     transactions: list[Transaction]
     overrides: list[BillingOverride]
+
+
+def require_plan(settings: Settings, plan_code: str) -> Plan:
+    plan = settings.plan(plan_code)
+    if plan is None:
+        raise NotFound(f"plan {plan_code!r} not found", code="plan_not_found")
+    return plan
+
+
+async def ensure_no_live_subscription(session: AsyncSession, owner: OwnerRef) -> None:
+    """An owner holds at most one live subscription; a second one must wait for a cancel."""
+    live = await session.scalars(select(Subscription.id).where(
+        Subscription.owner_type == owner.type, Subscription.owner_id == owner.id,
+        Subscription.status.in_(LIVE_STATUSES)))
+    if live.first() is not None:
+        raise Conflict("owner already has a live subscription; cancel it first",
+                       code="subscription_exists")
 
 
 async def get_subscription(session: AsyncSession, subscription_id: uuid.UUID) -> Subscription:
