@@ -1,0 +1,7 @@
+"""Alerts: rules over the audit trail, dedup and cooldown, e-mail delivery after commit.
+
+Importing the package subscribes the alert rules to the audit recorder (the app factory, the
+worker and ``billwatch.models`` import it), so every process that writes audit rows alerts.
+"""
+
+from billwatch.alerts import rules as rules

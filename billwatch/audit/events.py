@@ -41,6 +41,8 @@ class AuditEvent(StrEnum):
     # the audit trail and admin reads
     AUDIT_READ = "audit.read"
     AUDIT_ACCESS_DENIED = "audit.access_denied"
+    ALERTS_READ = "alerts.read"
+    ALERT_ACKNOWLEDGED = "alerts.acknowledged"
 
 
 PROXY_VARIANTS: dict[AuditEvent, AuditEvent] = {

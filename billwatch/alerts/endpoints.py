@@ -1,0 +1,50 @@
+"""Admin routes of the alert ledger: thin, admin only, audited."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Query, Request
+from pydantic import AwareDatetime
+
+from billwatch.alerts import ledger
+from billwatch.alerts.models import AlertStatus, Severity
+from billwatch.alerts.schemas import AcknowledgeRequest, AlertOut, AlertPage
+from billwatch.audit.events import AuditEvent
+from billwatch.audit.recorder import Resource
+from billwatch.http import AdminActor, AuditedRouter, SessionDep, audited
+
+router = AuditedRouter(prefix="/admin/alerts", tags=["admin", "alerts"])
+
+
+@router.get("", response_model=AlertPage, openapi_extra=audited(AuditEvent.ALERTS_READ))
+async def list_alerts(
+    session: SessionDep, actor: AdminActor,
+    kind: Annotated[str | None, Query(max_length=40)] = None,
+    severity: Severity | None = None,
+    status: AlertStatus | None = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    acknowledged: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AlertPage:
+    """The alert ledger, newest first, filtered by kind, severity, status and time."""
+    filters = ledger.AlertFilter(kind=kind, severity=severity, status=status, since=since,
+                                 until=until, acknowledged=acknowledged)
+    rows = await ledger.list_alerts(session, actor=actor, filters=filters, limit=limit,
+                                    offset=offset)
+    return AlertPage(items=[AlertOut.model_validate(row) for row in rows], limit=limit,
+                     offset=offset)
+
+
+@router.post("/{alert_id}/acknowledge", response_model=AlertOut,
+             openapi_extra=audited(AuditEvent.ALERT_ACKNOWLEDGED))
+async def acknowledge_alert(alert_id: uuid.UUID, request: Request, session: SessionDep,
+                            actor: AdminActor, body: AcknowledgeRequest | None = None) -> AlertOut:
+    """Mark an alert as handled by the calling admin."""
+    request.state.audit_resource = Resource("alert", alert_id)
+    alert = await ledger.acknowledge(session, actor=actor, alert_id=alert_id,
+                                     note=body.note if body else None)
+    return AlertOut.model_validate(alert)

@@ -1,0 +1,69 @@
+"""Where committed alerts and requested checks go: the one deliverer this process runs.
+
+The app (embedded mode) installs an in-process runner; with a broker, the app and the worker
+install a Celery publisher. With nothing installed (tests that never start the app's lifespan,
+a one-off CLI command) hand-offs are dropped on purpose: the alert row is already durable and
+the next deliverer to start picks every pending row up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Check:
+    """Names of the checks that audit rules may request after a commit."""
+
+    REFUNDS_TODAY = "refunds_today"
+
+
+class AlertSink(Protocol):
+    def alert_raised(self, alert_id: uuid.UUID) -> None: ...
+
+    def check_requested(self, check: str) -> None: ...
+
+
+_sinks: list[AlertSink] = []
+
+
+def install(sink: AlertSink) -> None:
+    """Make ``sink`` this process's deliverer (the newest installed wins)."""
+    if sink in _sinks:
+        _sinks.remove(sink)
+    _sinks.append(sink)
+
+
+def uninstall(sink: AlertSink) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
+
+
+def installed() -> AlertSink | None:
+    return _sinks[-1] if _sinks else None
+
+
+def alert_raised(alert_id: uuid.UUID) -> None:
+    """Called after commit: wake the deliverer. Never raises, never blocks on I/O."""
+    sink = installed()
+    if sink is None:
+        return
+    try:
+        sink.alert_raised(alert_id)
+    except Exception:
+        log.exception("alert_handoff_failed", alert_id=str(alert_id))
+
+
+def check_requested(check: str) -> None:
+    """Called after commit: ask the deliverer to run ``check`` off the request path."""
+    sink = installed()
+    if sink is None:
+        return
+    try:
+        sink.check_requested(check)
+    except Exception:
+        log.exception("check_handoff_failed", check=check)

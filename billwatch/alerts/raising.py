@@ -1,0 +1,91 @@
+"""Raising an alert: one row in the caller's transaction, a hand-off once it commits.
+
+Raising never sends anything and never waits on anything: the row is the durable outbox entry,
+and :mod:`billwatch.alerts.handoff` wakes whichever deliverer runs (an in-process task or a
+Celery worker) after the commit. A rolled-back transaction takes its alert with it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billwatch.alerts import handoff
+from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
+from billwatch.audit.redaction import redact, redact_text
+from billwatch.config import Settings, get_settings
+from billwatch.db import after_commit, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class KindSpec:
+    """How a kind of alert is mailed: its severity, title, and whether its key mails only once.
+
+    ``once`` kinds carry their subject in the key (an invoice, a day, an hour): the key mails
+    once ever, later raises are suppressed and only counted. Other kinds mail once per cooldown
+    window and count the rest into the key's next mail.
+    """
+
+    severity: Severity
+    title: str
+    once: bool
+
+
+SPECS: dict[str, KindSpec] = {
+    AlertKind.PAYMENT_FINAL_FAILURE: KindSpec(Severity.ERROR, "Final payment failure", once=True),
+    AlertKind.WEBHOOK_FAILURE: KindSpec(Severity.ERROR, "Webhook processing failed", once=False),
+    AlertKind.CHURN_HIGH: KindSpec(Severity.WARNING, "Monthly churn above threshold", once=True),
+    AlertKind.REFUNDS_HIGH: KindSpec(Severity.WARNING, "Refunds today above threshold", once=True),
+    AlertKind.AUDIT_WRITE_FAILURE: KindSpec(Severity.CRITICAL, "Audit write failed", once=False),
+    AlertKind.PAYMENT_FAILURE_RATE: KindSpec(Severity.ERROR, "Payment failure rate far above "
+                                             "its 7-day baseline", once=True),
+    AlertKind.DAILY_REPORT: KindSpec(Severity.INFO, "Daily billing report", once=True),
+}
+
+
+def spec_for(kind: str) -> KindSpec:
+    return SPECS.get(kind) or KindSpec(Severity.WARNING, kind.replace("_", " ").capitalize(),
+                                       once=False)
+
+
+@dataclass(slots=True)
+class _Config:
+    settings: Settings | None = None
+
+
+_config = _Config()
+
+
+def configure(settings: Settings) -> None:
+    """Use ``settings`` for the rules of this process (the app factory and the worker call it)."""
+    _config.settings = settings
+
+
+def alert_settings() -> Settings:
+    """The configured settings, or the process settings when nothing configured them."""
+    return _config.settings or get_settings()
+
+
+def raise_alert(session: AsyncSession, kind: AlertKind | str, *, dedup_key: str, subject: str,
+                payload: Mapping[str, Any], severity: Severity | None = None) -> Alert | None:
+    """Add an alert to ``session``; it is delivered after the transaction commits.
+
+    Returns None (and adds nothing) when ``BILLWATCH_ENABLE_BILLING_ALERTS`` is off.
+    """
+    if not alert_settings().enable_billing_alerts:
+        return None
+    kind_value = str(getattr(kind, "value", kind))
+    alert = Alert(
+        id=uuid.uuid4(), created_at=utcnow(), kind=kind_value,
+        severity=severity or spec_for(kind_value).severity,
+        dedup_key=redact_text(dedup_key)[:200], subject=redact_text(subject)[:200],
+        payload=redact(dict(payload)), status=AlertStatus.PENDING, attempts=0,
+        suppressed_count=0)
+    session.add(alert)
+    alert_id = alert.id
+    after_commit(session, lambda: handoff.alert_raised(alert_id))
+    return alert

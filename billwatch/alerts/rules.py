@@ -1,0 +1,107 @@
+"""Alert rules that hang off the audit trail.
+
+:func:`on_audit_row` is subscribed to the audit recorder, so it sees every audit row inside the
+transaction that writes it. A matching row adds an alert to the same session (a rolled-back
+event never alerts); a rule that needs a query (refunds today) asks for a check after the
+commit instead, because a listener must not do I/O. A rule never fails the operation: its own
+errors are logged and swallowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billwatch.alerts import handoff
+from billwatch.alerts.models import AlertKind
+from billwatch.alerts.raising import alert_settings, raise_alert
+from billwatch.audit import recorder
+from billwatch.audit.events import AuditEvent, Outcome
+from billwatch.audit.models import AuditLog
+from billwatch.config import Settings
+from billwatch.db import after_commit, utcnow
+
+log = structlog.get_logger(__name__)
+
+Rule = Callable[[AsyncSession, AuditLog, Settings], None]
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def final_payment_failure(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
+    """The attempt that reaches the threshold (and any later one) alerts once per invoice."""
+    data = row.data or {}
+    attempts = _as_int(data.get("attempt_count"))
+    if attempts is None or attempts < settings.alert_payment_failure_attempts:
+        return
+    invoice = row.stripe_invoice_id or data.get("invoice_id") or row.resource_id or str(row.id)
+    raise_alert(
+        session, AlertKind.PAYMENT_FINAL_FAILURE, dedup_key=f"payment_final_failure:{invoice}",
+        subject=f"invoice {invoice} failed attempt {attempts}",
+        payload={"stripe_invoice_id": invoice, "attempt_count": attempts,
+                 "amount_cents": data.get("amount_cents"), "currency": data.get("currency"),
+                 "failure_code": data.get("failure_code"),
+                 "stripe_customer_id": row.stripe_customer_id,
+                 "stripe_subscription_id": row.stripe_subscription_id,
+                 "stripe_event_id": row.stripe_event_id,
+                 "owner_type": row.owner_type.value if row.owner_type else None,
+                 "owner_id": str(row.owner_id) if row.owner_id else None,
+                 "audit_id": str(row.id), "occurred_at": _iso(row)})
+
+
+def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
+    """A webhook whose handling failed; one key per Stripe event type, so one outage mails once."""
+    if row.outcome is not Outcome.FAILURE:
+        return
+    data = row.data or {}
+    event_type = str(data.get("event_type") or data.get("type") or "unknown")[:80]
+    raise_alert(
+        session, AlertKind.WEBHOOK_FAILURE, dedup_key=f"webhook_failure:{event_type}",
+        subject=f"{event_type} could not be processed",
+        payload={"event_type": event_type, "stripe_event_id": row.stripe_event_id,
+                 "reason": row.reason, "attempts": data.get("attempts"),
+                 "audit_id": str(row.id), "occurred_at": _iso(row)})
+
+
+def refund_written(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
+    """Counting today's refunds needs a query: request the check once the refund commits."""
+    if row.outcome is Outcome.SUCCESS:
+        after_commit(session, lambda: handoff.check_requested(handoff.Check.REFUNDS_TODAY))
+
+
+def _iso(row: AuditLog) -> str:
+    # the column default is applied at flush, after listeners ran
+    return (row.occurred_at or utcnow()).isoformat()
+
+
+RULES: dict[str, Rule] = {
+    AuditEvent.PAYMENT_FAILED.value: final_payment_failure,
+    AuditEvent.WEBHOOK_FAILED.value: webhook_failure,
+    AuditEvent.REFUND_ISSUED.value: refund_written,
+    AuditEvent.REFUND_RECORDED.value: refund_written,
+}
+
+
+def on_audit_row(session: AsyncSession, row: AuditLog) -> None:
+    """The audit listener: apply the rule for ``row``'s event, if any, inside its transaction."""
+    rule = RULES.get(row.event_type)
+    if rule is None:
+        return
+    settings = alert_settings()
+    if not settings.enable_billing_alerts:
+        return
+    try:
+        rule(session, row, settings)
+    except Exception:  # an alert rule must never fail the operation it observes
+        log.exception("alert_rule_failed", audit_event=row.event_type)
+
+
+recorder.subscribe(on_audit_row)

@@ -1,0 +1,47 @@
+"""Bodies of the admin alert-ledger routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from billwatch.alerts.models import AlertStatus, Severity
+
+
+class AlertOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    created_at: datetime
+    kind: str
+    severity: Severity
+    dedup_key: str
+    subject: str
+    payload: dict[str, Any]
+    status: AlertStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+    last_error: str | None
+    suppressed_count: int = Field(description="Suppressed alerts of the same key this mail counted.")
+    suppressed_since: datetime | None
+    counted_in_id: uuid.UUID | None = Field(description="For a suppressed alert: the mail that "
+                                                        "counted it.")
+    acknowledged_at: datetime | None
+    acknowledged_by_user_id: uuid.UUID | None
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut]
+    limit: int
+    offset: int
+
+
+class AcknowledgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=500,
+                             description="What was done about it; kept in the audit trail.")
