@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from billwatch.accounts.endpoints import router as accounts_router
+from billwatch.alerts.endpoints import router as alerts_router
+from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.billing.endpoints import admin_router as billing_admin_router
 from billwatch.billing.endpoints import router as billing_router
@@ -18,6 +20,7 @@ from billwatch.config import Settings, get_settings
 from billwatch.db import Database
 from billwatch.errors import BillwatchError
 from billwatch.http import RequestContextMiddleware
+from billwatch.jobs.lifecycle import start_delivery
 from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
 from billwatch.metrics.exposition import install_metrics
@@ -36,10 +39,13 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                     hint="set BILLWATCH_TOKEN_SECRET before exposing billwatch")
     owns_database = database is None
     db = database or Database(settings.database_url)
+    configure_alerts(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop_delivery = await start_delivery(db, settings)  # alerts leave after commit
         yield
+        await stop_delivery()
         if owns_database:
             await db.dispose()
 
@@ -63,7 +69,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
-    for router in (accounts_router, billing_router, billing_admin_router, managers_router):
+    for router in (accounts_router, billing_router, billing_admin_router, managers_router,
+                   alerts_router):
         app.include_router(router)
     return app
 

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     alert_churn_rate: float = Field(default=0.05, ge=0, le=1)
     alert_payment_failure_rate_factor: float = Field(default=3.0, ge=1)
     alert_payment_failure_min_attempts: int = Field(default=10, ge=1)
+    alert_payment_failure_rate_min_increase: float = Field(default=0.10, ge=0, le=1)
     alert_retry_base_seconds: float = Field(default=30.0, gt=0)
     alert_retry_max_seconds: float = Field(default=1800.0, gt=0)
     alert_max_attempts: int = Field(default=50, ge=1)

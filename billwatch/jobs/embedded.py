@@ -1,0 +1,87 @@
+"""Embedded mode (no broker): one background asyncio task in the app delivers and schedules.
+
+Started and stopped by the app's lifespan. It wakes on every committed alert or requested
+check (a hand-off from :mod:`billwatch.alerts.handoff`) and at least every
+``alert_poll_seconds`` for retries, so pending alerts left by a crash or a restart are picked
+up by the first tick. Its work runs on the app's event loop but never inside a request: a
+request only sets an event after its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import datetime
+
+import structlog
+
+from billwatch.alerts import handoff
+from billwatch.alerts.delivery import deliver_due
+from billwatch.config import Settings
+from billwatch.db import Database
+from billwatch.jobs import service
+
+log = structlog.get_logger(__name__)
+
+
+class EmbeddedRunner:
+    """The in-process deliverer and scheduler of one app process."""
+
+    def __init__(self, db: Database, settings: Settings, *, schedule: bool | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.schedule = settings.embedded_scheduler if schedule is None else schedule
+        self._wake = asyncio.Event()
+        self._checks: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.ticks = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="billwatch-embedded-runner")
+        handoff.install(self)
+
+    async def stop(self) -> None:
+        handoff.uninstall(self)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # --- the AlertSink protocol (called after commits, maybe from another thread) ---
+
+    def alert_raised(self, alert_id: uuid.UUID) -> None:
+        self._poke()
+
+    def check_requested(self, check: str) -> None:
+        self._checks.add(check)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # --- the loop ---
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.tick()
+            except Exception:  # a bad tick must not end delivery for the life of the process
+                log.exception("embedded_tick_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.alert_poll_seconds)
+
+    async def tick(self, *, now: datetime | None = None) -> None:
+        """Requested checks, then due scheduled jobs, then every due alert."""
+        checks, self._checks = self._checks, set()
+        if handoff.Check.REFUNDS_TODAY in checks:
+            await service.refunds_check(self.db, self.settings, now=now)
+        if self.schedule:
+            await service.run_due_schedule(self.db, self.settings, now=now)
+        await deliver_due(self.db, self.settings, now=now)
+        self.ticks += 1

@@ -1,0 +1,41 @@
+"""Starting and stopping alert delivery in the app process.
+
+No broker (the embedded default): an :class:`~billwatch.jobs.embedded.EmbeddedRunner` on the
+app's event loop delivers alerts and runs the schedule. With ``BILLWATCH_BROKER_URL``: a Celery
+publisher hands every committed alert to the workers, and ``billwatch beat`` schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from billwatch.alerts import handoff
+from billwatch.config import Settings
+from billwatch.db import Database
+
+Stop = Callable[[], Awaitable[None]]
+
+
+async def start_delivery(db: Database, settings: Settings) -> Stop:
+    """Start this process's deliverer; returns the coroutine function that stops it."""
+    if settings.broker_url:
+        from billwatch.jobs.celery_app import make_celery
+        from billwatch.jobs.tasks import CelerySink
+
+        celery = make_celery(settings)
+        sink = CelerySink(celery, background=True)
+        handoff.install(sink)
+
+        async def stop_publisher() -> None:
+            handoff.uninstall(sink)
+            await asyncio.to_thread(sink.close)  # lets queued publishes finish
+            celery.close()
+
+        return stop_publisher
+
+    from billwatch.jobs.embedded import EmbeddedRunner
+
+    runner = EmbeddedRunner(db, settings)
+    await runner.start()
+    return runner.stop

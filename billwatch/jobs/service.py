@@ -1,0 +1,123 @@
+"""The scheduled jobs as plain async functions; Celery tasks, the CLI and the embedded runner
+all call these, so every way of running a job shares the run-once guarantee of
+:func:`billwatch.jobs.runs.run_once`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billwatch.config import Settings
+from billwatch.db import Database, utcnow
+from billwatch.jobs import anomaly, daily_metrics, report
+from billwatch.jobs.models import JobRun, RunStatus
+from billwatch.jobs.runs import RunOutcome, run_once
+
+DAILY_METRICS = "daily_metrics"
+ANOMALY_CHECKS = "anomaly_checks"
+
+
+def hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def hour_period(hour_start: datetime) -> str:
+    return hour_start.strftime("%Y-%m-%dT%H")
+
+
+async def daily_metrics_job(db: Database, settings: Settings, day: date, *, force: bool = False,
+                            alerts: bool = True, task_id: str | None = None) -> RunOutcome:
+    """Compute and store ``day``'s metrics; with ``alerts``, raise churn and the daily report."""
+
+    async def effect(session: AsyncSession) -> dict[str, Any]:
+        figures = await daily_metrics.compute(session, settings, day)
+        await daily_metrics.store(session, figures)
+        churn_alert = False
+        if alerts:
+            churn_alert = await anomaly.raise_churn_if_high(session, settings, day=day,
+                                                            figures=figures)
+            await report.raise_daily_report(session, figures)
+        return {"mrr_cents": figures["mrr_cents"], "paying_customers": figures["paying_customers"],
+                "customer_churn_rate": figures["customer_churn_rate"], "churn_alert": churn_alert}
+
+    return await run_once(db, job=DAILY_METRICS, period=day.isoformat(), effect=effect,
+                          force=force, task_id=task_id)
+
+
+def catch_up_days(settings: Settings, today: date) -> list[date]:
+    """The complete days the daily job makes sure of, oldest first (so a report can compare)."""
+    return [today - timedelta(days=back) for back in range(settings.job_catch_up_days, 0, -1)]
+
+
+async def daily_catch_up(db: Database, settings: Settings, *, now: datetime | None = None,
+                         task_id: str | None = None) -> dict[str, bool]:
+    """The 00:00 job: every recent complete day that has no successful run gets one.
+
+    Catching up (rather than computing "yesterday" only) means a beat that fired late, or a
+    worker that was down at midnight, still produces each day once.
+    """
+    today = (now or utcnow()).astimezone(UTC).date()
+    done = await succeeded_periods(db, DAILY_METRICS,
+                                   [d.isoformat() for d in catch_up_days(settings, today)])
+    ran: dict[str, bool] = {}
+    for day in catch_up_days(settings, today):
+        if day.isoformat() not in done:
+            outcome = await daily_metrics_job(db, settings, day, task_id=task_id)
+            ran[day.isoformat()] = outcome.ran
+    return ran
+
+
+HOURLY_CATCH_UP = 3
+"""How many recent complete hours the hourly job makes sure of (a late beat skips none)."""
+
+
+async def hourly_catch_up(db: Database, settings: Settings, *, now: datetime | None = None,
+                          task_id: str | None = None) -> dict[str, bool]:
+    """The hourly job: each recent complete hour without a successful run gets its checks."""
+    current = hour_floor(now or utcnow())
+    hours = [current - timedelta(hours=back) for back in range(HOURLY_CATCH_UP, 0, -1)]
+    done = await succeeded_periods(db, ANOMALY_CHECKS, [hour_period(h) for h in hours])
+    ran: dict[str, bool] = {}
+    for hour_start in hours:
+        if hour_period(hour_start) not in done:
+            outcome = await anomaly_checks_job(db, settings, hour_start=hour_start, task_id=task_id)
+            ran[hour_period(hour_start)] = outcome.ran
+    return ran
+
+
+async def anomaly_checks_job(db: Database, settings: Settings, *, hour_start: datetime,
+                             task_id: str | None = None) -> RunOutcome:
+    """The hourly checks for the hour starting at ``hour_start``, once per hour."""
+    hour_end = hour_start + timedelta(hours=1)
+
+    async def effect(session: AsyncSession) -> dict[str, Any]:
+        return await anomaly.run_hourly_checks(session, settings, hour_end)
+
+    return await run_once(db, job=ANOMALY_CHECKS, period=hour_period(hour_start), effect=effect,
+                          task_id=task_id)
+
+
+async def refunds_check(db: Database, settings: Settings, *,
+                        now: datetime | None = None) -> dict[str, Any]:
+    """The refunds-today threshold, run after a refund commits (no run-once row needed:
+    its alert is keyed by the day and mails once)."""
+    async with db.unit_of_work() as session:
+        return await anomaly.check_refunds_today(session, settings, now or utcnow())
+
+
+async def succeeded_periods(db: Database, job: str, periods: list[str]) -> set[str]:
+    async with db.sessionmaker() as session:
+        rows = await session.scalars(select(JobRun.period).where(
+            JobRun.job == job, JobRun.period.in_(periods), JobRun.status == RunStatus.SUCCEEDED))
+        return set(rows.all())
+
+
+async def run_due_schedule(db: Database, settings: Settings, *,
+                           now: datetime | None = None) -> dict[str, Any]:
+    """The embedded scheduler's tick: the daily and the hourly catch-up."""
+    return {"daily": await daily_catch_up(db, settings, now=now),
+            "hourly": await hourly_catch_up(db, settings, now=now)}

@@ -1,0 +1,176 @@
+"""Celery tasks: plain sync functions that run the async job code with ``asyncio.run``.
+
+Celery does not await coroutines, so each task runs its own event loop with a fresh database
+engine that is disposed before the loop closes: no asyncpg connection ever crosses loops or
+forked processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+from celery import Celery, Task
+from celery.signals import worker_init, worker_process_init
+
+from billwatch.alerts import handoff
+from billwatch.alerts.delivery import deliver_one, due_alert_ids, flush_ended_windows
+from billwatch.alerts.raising import configure as configure_alerts
+from billwatch.config import Settings, get_settings
+from billwatch.db import Database, utcnow
+from billwatch.jobs import service
+from billwatch.jobs.celery_app import (
+    ANOMALY_CHECKS_TASK,
+    CHECK_TASK,
+    DAILY_METRICS_TASK,
+    DELIVER_TASK,
+    SWEEP_TASK,
+    app,
+)
+from billwatch.logging import configure_logging
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+SWEEP_GRACE = timedelta(seconds=30)
+"""The sweep re-sends alerts pending for longer than this (their own hand-off was lost)."""
+
+
+def run_async(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
+    """Run ``work`` on a new event loop with its own engine, disposed before the loop ends."""
+    settings = get_settings()
+
+    async def main() -> T:
+        db = Database(settings.database_url)
+        try:
+            return await work(db, settings)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+class CelerySink:
+    """Hands committed alerts and requested checks to the broker of ``celery``.
+
+    In the app, publishing runs on a one-thread executor so a slow or unreachable broker never
+    holds up a request (the alert row stays pending and the sweep re-sends it); in a worker it
+    publishes inline.
+    """
+
+    def __init__(self, celery: Celery, *, background: bool) -> None:
+        self.celery = celery
+        self.background = background
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def alert_raised(self, alert_id: uuid.UUID) -> None:
+        self._publish(DELIVER_TASK, str(alert_id))
+
+    def check_requested(self, check: str) -> None:
+        self._publish(CHECK_TASK, check)
+
+    def _publish(self, name: str, *args: Any) -> None:
+        if not self.background:
+            self.celery.send_task(name, args=args)
+            return
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bw-publish")
+        future = self._executor.submit(self.celery.send_task, name, args=args)
+        future.add_done_callback(_log_publish_failure)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def _log_publish_failure(future: Any) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning("alert_publish_failed", error=type(error).__name__)
+
+
+def prepare_process(**_: Any) -> None:
+    """Worker start-up (and each forked child): logging, alert settings, the inline sink."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    configure_alerts(settings)
+    handoff.install(CelerySink(app, background=False))
+
+
+def task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``app.task`` with a type, so the task functions below stay checked."""
+    decorator: Callable[[Callable[..., Any]], Any] = app.task(**options)
+    return decorator
+
+
+worker_init.connect(prepare_process, weak=False)
+worker_process_init.connect(prepare_process, weak=False)
+
+
+@task(name=DELIVER_TASK, bind=True, max_retries=None)
+def deliver_alert(self: Task, alert_id: str) -> str:
+    """Deliver one alert; SMTP trouble retries with exponential backoff (kept in the row)."""
+    result = run_async(lambda db, settings: deliver_one(db, settings, uuid.UUID(alert_id)))
+    if result.outcome == "retry" and result.retry_in is not None:
+        raise self.retry(countdown=result.retry_in)
+    return result.outcome
+
+
+@task(name=SWEEP_TASK)
+def sweep_alerts() -> int:
+    """Mail the counts of ended cooldown windows and re-send alerts whose hand-off was lost."""
+
+    async def work(db: Database, settings: Settings) -> list[uuid.UUID]:
+        if not settings.enable_billing_alerts:
+            return []
+        promoted = await flush_ended_windows(db, settings)
+        stale = await due_alert_ids(db, now=utcnow(), older_than=utcnow() - SWEEP_GRACE)
+        return [*promoted, *[alert_id for alert_id in stale if alert_id not in promoted]]
+
+    alert_ids = run_async(work)
+    for alert_id in alert_ids:
+        deliver_alert.apply_async(args=[str(alert_id)])
+    return len(alert_ids)
+
+
+JOB_RETRY: dict[str, Any] = {"bind": True, "autoretry_for": (Exception,), "retry_backoff": 5,
+                             "retry_backoff_max": 600, "retry_jitter": True, "max_retries": 5}
+
+
+@task(name=DAILY_METRICS_TASK, **JOB_RETRY)
+def daily_metrics(self: Task, day: str | None = None, force: bool = False) -> dict[str, Any]:
+    """``day`` (YYYY-MM-DD) once; without a day, every recent day that has not run (00:00 beat)."""
+    task_id = self.request.id
+    if day is None:
+        return run_async(lambda db, settings: service.daily_catch_up(db, settings, task_id=task_id))
+    outcome = run_async(lambda db, settings: service.daily_metrics_job(
+        db, settings, date.fromisoformat(day), force=force, task_id=task_id))
+    return {day: outcome.ran}
+
+
+@task(name=ANOMALY_CHECKS_TASK, **JOB_RETRY)
+def anomaly_checks(self: Task, hour: str | None = None) -> dict[str, Any]:
+    """``hour`` (YYYY-MM-DDTHH) once; without an hour, every recent hour that has not run."""
+    task_id = self.request.id
+    if hour is None:
+        return run_async(lambda db, settings: service.hourly_catch_up(db, settings, task_id=task_id))
+    start = datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+    outcome = run_async(lambda db, settings: service.anomaly_checks_job(
+        db, settings, hour_start=start, task_id=task_id))
+    return {hour: outcome.ran}
+
+
+@task(name=CHECK_TASK, **JOB_RETRY)
+def run_check(self: Task, check: str) -> dict[str, Any]:
+    """A check requested by an audit rule after its commit (refunds today)."""
+    if check != handoff.Check.REFUNDS_TODAY:
+        raise ValueError(f"unknown check {check!r}")
+    return run_async(lambda db, settings: service.refunds_check(db, settings))
