@@ -66,9 +66,9 @@ def serve(
 
     from billwatch.metrics.multiproc import prepared_for_workers
 
-    if migrate_first:
-        migrate()
     with prepared_for_workers(workers):
+        if migrate_first:
+            migrate()
         uvicorn.run("billwatch.app:create_app", factory=True, host=host, port=port,
                     workers=workers, log_level="warning", access_log=False, proxy_headers=True)
 

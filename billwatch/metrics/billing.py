@@ -2,87 +2,79 @@
 
 Callers register these functions with ``after_commit(session, ...)``, so a rolled-back operation
 never counts. Label values come from closed sets (plan codes, owner types, reason categories,
-handled Stripe event types), never ids or free text, so the series count stays bounded; see
-:mod:`billwatch.metrics.labels`. ``BILLWATCH_ENABLE_BILLING_METRICS=false`` turns every function
-here into a no-op, so callers never need to check the setting themselves.
-
-The metric objects stay importable for reading in tests; code that counts calls the functions.
+handled Stripe event types), never ids or free text, so the series count stays bounded; the
+metric classes of :mod:`billwatch.metrics.switched` map anything else to ``other`` and go silent
+when ``BILLWATCH_ENABLE_BILLING_METRICS=false``, so callers never check the setting themselves,
+whether they use these functions or the metric objects directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from prometheus_client import Counter, Histogram
-
-from billwatch.config import Settings, get_settings
+from billwatch.config import Settings
 from billwatch.metrics import labels
-from billwatch.metrics.labels import PAYMENT_FAILURE_REASONS as _REASONS
+from billwatch.metrics.switched import SWITCH, BillingCounter, BillingHistogram, one_of
 
 AMOUNT_BUCKETS = (1000, 2500, 5000, 10000, 25000, 50000, 100000)
 
-CHECKOUTS = Counter("billing_checkouts_created_total", "Checkout sessions created.",
-                    ["owner_type", "plan"])
-SUBSCRIPTIONS_CANCELLED = Counter("billing_subscriptions_cancelled_total",
-                                  "Subscriptions cancelled.", ["owner_type", "cancelled_by"])
-REFUNDS = Counter("billing_refunds_issued_total", "Refunds issued.", ["reason_category"])
-REFUND_AMOUNT = Histogram("billing_refund_amount_cents", "Refund amounts in minor units.",
-                          buckets=AMOUNT_BUCKETS)
-MANAGER_ASSIGNMENTS = Counter("billing_manager_assignments_total",
-                              "Billing managers assigned.", ["assigned_by_type"])
-PROXY_ACTIONS = Counter("billing_proxy_actions_total", "Actions proxies took for patients.",
-                        ["action_type"])
+_OWNER = {"owner_type": labels.owner_type}
+_OWNER_PLAN = {**_OWNER, "plan": SWITCH.plan}
+_EVENT = {"event_type": labels.webhook_event_type}
+
+CHECKOUTS = BillingCounter("billing_checkouts_created_total", "Checkout sessions created.",
+                           ["owner_type", "plan"], closed=_OWNER_PLAN)
+SUBSCRIPTIONS_CANCELLED = BillingCounter(
+    "billing_subscriptions_cancelled_total", "Subscriptions cancelled.",
+    ["owner_type", "cancelled_by"], closed={**_OWNER, "cancelled_by": one_of(labels.CANCELLED_BY)})
+REFUNDS = BillingCounter("billing_refunds_issued_total", "Refunds issued.", ["reason_category"],
+                         closed={"reason_category": labels.reason_category})
+REFUND_AMOUNT = BillingHistogram("billing_refund_amount_cents", "Refund amounts in minor units.",
+                                 buckets=AMOUNT_BUCKETS)
+MANAGER_ASSIGNMENTS = BillingCounter(
+    "billing_manager_assignments_total", "Billing managers assigned.", ["assigned_by_type"],
+    closed={"assigned_by_type": one_of(labels.ASSIGNED_BY_TYPES)})
+PROXY_ACTIONS = BillingCounter("billing_proxy_actions_total", "Actions proxies took for patients.",
+                               ["action_type"],
+                               closed={"action_type": one_of(labels.PROXY_ACTION_TYPES)})
 
 # --- Stripe-driven (webhooks) ---------------------------------------------------------------
 
-PAYMENTS_SUCCEEDED = Counter("billing_payments_succeeded_total", "Payments that succeeded.",
-                             ["owner_type", "plan"])
-PAYMENTS_FAILED = Counter("billing_payments_failed_total", "Payment attempts that failed.",
-                          ["owner_type", "reason"])
-PAYMENT_FINAL_FAILURES = Counter("billing_payment_final_failures_total",
-                                 "Payments that failed their final attempt.", ["owner_type"])
-PAYMENT_AMOUNT = Histogram("billing_payment_amount_cents", "Paid amounts in minor units.",
-                           ["owner_type"], buckets=AMOUNT_BUCKETS)
-SUBSCRIPTIONS_CREATED = Counter("billing_subscriptions_created_total", "Subscriptions started.",
-                                ["owner_type", "plan"])
-WEBHOOKS_RECEIVED = Counter("billing_webhooks_received_total", "Verified webhook events.",
-                            ["event_type"])
-WEBHOOKS_FAILED = Counter("billing_webhooks_failed_total", "Webhook events whose handling failed.",
-                          ["event_type"])
-WEBHOOKS_REJECTED = Counter("billing_webhooks_rejected_total", "Webhook deliveries refused.",
-                            ["reason"])
-WEBHOOK_SECONDS = Histogram("billing_webhook_processing_seconds", "Webhook handling time.",
-                            ["event_type"])
+PAYMENTS_SUCCEEDED = BillingCounter("billing_payments_succeeded_total", "Payments that succeeded.",
+                                    ["owner_type", "plan"], closed=_OWNER_PLAN)
+PAYMENTS_FAILED = BillingCounter(
+    "billing_payments_failed_total", "Payment attempts that failed.", ["owner_type", "reason"],
+    closed={**_OWNER, "reason": labels.payment_failure_reason})
+PAYMENT_FINAL_FAILURES = BillingCounter("billing_payment_final_failures_total",
+                                        "Payments that failed their final attempt.",
+                                        ["owner_type"], closed=_OWNER)
+PAYMENT_AMOUNT = BillingHistogram("billing_payment_amount_cents", "Paid amounts in minor units.",
+                                  ["owner_type"], closed=_OWNER, buckets=AMOUNT_BUCKETS)
+SUBSCRIPTIONS_CREATED = BillingCounter("billing_subscriptions_created_total",
+                                       "Subscriptions started.", ["owner_type", "plan"],
+                                       closed=_OWNER_PLAN)
+WEBHOOKS_RECEIVED = BillingCounter("billing_webhooks_received_total", "Verified webhook events.",
+                                   ["event_type"], closed=_EVENT)
+WEBHOOKS_FAILED = BillingCounter("billing_webhooks_failed_total",
+                                 "Webhook events whose handling failed.", ["event_type"],
+                                 closed=_EVENT)
+WEBHOOKS_REJECTED = BillingCounter("billing_webhooks_rejected_total", "Webhook deliveries refused.",
+                                   ["reason"],
+                                   closed={"reason": one_of(labels.WEBHOOK_REJECT_REASONS)})
+WEBHOOK_SECONDS = BillingHistogram("billing_webhook_processing_seconds", "Webhook handling time.",
+                                   ["event_type"], closed=_EVENT)
 
 # --- the audit trail and alerts -------------------------------------------------------------
 
-AUDIT_WRITES = Counter("billing_audit_writes_total", "Audit rows committed.", ["outcome"])
-AUDIT_WRITE_FAILURES = Counter("audit_write_failures_total",
-                               "Audit rows that could not be written (the operation failed too).")
-ALERTS_SENT = Counter("billing_alerts_sent_total", "Alert e-mails delivered.", ["kind"])
+AUDIT_WRITES = BillingCounter("billing_audit_writes_total", "Audit rows committed.", ["outcome"],
+                              closed={"outcome": one_of(labels.AUDIT_OUTCOMES)})
+AUDIT_WRITE_FAILURES = BillingCounter(
+    "audit_write_failures_total", "Audit rows that could not be written (the operation failed too).")
+ALERTS_SENT = BillingCounter("billing_alerts_sent_total", "Alert e-mails delivered.", ["kind"],
+                             closed={"kind": labels.alert_kind})
 
-PAYMENT_FAILURE_REASONS = frozenset(_REASONS)
+PAYMENT_FAILURE_REASONS = frozenset(labels.PAYMENT_FAILURE_REASONS)
 payment_failure_reason = labels.payment_failure_reason
-
-
-@dataclass(slots=True)
-class _Switch:
-    """Whether billing metrics are on, and the plan codes that may appear as labels.
-
-    ``None`` means "not configured yet": the first use reads the process settings, so a worker
-    or CLI that never builds the app still honours ``BILLWATCH_ENABLE_BILLING_METRICS``.
-    """
-
-    enabled: bool | None = None
-    plans: frozenset[str] | None = None
-
-    def load(self) -> None:
-        if self.enabled is None or self.plans is None:
-            configure(get_settings())
-
-
-_switch = _Switch()
 
 
 def configure(settings: Settings) -> None:
@@ -91,20 +83,13 @@ def configure(settings: Settings) -> None:
     Pre-created series let dashboards and rules see a 0 instead of "no data" before the first
     event, which is what makes ``rate()`` and ``increase()`` meaningful from the start.
     """
-    _switch.enabled = settings.enable_billing_metrics
-    _switch.plans = frozenset(plan.code for plan in settings.plans)
-    if _switch.enabled:
-        _initialise_series(sorted(_switch.plans))
+    SWITCH.apply(settings)
+    if SWITCH.is_enabled():
+        _initialise_series(sorted(SWITCH.plans or ()))
 
 
 def is_enabled() -> bool:
-    _switch.load()
-    return bool(_switch.enabled)
-
-
-def plan_label(code: str | None) -> str:
-    _switch.load()
-    return labels.closed(code, _switch.plans or ())
+    return SWITCH.is_enabled()
 
 
 def _initialise_series(plans: Iterable[str]) -> None:
@@ -141,98 +126,72 @@ def _initialise_series(plans: Iterable[str]) -> None:
 # --- user-initiated operations --------------------------------------------------------------
 
 def checkout_created(owner_type: str, plan: str, *, by_proxy: bool) -> None:
-    if not is_enabled():
-        return
-    CHECKOUTS.labels(owner_type=labels.owner_type(owner_type), plan=plan_label(plan)).inc()
+    CHECKOUTS.labels(owner_type=owner_type, plan=plan).inc()
     if by_proxy:
         PROXY_ACTIONS.labels(action_type="checkout").inc()
 
 
 def subscription_cancelled(owner_type: str, cancelled_by: str) -> None:
-    if not is_enabled():
-        return
-    who = labels.closed(cancelled_by, labels.CANCELLED_BY)
-    SUBSCRIPTIONS_CANCELLED.labels(owner_type=labels.owner_type(owner_type), cancelled_by=who).inc()
-    if who == "proxy":
+    SUBSCRIPTIONS_CANCELLED.labels(owner_type=owner_type, cancelled_by=cancelled_by).inc()
+    if cancelled_by == "proxy":
         PROXY_ACTIONS.labels(action_type="cancel").inc()
 
 
 def refund_issued(reason_category: str, amount_cents: int) -> None:
-    if not is_enabled():
-        return
-    REFUNDS.labels(reason_category=labels.reason_category(reason_category)).inc()
+    REFUNDS.labels(reason_category=reason_category).inc()
     REFUND_AMOUNT.observe(amount_cents)
 
 
 def manager_assigned(assigned_by_type: str) -> None:
-    if not is_enabled():
-        return
-    by = labels.closed(assigned_by_type, labels.ASSIGNED_BY_TYPES)
-    MANAGER_ASSIGNMENTS.labels(assigned_by_type=by).inc()
+    MANAGER_ASSIGNMENTS.labels(assigned_by_type=assigned_by_type).inc()
 
 
 def proxy_viewed() -> None:
-    if is_enabled():
-        PROXY_ACTIONS.labels(action_type="view").inc()
+    PROXY_ACTIONS.labels(action_type="view").inc()
 
 
 # --- Stripe-driven (webhooks) ---------------------------------------------------------------
 
 def payment_succeeded(owner_type: str, plan: str, amount_cents: int) -> None:
-    if not is_enabled():
-        return
-    owner = labels.owner_type(owner_type)
-    PAYMENTS_SUCCEEDED.labels(owner_type=owner, plan=plan_label(plan)).inc()
-    PAYMENT_AMOUNT.labels(owner_type=owner).observe(amount_cents)
+    PAYMENTS_SUCCEEDED.labels(owner_type=owner_type, plan=plan).inc()
+    PAYMENT_AMOUNT.labels(owner_type=owner_type).observe(amount_cents)
 
 
 def payment_failed(owner_type: str, code: str | None, *, final: bool) -> None:
-    if not is_enabled():
-        return
-    owner = labels.owner_type(owner_type)
-    PAYMENTS_FAILED.labels(owner_type=owner, reason=payment_failure_reason(code)).inc()
+    PAYMENTS_FAILED.labels(owner_type=owner_type, reason=code).inc()
     if final:
-        PAYMENT_FINAL_FAILURES.labels(owner_type=owner).inc()
+        PAYMENT_FINAL_FAILURES.labels(owner_type=owner_type).inc()
 
 
 def subscription_created(owner_type: str, plan: str) -> None:
-    if is_enabled():
-        SUBSCRIPTIONS_CREATED.labels(owner_type=labels.owner_type(owner_type),
-                                     plan=plan_label(plan)).inc()
+    SUBSCRIPTIONS_CREATED.labels(owner_type=owner_type, plan=plan).inc()
 
 
 def webhook_received(event_type: str | None) -> None:
-    if is_enabled():
-        WEBHOOKS_RECEIVED.labels(event_type=labels.webhook_event_type(event_type)).inc()
+    WEBHOOKS_RECEIVED.labels(event_type=event_type).inc()
 
 
 def webhook_failed(event_type: str | None) -> None:
-    if is_enabled():
-        WEBHOOKS_FAILED.labels(event_type=labels.webhook_event_type(event_type)).inc()
+    WEBHOOKS_FAILED.labels(event_type=event_type).inc()
 
 
 def webhook_rejected(reason: str) -> None:
-    if is_enabled():
-        WEBHOOKS_REJECTED.labels(reason=labels.closed(reason, labels.WEBHOOK_REJECT_REASONS)).inc()
+    WEBHOOKS_REJECTED.labels(reason=reason).inc()
 
 
 def webhook_processed(event_type: str | None, seconds: float) -> None:
-    if is_enabled():
-        WEBHOOK_SECONDS.labels(event_type=labels.webhook_event_type(event_type)).observe(seconds)
+    WEBHOOK_SECONDS.labels(event_type=event_type).observe(seconds)
 
 
 # --- the audit trail and alerts -------------------------------------------------------------
 
 def audit_written(outcome: str) -> None:
-    if is_enabled():
-        AUDIT_WRITES.labels(outcome=labels.closed(outcome, labels.AUDIT_OUTCOMES)).inc()
+    AUDIT_WRITES.labels(outcome=outcome).inc()
 
 
 def audit_write_failed() -> None:
-    if is_enabled():
-        AUDIT_WRITE_FAILURES.inc()
+    AUDIT_WRITE_FAILURES.inc()
 
 
 def alert_sent(kind: str) -> None:
-    if is_enabled():
-        ALERTS_SENT.labels(kind=labels.alert_kind(kind)).inc()
+    ALERTS_SENT.labels(kind=kind).inc()

@@ -38,7 +38,6 @@ WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
     "invoice.payment_succeeded",
     "invoice.payment_failed",
     "charge.refunded",
-    "charge.refund.updated",
     OTHER,
 )
 """The Stripe event types billwatch handles; every other type is counted as ``other``."""

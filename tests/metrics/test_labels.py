@@ -22,6 +22,13 @@ class TestClosedSets:
     def test_refund_categories_mirror_the_refund_reasons(self) -> None:
         assert set(labels.REFUND_REASON_CATEGORIES) == {r.value for r in RefundReason}
 
+    def test_webhook_labels_mirror_the_handled_types_and_reject_reasons(self) -> None:
+        from billwatch.webhooks.handlers import HANDLERS
+        from billwatch.webhooks.signature import RejectReason
+
+        assert set(labels.WEBHOOK_EVENT_TYPES) == {*HANDLERS, "other"}
+        assert set(labels.WEBHOOK_REJECT_REASONS) == {*(r.value for r in RejectReason), "other"}
+
     def test_owner_types_mirror_the_model(self) -> None:
         assert set(labels.OWNER_TYPES) == {t.value for t in OwnerType}
 
@@ -71,6 +78,9 @@ class TestHostileCallers:
         billing.webhook_rejected("3f2b8c1e-9a4d-4e8b-b1c2-0d9e8f7a6b5c")
         billing.alert_sent("alert-4242424242424242")
         billing.manager_assigned("someone@example.test")
+        billing.WEBHOOKS_RECEIVED.labels(event_type="evt_1NG8Du2eZvKYlo2CUI79vXWy").inc()
+        billing.PAYMENTS_FAILED.labels("cus_NffrFeUfNV2Hib", "card_declined_99999").inc()
+        billing.WEBHOOK_SECONDS.labels("3f2b8c1e9a4d4e8bb1c20d9e8f7a6b5c").observe(0.1)
         samples = await scrape(client)
         assert label_offences(samples) == []
         assert value(samples, "billing_checkouts_created_total",

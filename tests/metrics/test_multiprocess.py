@@ -1,0 +1,220 @@
+"""Several worker processes: a scrape sums every worker, dead workers' counters still count."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from billwatch.accounts.actor import OwnerRef
+from billwatch.accounts.models import OwnerType, Role
+from billwatch.db import Database
+from billwatch.metrics import multiproc
+from tests.metrics.helpers import Sub, add_subscriptions, parse, value
+from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, Factory, LocalStripe, free_port
+from tests.support import test_settings as make_settings
+
+CHECKOUTS = "billing_checkouts_created_total"
+PLAN = {"owner_type": "patient", "plan": "basic_monthly"}
+
+
+class TestFilesOfDeadProcesses:
+    """Real metric files written by a real process that has exited."""
+
+    @pytest.fixture
+    def left_behind(self, tmp_path: Path) -> int:
+        script = ("from prometheus_client import Counter, Gauge\n"
+                  "Counter('dead_work_total', 'w').inc(3)\n"
+                  "Gauge('dead_busy', 'b', multiprocess_mode='livesum').set(2)\n")
+        env = {**os.environ, multiproc.MULTIPROC_ENV: str(tmp_path)}
+        finished = subprocess.run([sys.executable, "-c", script], env=env, timeout=60, check=True)
+        assert finished.returncode == 0
+        pids = {multiproc.file_pid(f) for f in tmp_path.glob("*.db")}
+        assert len(pids) == 1
+        pid = pids.pop()
+        assert pid is not None
+        return pid
+
+    def totals(self, path: Path) -> dict[str, float]:
+        return {s.name: s.value for m in MultiProcessCollector(None, str(path)).collect()  # type: ignore[no-untyped-call]
+                for s in m.samples}
+
+    def test_live_gauges_go_counters_stay(self, tmp_path: Path, left_behind: int) -> None:
+        assert self.totals(tmp_path) == {"dead_work_total": 3, "dead_busy": 2}
+        assert multiproc.mark_dead_workers(tmp_path) == {left_behind}
+        assert self.totals(tmp_path) == {"dead_work_total": 3}
+
+    def test_a_new_server_run_starts_from_live_processes_only(
+            self, tmp_path: Path, left_behind: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(multiproc.MULTIPROC_ENV, str(tmp_path))
+        mine = tmp_path / f"counter_{os.getpid()}.db"
+        mine.write_bytes(b"")
+        with multiproc.prepared_for_workers(2) as path:
+            assert path == tmp_path
+            assert [f.name for f in tmp_path.glob("*.db")] == [mine.name]
+
+    def test_several_workers_without_a_directory_get_a_private_one(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv(multiproc.MULTIPROC_ENV, raising=False)
+        with multiproc.prepared_for_workers(2) as path:
+            assert path is not None and path.is_dir()
+            assert os.environ[multiproc.MULTIPROC_ENV] == str(path)
+        assert not path.exists()
+        assert multiproc.MULTIPROC_ENV not in os.environ
+        with multiproc.prepared_for_workers(1) as single:
+            assert single is None
+
+
+@dataclass
+class Served:
+    parent_pid: int
+    port: int
+    metrics_dir: Path
+    db: Database
+    factory: Factory
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> set[int]:
+        """Pids with metric files, other than the supervising parent."""
+        pids = {multiproc.file_pid(f) for f in self.metrics_dir.glob("*.db")}
+        return {p for p in pids if p is not None and p != self.parent_pid and multiproc.pid_alive(p)}
+
+    def checkouts_by_pid(self) -> dict[int, float]:
+        counts = {}
+        for file in self.metrics_dir.glob("counter_*.db"):
+            pid = multiproc.file_pid(file)
+            samples = [s for m in MultiProcessCollector.merge([str(file)]) for s in m.samples
+                       if s.name == CHECKOUTS and s.labels == PLAN]
+            if pid is not None:
+                counts[pid] = sum(s.value for s in samples)
+        return counts
+
+
+async def wait_until(condition: Callable[[], bool], *, what: str, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {within}s for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def served(tmp_path: Path, localstripe: LocalStripe,
+                 catalogue_synced: None) -> AsyncIterator[Served]:
+    """``billwatch serve --workers 2`` on a free port, on a SQLite file, against localstripe."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'billwatch.db'}"
+    metrics_dir = tmp_path / "prometheus"
+    port = free_port()
+    env = {**os.environ, multiproc.MULTIPROC_ENV: str(metrics_dir),
+           "BILLWATCH_DATABASE_URL": url, "BILLWATCH_STRIPE_API_BASE": localstripe.url,
+           "BILLWATCH_STRIPE_API_KEY": "sk_test_billwatch_tests",
+           "BILLWATCH_TOKEN_SECRET": TEST_TOKEN_SECRET,
+           "BILLWATCH_STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
+           "BILLWATCH_LOG_LEVEL": "WARNING", "BILLWATCH_METRICS_CACHE_SECONDS": "0"}
+    exe = Path(sys.executable).parent / "billwatch"
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            str(exe), "serve", "--workers", "2", "--port", str(port), cwd=tmp_path, env=env,
+            stdout=log, stderr=asyncio.subprocess.STDOUT)
+        db = Database(url)
+        try:
+            await wait_until(lambda: port_open(port) or process.returncode is not None,
+                             what="billwatch to listen", within=90)
+            assert process.returncode is None, (tmp_path / "serve.log").read_text()
+            served = Served(process.pid, port, metrics_dir, db,
+                            Factory(db, make_settings(url, localstripe.url)))
+            await wait_until(lambda: len(served.worker_pids()) == 2, what="two workers")
+            yield served
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=30)
+            except TimeoutError:
+                process.kill()
+            await db.dispose()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def checkouts(served: Served, headers: dict[str, str], body: dict[str, str], n: int) -> None:
+    """``n`` checkouts at once, each on its own connection, so both workers take some."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=served.url, limits=limits, timeout=60) as http:
+        responses = await asyncio.gather(*(
+            http.post("/billing/checkout", headers=headers, json=body) for _ in range(n)))
+    assert [r.status_code for r in responses] == [201] * n, [r.text for r in responses][:3]
+
+
+async def scrapes(served: Served, times: int) -> list[dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=served.url, limits=limits, timeout=60) as http:
+        bodies = [await http.get("/metrics") for _ in range(times)]
+    assert all(b.status_code == 200 for b in bodies)
+    return [parse(b.text) for b in bodies]
+
+
+class TestTwoWorkers:
+    async def test_every_scrape_reads_the_total_of_all_workers(self, served: Served) -> None:
+        patient = await served.factory.user(Role.PATIENT)
+        headers = served.factory.headers(patient)
+        body = {"owner_type": "patient", "owner_id": str(patient.id), "plan_code": "basic_monthly"}
+        await checkouts(served, headers, body, 1)  # creates the Stripe customer once
+        sent = 1
+        deadline = time.monotonic() + 60
+        while sum(1 for v in served.checkouts_by_pid().values() if v) < 2:
+            assert time.monotonic() < deadline, served.checkouts_by_pid()
+            await checkouts(served, headers, body, 8)
+            sent += 8
+
+        await add_subscriptions(served.db, [Sub(OwnerRef(OwnerType.PATIENT, patient.id),
+                                                "basic_monthly")])
+        for samples in await scrapes(served, 8):
+            assert value(samples, CHECKOUTS, **PLAN) == sent
+            assert value(samples, "billing_http_requests_total", method="POST",
+                         route="/billing/checkout", status="201") == sent
+            # from the database, by the scraping worker alone: never summed over workers
+            assert value(samples, "billing_active_subscriptions", **PLAN) == 1
+            assert value(samples, "billing_mrr_cents", owner_type="patient") == 1500
+
+    async def test_a_dead_workers_counts_survive_and_its_live_gauge_goes(
+            self, served: Served) -> None:
+        patient = await served.factory.user(Role.PATIENT)
+        headers = served.factory.headers(patient)
+        owner = OwnerRef(OwnerType.PATIENT, patient.id)
+        body = {"owner_type": owner.type.value, "owner_id": str(owner.id), "plan_code": "basic_monthly"}
+        await checkouts(served, headers, body, 1)
+        deadline = time.monotonic() + 60
+        sent = 1
+        while sum(1 for v in served.checkouts_by_pid().values() if v) < 2:
+            assert time.monotonic() < deadline
+            await checkouts(served, headers, body, 8)
+            sent += 8
+        victim = max(served.worker_pids(), key=lambda p: served.checkouts_by_pid().get(p, 0))
+        live_gauge = served.metrics_dir / f"gauge_livesum_{victim}.db"
+        assert live_gauge.exists()
+
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(lambda: not live_gauge.exists() and len(served.worker_pids()) == 2,
+                   what="the replacement worker to start and tidy up")
+        await checkouts(served, headers, body, 5)
+        for samples in await scrapes(served, 6):
+            assert value(samples, CHECKOUTS, **PLAN) == sent + 5
+            assert value(samples, "billing_http_requests_in_progress") == 1
