@@ -25,6 +25,7 @@ from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
 from billwatch.metrics.exposition import install_metrics
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.webhooks.endpoints import router as webhooks_router
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         return JSONResponse({"status": "ok", "database": "ok"})
 
     for router in (accounts_router, billing_router, billing_admin_router, managers_router,
-                   alerts_router):
+                   alerts_router, webhooks_router):
         app.include_router(router)
     return app
 

@@ -19,11 +19,13 @@ from billwatch.accounts.tokens import mint_token
 from billwatch.config import get_settings
 from billwatch.db import Database
 from billwatch.jobs import cli as jobs_cli
+from billwatch.webhooks.cli import app as webhooks_app
 
 app = typer.Typer(help="billwatch: audited, measured and alerted billing on Stripe.",
                   no_args_is_help=True)
 users_app = typer.Typer(help="Users of the platform.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(jobs_cli.jobs_app, name="jobs")
 app.command("worker")(jobs_cli.worker)
 app.command("beat")(jobs_cli.beat)

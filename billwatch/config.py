@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     """Where the Stripe API lives; set to a local Stripe peer (localstripe) for tests and demo."""
     stripe_webhook_secret: SecretStr = SecretStr("whsec_billwatch_local_development_secret")
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    stripe_webhook_secrets_previous: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Older signing secrets still accepted during a rotation (comma-separated), then removed."""
     stripe_local_standins: bool | None = None
     """Serve Checkout/portal sessions from billwatch's stand-in; defaults to on with an API base."""
 
@@ -113,6 +115,13 @@ class Settings(BaseSettings):
     def _parse_plans(cls, value: Any) -> Any:
         if isinstance(value, str):
             return json.loads(value)
+        return value
+
+    @field_validator("stripe_webhook_secrets_previous", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("billing_alert_emails", mode="before")

@@ -13,6 +13,7 @@ from billwatch.billing.models import (
 from billwatch.db import Base
 from billwatch.jobs.models import DailyBillingMetrics, JobRun
 from billwatch.managers.models import BillingManagerAssignment
+from billwatch.webhooks.models import StripeEvent
 
 __all__ = [
     "Alert",
@@ -27,6 +28,7 @@ __all__ = [
     "Organization",
     "OrganizationMember",
     "StripeCustomer",
+    "StripeEvent",
     "Subscription",
     "Transaction",
     "User",

@@ -1,0 +1,169 @@
+"""invoice.payment_succeeded / invoice.paid / invoice.payment_failed: money in, or not.
+
+A paid invoice becomes one payment transaction, whichever of the two "paid" events arrives first
+and however often either is delivered: the transaction's idempotency key is derived from the
+invoice (``stripe-invoice:<id>:payment``), and the subscription row lock orders concurrent
+events of one subscription. Each failed attempt becomes one failed transaction keyed by Stripe's
+``attempt_count``, and its audit row carries what an alert rule needs: amount, currency,
+attempt count, failure and decline codes, invoice id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from billwatch.accounts.actor import OwnerRef
+from billwatch.audit import recorder
+from billwatch.audit.events import AuditEvent, Outcome
+from billwatch.audit.recorder import Resource
+from billwatch.billing.models import Subscription, Transaction, TransactionKind, TransactionStatus
+from billwatch.db import after_commit
+from billwatch.metrics import billing as billing_metrics
+from billwatch.webhooks import shapes
+from billwatch.webhooks.handlers.common import (
+    STRIPE,
+    EventContext,
+    Handled,
+    UnknownPlan,
+    locked_subscription,
+    owner_for_customer,
+    owner_of,
+    plan_for_price,
+)
+from billwatch.webhooks.handlers.subscriptions import create_subscription
+
+FINAL_ATTEMPT = 3
+"""Stripe's default smart-retry schedule gives up around the third attempt."""
+
+
+async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any],
+                                  customer_id: str | None) -> tuple[Subscription | None, OwnerRef | None]:
+    """The invoice's subscription (fetched from Stripe if no event created it yet) and owner."""
+    stripe_sub_id = shapes.invoice_subscription_id(invoice)
+    row = await locked_subscription(ctx.session, stripe_sub_id) if stripe_sub_id else None
+    if row is not None:
+        return row, owner_of(row)
+    owner = await owner_for_customer(ctx.session, customer_id, shapes.metadata(invoice))
+    if owner is None or stripe_sub_id is None:
+        return None, owner
+    # Stripe sends invoice and subscription events in no particular order: the subscription's
+    # own event may still be on its way, so read it now rather than book a payment without it.
+    fetched = await ctx.gateway.retrieve_subscription(stripe_sub_id)
+    return await create_subscription(ctx, fetched, owner, stamp=ctx.created), owner
+
+
+async def _existing(ctx: EventContext, key: str) -> Transaction | None:
+    return (await ctx.session.scalars(select(Transaction).where(Transaction.idempotency_key == key))).first()
+
+
+def _plan_code(ctx: EventContext, row: Subscription | None, invoice: dict[str, Any]) -> str | None:
+    if row is not None:
+        return row.plan_code
+    try:
+        return plan_for_price(ctx.settings, shapes.invoice_price_id(invoice)).code
+    except UnknownPlan:
+        return None  # a one-off invoice: no plan to attribute it to
+
+
+async def invoice_paid(ctx: EventContext) -> Handled:
+    """Record the payment of an invoice, once per invoice."""
+    invoice = ctx.obj
+    invoice_id = shapes.required_str(invoice, "id")
+    customer_id = shapes.ref(invoice.get("customer"))
+    row, owner = await _subscription_and_owner(ctx, invoice, customer_id)
+    refs = ctx.refs(customer_id=customer_id, invoice_id=invoice_id,
+                    subscription_id=row.stripe_subscription_id if row else None)
+    if owner is None:
+        return Handled.ignored(f"no billwatch owner for Stripe customer {customer_id}", refs=refs)
+    amount = shapes.required_int(invoice, "amount_paid")
+    if amount <= 0:
+        return Handled.ignored("nothing was paid (zero-amount invoice)", refs=refs, owner=owner)
+    key = f"stripe-invoice:{invoice_id}:payment"
+    if (existing := await _existing(ctx, key)) is not None:
+        return Handled(owner=owner, refs=refs, note="payment already recorded",
+                       data={"transaction_id": str(existing.id)})
+    currency = shapes.required_str(invoice, "currency").lower()
+    plan_code = _plan_code(ctx, row, invoice)
+    payment = Transaction(
+        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
+        subscription_id=row.id if row else None, kind=TransactionKind.PAYMENT,
+        status=TransactionStatus.SUCCEEDED, amount_cents=amount, currency=currency,
+        plan_code=plan_code, stripe_invoice_id=invoice_id,
+        stripe_charge_id=shapes.invoice_charge_id(invoice),
+        stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice),
+        attempt_count=_attempts(invoice), idempotency_key=key)
+    ctx.session.add(payment)
+    recorder.record(
+        ctx.session, AuditEvent.PAYMENT_SUCCEEDED, actor=STRIPE, owner=owner,
+        resource=Resource("transaction", payment.id), stripe=refs, idempotency_key=key,
+        data={"amount_cents": amount, "currency": currency, "transaction_id": str(payment.id),
+              "invoice_id": invoice_id, "plan": plan_code,
+              "billing_reason": invoice.get("billing_reason"), "attempt_count": _attempts(invoice),
+              "charge_id": payment.stripe_charge_id})
+    owner_type, label = owner.type.value, plan_code or "none"
+    after_commit(ctx.session, lambda: billing_metrics.payment_succeeded(owner_type, label, amount))
+    return Handled(owner=owner, refs=refs, data={"transaction_id": str(payment.id)})
+
+
+async def invoice_payment_failed(ctx: EventContext) -> Handled:
+    """Record one failed attempt to pay an invoice, with everything an alert needs."""
+    invoice = ctx.obj
+    invoice_id = shapes.required_str(invoice, "id")
+    customer_id = shapes.ref(invoice.get("customer"))
+    row, owner = await _subscription_and_owner(ctx, invoice, customer_id)
+    refs = ctx.refs(customer_id=customer_id, invoice_id=invoice_id,
+                    subscription_id=row.stripe_subscription_id if row else None)
+    if owner is None:
+        return Handled.ignored(f"no billwatch owner for Stripe customer {customer_id}", refs=refs)
+    attempt = _attempts(invoice)
+    key = f"stripe-invoice:{invoice_id}:attempt:{attempt}"
+    if (existing := await _existing(ctx, key)) is not None:
+        return Handled(owner=owner, refs=refs, note=f"attempt {attempt} already recorded",
+                       data={"transaction_id": str(existing.id)})
+    amount = shapes.required_int(invoice, "amount_due")
+    currency = shapes.required_str(invoice, "currency").lower()
+    failure = shapes.invoice_failure(invoice)
+    category = billing_metrics.payment_failure_reason(failure.decline_code)
+    if category == "other":
+        category = billing_metrics.payment_failure_reason(failure.code)
+    plan_code = _plan_code(ctx, row, invoice)
+    attempt_tx = Transaction(
+        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
+        subscription_id=row.id if row else None, kind=TransactionKind.PAYMENT,
+        status=TransactionStatus.FAILED, amount_cents=amount, currency=currency,
+        plan_code=plan_code, stripe_invoice_id=invoice_id,
+        stripe_charge_id=shapes.invoice_charge_id(invoice),
+        stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice),
+        reason=category, failure_code=failure.most_specific, attempt_count=attempt,
+        idempotency_key=key)
+    ctx.session.add(attempt_tx)
+    final = attempt >= FINAL_ATTEMPT
+    recorder.record(
+        ctx.session, AuditEvent.PAYMENT_FAILED, actor=STRIPE, owner=owner, outcome=Outcome.FAILURE,
+        resource=Resource("transaction", attempt_tx.id), stripe=refs, idempotency_key=key,
+        reason=failure.message or failure.most_specific or "payment failed",
+        data={"amount_cents": amount, "currency": currency, "attempt_count": attempt,
+              "final_attempt": final, "failure_code": failure.code,
+              "decline_code": failure.decline_code, "failure_reason": category,
+              "failure_message": failure.message,
+              "reason_in_event": failure.most_specific is not None,
+              "invoice_id": invoice_id, "transaction_id": str(attempt_tx.id), "plan": plan_code,
+              "next_payment_attempt": _iso_ts(invoice.get("next_payment_attempt"))})
+    owner_type = owner.type.value
+    after_commit(ctx.session,
+                 lambda: billing_metrics.payment_failed(owner_type, category, final=final))
+    return Handled(owner=owner, refs=refs, data={"transaction_id": str(attempt_tx.id),
+                                                 "attempt_count": attempt})
+
+
+def _attempts(invoice: dict[str, Any]) -> int:
+    value = invoice.get("attempt_count")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def _iso_ts(value: Any) -> str | None:
+    moment = shapes.timestamp(value)
+    return moment.isoformat() if moment else None
