@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck pytest services clean
+.PHONY: install run demo bench test lint typecheck pytest services clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,16 @@ install: $(STAMP)
 ## Serve on 127.0.0.1:8000 with the embedded SQLite database (migrated first).
 run: install
 	bash scripts/run.sh
+
+## The one-command tour: a local Stripe, billwatch on SQLite, a simulated month, a summary.
+## DEMO_ARGS passes options through, e.g. make demo DEMO_ARGS=--keep-running
+demo: install
+	$(BIN)/billwatch demo $(DEMO_ARGS)
+
+## Benchmarks on a scratch PostgreSQL database; BENCH_SCALE=0.1 for a quick run. Not part of test.
+BENCH_SCALE ?= 1
+bench: install services
+	$(BIN)/python -m bench --scale $(BENCH_SCALE) $(BENCH_ARGS)
 
 services:
 	bash scripts/ensure-services.sh

@@ -18,6 +18,7 @@ from billwatch.accounts.models import Role
 from billwatch.accounts.tokens import mint_token
 from billwatch.config import get_settings
 from billwatch.db import Database
+from billwatch.demo.cli import demo as demo_command
 from billwatch.jobs import cli as jobs_cli
 from billwatch.webhooks.cli import app as webhooks_app
 
@@ -25,6 +26,7 @@ app = typer.Typer(help="billwatch: audited, measured and alerted billing on Stri
                   no_args_is_help=True)
 users_app = typer.Typer(help="Users of the platform.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+app.command("demo")(demo_command)
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(jobs_cli.jobs_app, name="jobs")
 app.command("worker")(jobs_cli.worker)

@@ -1,0 +1,132 @@
+"""The demo run: start everything, run a simulated month, print what it left behind.
+
+One command, nothing to configure: a local Stripe peer, billwatch on an embedded SQLite file, an
+SMTP sink for alert e-mails, all on loopback, all under one folder (``var/demo`` by default,
+wiped at the start of each run). Without ``--keep-running`` every process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+
+from billwatch.db import Database
+from billwatch.demo import summary as report
+from billwatch.demo.api import BillwatchApi
+from billwatch.demo.environment import DemoEnvironment, Population
+from billwatch.demo.mailsink import MailSink
+from billwatch.demo.month import Month
+from billwatch.demo.peer import StripePeer
+from billwatch.demo.population import seed
+from billwatch.demo.stack import Service, free_port, start_billwatch, start_localstripe
+from billwatch.demo.stripe_side import PEER_EVENT_TYPES, StripeSide
+from billwatch.demo.waiting import wait_for_alerts, wait_for_peer_events
+from billwatch.logging import configure_logging
+
+console = Console()
+
+
+def run_demo(*, population: Population, folder: Path, port: int, concurrency: int,
+             keep_running: bool) -> bool:
+    """The whole demo; True when the month ran cleanly and the audit chain verified."""
+    configure_logging("WARNING", json=False)  # the progress bars are this process's output
+    folder = folder.resolve()
+    _fresh(folder)
+    env = DemoEnvironment(folder, free_port(port), free_port(8420), free_port(8025))
+    started = time.monotonic()
+    with ExitStack() as stack:
+        sink = MailSink(env.mail_folder, env.smtp_port)
+        sink.start()
+        stack.callback(sink.stop)
+        services = stack.enter_context(_services(env, keep_running))
+        result = asyncio.run(_run(env, population, concurrency, started, services))
+        report.render(result, console)
+        if keep_running:
+            console.print(f"[bold]billwatch keeps running on {env.base_url}[/bold] (Stripe peer "
+                          f"{env.stripe_url}); stop both with: kill {services[0].process.pid} "
+                          f"{services[1].process.pid}")
+    return not result.problems and result.verify.ok
+
+
+def _fresh(folder: Path) -> None:
+    """Start from nothing: a previous run's database, peer state and mail are removed."""
+    for name in ("billwatch.db", "billwatch.db-wal", "billwatch.db-shm"):
+        (folder / name).unlink(missing_ok=True)
+    for name in ("mail", "localstripe", "checkpoints"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def _services(env: DemoEnvironment, keep_running: bool) -> Iterator[list[Service]]:
+    """The Stripe peer, then the migrated and seeded database, then billwatch."""
+    services: list[Service] = []
+    try:
+        with console.status("Starting the local Stripe peer and billwatch..."):
+            services.append(start_localstripe(env.folder, env.stripe_port))
+            from billwatch.migrations import upgrade
+
+            upgrade(env.settings().database_url)
+            services.append(start_billwatch(env.folder, env.billwatch_port, env.server_env()))
+        yield services
+    finally:
+        if not keep_running:
+            for service in reversed(services):
+                service.stop()
+
+
+async def _run(env: DemoEnvironment, population: Population, concurrency: int, started: float,
+               services: list[Service]) -> report.Summary:
+    settings = env.settings()
+    db = Database(settings.database_url)
+    peer = StripePeer(env.stripe_url, env.stripe_api_key)
+    api = BillwatchApi(env.base_url)
+    try:
+        from billwatch.payments.gateway import PaymentsGateway
+
+        await PaymentsGateway(settings).ensure_catalogue(settings.plans)
+        await peer.register_webhook("billwatch", url=f"{env.base_url}/webhooks/stripe",
+                                    secret=env.webhook_secret, events=PEER_EVENT_TYPES)
+        cast = await seed(db, settings, population)
+        side = StripeSide(peer, api, db, env.webhook_secret, env.base_url)
+        with _progress() as progress:
+            month = Month(api, side, cast, settings, progress, concurrency)
+            month.rng.seed(population.seed)
+            await month.run()
+            await wait_for_peer_events(db, side.peer_events_expected, progress)
+            await wait_for_alerts(db, progress)
+            daily = report.run_command(env, "jobs", "daily-metrics", "--date", _today())
+        verify = report.run_command(env, "audit", "verify")
+        figures = await report.daily_figures(db) if daily.ok else None
+        source = "daily metrics job" if figures else "subscriptions table"
+        return report.Summary(
+            elapsed_seconds=time.monotonic() - started, tally=month.tally, delivered=side.delivered,
+            refused=side.refused, audit_rows=await report.audit_counts(db), verify=verify,
+            figures={**(figures or await report.database_figures(db, settings)),
+                     **await report.month_churn(db)}, figures_source=source,
+            alerts=await report.alert_counts(db), mail_folder=env.mail_folder,
+            mails=sorted(p.name for p in env.mail_folder.glob("*.eml")), base_url=env.base_url,
+            admin_token=cast.admins[0].token,
+            problems=month.problems + ([] if daily.ok else [f"daily metrics: {daily.output[-300:]}"]))
+    finally:
+        await api.close()
+        await peer.close()
+        await db.dispose()
+
+
+def _today() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).date().isoformat()
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), "[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=console)
