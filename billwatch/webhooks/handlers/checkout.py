@@ -32,7 +32,7 @@ from billwatch.webhooks.handlers.common import (
     locked_subscription,
     owner_for_customer,
 )
-from billwatch.webhooks.handlers.subscriptions import record_created, set_manager
+from billwatch.webhooks.handlers.subscriptions import insert_subscription, record_created, set_manager
 
 
 async def checkout_completed(ctx: EventContext) -> Handled:
@@ -91,7 +91,9 @@ async def _link_subscription(ctx: EventContext, session_obj: dict[str, Any], own
         source=SubscriptionSource.STRIPE, stripe_subscription_id=stripe_sub_id,
         stripe_customer_id=shapes.ref(session_obj.get("customer")))
     await set_manager(ctx, row, meta)
-    ctx.session.add(row)
-    await ctx.session.flush()
+    existing = await insert_subscription(ctx, row)
+    if existing is not None:
+        await set_manager(ctx, existing, meta)
+        return existing
     record_created(ctx, row, data={"from": "checkout.session.completed"})
     return row

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.audit import recorder
@@ -52,7 +53,8 @@ async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any],
     # Stripe sends invoice and subscription events in no particular order: the subscription's
     # own event may still be on its way, so read it now rather than book a payment without it.
     fetched = await ctx.gateway.retrieve_subscription(stripe_sub_id)
-    return await create_subscription(ctx, fetched, owner, stamp=ctx.created), owner
+    row, _created = await create_subscription(ctx, fetched, owner, stamp=ctx.created)
+    return row, owner_of(row)
 
 
 async def _existing(ctx: EventContext, key: str) -> Transaction | None:
@@ -95,7 +97,8 @@ async def invoice_paid(ctx: EventContext) -> Handled:
         stripe_charge_id=shapes.invoice_charge_id(invoice),
         stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice),
         attempt_count=_attempts(invoice), idempotency_key=key)
-    ctx.session.add(payment)
+    if not await _add_once(ctx, payment, ordered=row is not None):
+        return Handled(owner=owner, refs=refs, note="payment already recorded")
     recorder.record(
         ctx.session, AuditEvent.PAYMENT_SUCCEEDED, actor=STRIPE, owner=owner,
         resource=Resource("transaction", payment.id), stripe=refs, idempotency_key=key,
@@ -139,7 +142,8 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
         stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice),
         reason=category, failure_code=failure.most_specific, attempt_count=attempt,
         idempotency_key=key)
-    ctx.session.add(attempt_tx)
+    if not await _add_once(ctx, attempt_tx, ordered=row is not None):
+        return Handled(owner=owner, refs=refs, note=f"attempt {attempt} already recorded")
     final = attempt >= FINAL_ATTEMPT
     recorder.record(
         ctx.session, AuditEvent.PAYMENT_FAILED, actor=STRIPE, owner=owner, outcome=Outcome.FAILURE,
@@ -157,6 +161,23 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
                  lambda: billing_metrics.payment_failed(owner_type, category, final=final))
     return Handled(owner=owner, refs=refs, data={"transaction_id": str(attempt_tx.id),
                                                  "attempt_count": attempt})
+
+
+async def _add_once(ctx: EventContext, transaction: Transaction, *, ordered: bool) -> bool:
+    """Add ``transaction`` unless a concurrent event of the same invoice already did.
+
+    With the subscription row locked, events of one invoice are already in order and the
+    check above suffices; without one, the unique idempotency key decides, in a savepoint.
+    """
+    if ordered:
+        ctx.session.add(transaction)
+        return True
+    try:
+        async with ctx.session.begin_nested():
+            ctx.session.add(transaction)
+    except IntegrityError:
+        return False
+    return True
 
 
 def _attempts(invoice: dict[str, Any]) -> int:

@@ -13,6 +13,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import Role, User
 from billwatch.audit import recorder
@@ -56,8 +58,9 @@ async def subscription_event(ctx: EventContext) -> Handled:
         owner = await owner_for_customer(ctx.session, customer_id, shapes.metadata(sub))
         if owner is None:
             return Handled.ignored(f"no billwatch owner for Stripe customer {customer_id}", refs=refs)
-        row = await create_subscription(ctx, sub, owner, stamp=ctx.created)
-        return Handled(owner=owner, refs=refs, data={"subscription_id": str(row.id)})
+        row, created = await create_subscription(ctx, sub, owner, stamp=ctx.created)
+        if created:
+            return Handled(owner=owner, refs=refs, data={"subscription_id": str(row.id)})
     deleted = ctx.type == DELETED
     if not deleted:
         if row.status is SubscriptionStatus.CANCELED and row.ended_at is not None:
@@ -74,8 +77,12 @@ async def subscription_event(ctx: EventContext) -> Handled:
 
 
 async def create_subscription(ctx: EventContext, sub: dict[str, Any], owner: OwnerRef, *,
-                              stamp: datetime) -> Subscription:
-    """Our row for a subscription first heard of now, audited as created (and ended, if so)."""
+                              stamp: datetime) -> tuple[Subscription, bool]:
+    """Our row for a subscription first heard of now, audited as created (and ended, if so).
+
+    Returns ``(row, True)``; or, when a concurrent event created it first, that row (locked)
+    and False, for the caller to treat as existing.
+    """
     plan = plan_for_price(ctx.settings, shapes.subscription_price_id(sub))
     meta = shapes.metadata(sub)
     start, end = shapes.subscription_period(sub)
@@ -91,13 +98,32 @@ async def create_subscription(ctx: EventContext, sub: dict[str, Any], owner: Own
     await set_manager(ctx, row, meta)
     if row.status is SubscriptionStatus.CANCELED and row.ended_at is None:
         row.ended_at = row.canceled_at or ctx.created
-    ctx.session.add(row)
-    await ctx.session.flush()
+    existing = await insert_subscription(ctx, row)
+    if existing is not None:
+        return existing, False
     record_created(ctx, row, data={"amount_cents": plan.amount_cents, "currency": plan.currency,
                                    "interval": plan.interval.value})
     if row.status is SubscriptionStatus.CANCELED:
         record_cancelled(ctx, row, mode="immediately", reason=_cancel_reason(sub))
-    return row
+    return row, True
+
+
+async def insert_subscription(ctx: EventContext, row: Subscription) -> Subscription | None:
+    """Insert ``row``; None on success, else the row a concurrent event inserted first.
+
+    Two events of a new subscription (its own, an invoice's, a checkout's) may be handled at
+    once; the unique Stripe id lets one insert win, and the other continues on the winner's row.
+    """
+    try:
+        async with ctx.session.begin_nested():
+            ctx.session.add(row)
+    except IntegrityError:
+        assert row.stripe_subscription_id is not None
+        winner = await locked_subscription(ctx.session, row.stripe_subscription_id)
+        if winner is None:
+            raise
+        return winner
+    return None
 
 
 def record_created(ctx: EventContext, row: Subscription, *, data: dict[str, Any]) -> None:
