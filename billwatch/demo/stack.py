@@ -50,10 +50,10 @@ class Service:
     """One child process with a log file, waited on until it answers on its port."""
 
     def __init__(self, name: str, argv: list[str], *, cwd: Path, port: int,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
         self.name, self.port = name, port
         cwd.mkdir(parents=True, exist_ok=True)
-        self.log_path = cwd / f"{name}.log"
+        self.log_path = (log_dir or cwd) / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(argv, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **(env or {})}, start_new_session=True)

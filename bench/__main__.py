@@ -1,0 +1,61 @@
+"""``python -m bench``: run the suites, print the table, write the JSON next to the code.
+
+``--scale`` multiplies every size (1 = the sizes the targets are stated for; 0.1 for a quick
+pass); ``--only`` picks suites by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from bench import machine, report
+from bench.context import BenchContext
+from bench.scratch import ADMIN_DSN
+from bench.suites import audit_overhead, webhooks
+
+Suite = Callable[[BenchContext], Awaitable[None]]
+SUITES: dict[str, Suite] = {
+    "webhooks": webhooks.run,
+    "overhead": audit_overhead.run,
+}
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="size multiplier (default 1)")
+    parser.add_argument("--only", default=",".join(SUITES),
+                        help=f"comma-separated suites (default all: {', '.join(SUITES)})")
+    parser.add_argument("--keep-databases", action="store_true",
+                        help="leave the scratch PostgreSQL databases for inspection")
+    return parser.parse_args()
+
+
+async def main() -> None:
+    args = _arguments()
+    console = Console()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(SUITES)
+    if unknown:
+        raise SystemExit(f"unknown suites: {', '.join(sorted(unknown))}")
+    described = await machine.describe(ADMIN_DSN)
+    with tempfile.TemporaryDirectory(prefix="billwatch-bench-") as logs:
+        ctx = BenchContext(console, args.scale, Path(logs), args.keep_databases)
+        for name in chosen:
+            started = time.monotonic()
+            console.rule(f"[bold]{name}")
+            await SUITES[name](ctx)
+            console.print(f"  {name} took {time.monotonic() - started:.0f} s")
+    report.render(console, ctx.figures, described, args.scale)
+    path = report.write(ctx.figures, described, args.scale, ctx.sizes)
+    console.print(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Baseline applications the benchmarks measure billwatch against (served by uvicorn)."""

@@ -1,0 +1,51 @@
+"""The HTTP servers under test, each a real ``uvicorn`` (uvloop, httptools) in its own processes.
+
+billwatch runs as an operator runs it (``billwatch serve --workers N``); the baselines run as
+plain ASGI apps from :mod:`bench.apps` under the same server with the same worker count, so
+the only difference measured is the application's own work.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from billwatch.demo.stack import Service, executable, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def serve_billwatch(env: dict[str, str], *, workers: int, log_dir: Path,
+                    name: str = "billwatch") -> Iterator[Service]:
+    argv = [executable("billwatch"), "serve", "--host", "127.0.0.1", "--port", "{port}",
+            "--workers", str(workers), "--no-migrate"]
+    with _serving(name, argv, env, log_dir, "/healthz") as service:
+        yield service
+
+
+@contextmanager
+def serve_app(target: str, env: dict[str, str], *, workers: int, log_dir: Path,
+              factory: bool = False) -> Iterator[Service]:
+    """``uvicorn bench.apps.<module>:<app>`` with ``workers`` processes."""
+    argv = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "{port}",
+            "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+            *(["--factory"] if factory else [])]
+    with _serving(target.rsplit(".", 1)[-1].replace(":", "-"), argv, env, log_dir, "/") as service:
+        yield service
+
+
+@contextmanager
+def _serving(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
+             ready_path: str) -> Iterator[Service]:
+    port = free_port()
+    argv = [part.replace("{port}", str(port)) for part in argv]
+    service = Service(name, argv, cwd=REPO, port=port, log_dir=log_dir,
+                      env={**env, "PYTHONPATH": str(REPO)})
+    try:
+        service.wait_ready(ready_path)
+        yield service
+    finally:
+        service.stop()
