@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from billwatch.audit.crypto import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, keys_from
 
 
 class BillingInterval(StrEnum):
@@ -110,6 +113,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # --- the audit trail (billwatch.audit; the README's "Audit trail" section) ---
+    audit_encryption_keys: SecretStr = SecretStr(DEVELOPMENT_ENCRYPTION_KEYS)
+    """Metadata key ring ``kid:base64key,...`` (32-byte AES keys); the first encrypts."""
+    audit_hmac_key: SecretStr = SecretStr(DEVELOPMENT_HMAC_KEY)
+    """Keys row hashes and signs checkpoints; keep it outside the database (>= 32 bytes)."""
+    audit_checkpoint_dir: Path = Path("audit-checkpoints")
+    """Append-only store of signed checkpoints, outside the database (one file each)."""
+    audit_archive_dir: Path = Path("audit-archive")
+    """Where ``billwatch audit archive`` writes compressed, verifiable JSONL archives."""
+    audit_retention_days: int = Field(default=365, ge=90)
+    """Days of audit rows kept online; never fewer than 90."""
+
     @field_validator("plans", mode="before")
     @classmethod
     def _parse_plans(cls, value: Any) -> Any:
@@ -143,6 +158,12 @@ class Settings(BaseSettings):
         if self.stripe_local_standins is not None:
             return self.stripe_local_standins
         return self.stripe_api_base is not None
+
+    @model_validator(mode="after")
+    def _audit_keys_parse(self) -> Settings:
+        keys_from(self.audit_encryption_keys.get_secret_value(),
+                  self.audit_hmac_key.get_secret_value())
+        return self
 
     @property
     def uses_development_token_secret(self) -> bool:

@@ -1,11 +1,12 @@
-"""The registry of audit event types: every name billwatch may write, with its meaning.
+"""The registry of audit event types: every name billwatch may write.
 
-A name is registered once; writing an unregistered name is a programming error caught by tests.
+A name is registered once (``@unique`` refuses an alias); the recorder accepts only members, so
+writing an unregistered name fails at the call, in tests, not in production data.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import StrEnum, unique
 
 
 class Outcome(StrEnum):
@@ -13,6 +14,7 @@ class Outcome(StrEnum):
     FAILURE = "failure"
 
 
+@unique
 class AuditEvent(StrEnum):
     # user-initiated billing operations
     CHECKOUT_CREATED = "billing.checkout.created"
@@ -41,6 +43,8 @@ class AuditEvent(StrEnum):
     # the audit trail and admin reads
     AUDIT_READ = "audit.read"
     AUDIT_ACCESS_DENIED = "audit.access_denied"
+    AUDIT_ARCHIVED = "audit.archived"
+    AUDIT_KEY_ROTATED = "audit.key_rotated"
     ALERTS_READ = "alerts.read"
     ALERT_ACKNOWLEDGED = "alerts.acknowledged"
 
@@ -55,3 +59,13 @@ PROXY_VARIANTS: dict[AuditEvent, AuditEvent] = {
 
 def for_actor(event: AuditEvent, *, via_assignment: bool) -> AuditEvent:
     return PROXY_VARIANTS.get(event, event) if via_assignment else event
+
+
+def matching(prefix: str) -> list[AuditEvent]:
+    """Registered events whose name starts with ``prefix`` (``billing.proxy.``).
+
+    Filters turn a prefix into this closed list, so the query is an index-friendly ``IN`` on
+    every backend and collation, instead of a ``LIKE`` that needs special indexes.
+    """
+    return [event for event in AuditEvent if event.value.startswith(prefix)]
+

@@ -1,12 +1,21 @@
-"""The audit_logs table: who did what to whose money, when, from where, and did it work."""
+"""The audit tables: who did what to whose money, when, from where, and did it work.
+
+``audit_logs`` holds the rows (metadata encrypted, each with its keyed content hash);
+``audit_seals`` gives sealed rows their place in the hash chain; ``audit_checkpoints`` keeps a
+copy of every signed checkpoint (the authoritative copy lives outside the database);
+``audit_archives`` records signed manifests of rows moved to archive files. All four are
+append-only on PostgreSQL (triggers, see the ``0200_audit`` migration) except through the one
+maintenance path in :mod:`billwatch.audit.maintenance`.
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import BigInteger, Index, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.accounts.models import OwnerType, Role
@@ -20,7 +29,8 @@ class AuditLog(UUIDPrimaryKey, Base):
         Index("ix_audit_logs_owner_time", "owner_type", "owner_id", "occurred_at"),
         Index("ix_audit_logs_event_time", "event_type", "occurred_at"),
         Index("ix_audit_logs_actor_time", "actor_user_id", "occurred_at"),
-        Index("ix_audit_logs_time", "occurred_at"),
+        Index("ix_audit_logs_resource_time", "resource_type", "resource_id", "occurred_at"),
+        Index("ix_audit_logs_time", "occurred_at", "id"),
         Index("ix_audit_logs_assignment", "manager_assignment_id"),
     )
 
@@ -54,5 +64,91 @@ class AuditLog(UUIDPrimaryKey, Base):
     stripe_invoice_id: Mapped[str | None] = mapped_column(String(255))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
 
-    data: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
-    """Event details, redacted before they are stored."""
+    content_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    """HMAC-SHA256 of the canonical content (see :mod:`billwatch.audit.chain`)."""
+    metadata_key_id: Mapped[str] = mapped_column(String(32))
+    """Which key of the ring sealed the metadata."""
+    metadata_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    """AES-GCM nonce + ciphertext + tag of the canonical metadata JSON; the row id (text) is
+    the associated data, so a ciphertext copied onto another row does not decrypt."""
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Event details (redacted before they were stored), decrypted on first access.
+
+        Read-only: a recorded row never changes, and its hash covers this plaintext.
+        """
+        cached: dict[str, Any] | None = self.__dict__.get("_plaintext")
+        if cached is None:
+            from billwatch.audit import crypto
+
+            plaintext = crypto.current().ring.decrypt(
+                self.metadata_key_id, self.metadata_ciphertext, str(self.id).encode())
+            cached = json.loads(plaintext)
+            self.__dict__["_plaintext"] = cached
+        return cached
+
+    def remember_plaintext(self, plaintext: bytes) -> None:
+        """Keep the just-encrypted metadata so in-transaction listeners read it for free."""
+        self.__dict__["_plaintext"] = json.loads(plaintext)
+
+
+class AuditSeal(Base):
+    """A sealed row's place in the chain.
+
+    No foreign key to ``audit_logs`` on purpose: when a sealed row is deleted behind the
+    triggers' back, its seal survives and the verifier can name exactly which row went missing.
+    """
+
+    __tablename__ = "audit_seals"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    audit_log_id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    chain_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    sealed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditCheckpoint(UUIDPrimaryKey, Base):
+    """The database copy of a signed checkpoint (the file store outside the database rules)."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (Index("ix_audit_checkpoints_seq", "last_seq"),)
+
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_id: Mapped[uuid.UUID | None]
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    batch_rows: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime]
+    signature: Mapped[bytes] = mapped_column(LargeBinary(32))
+    file_name: Mapped[str] = mapped_column(String(255))
+
+
+class AuditArchive(UUIDPrimaryKey, Base):
+    """A signed manifest of rows moved to an archive file; the online chain resumes after it."""
+
+    __tablename__ = "audit_archives"
+    __table_args__ = (Index("ix_audit_archives_last_seq", "last_seq", unique=True),)
+
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    before: Mapped[datetime]
+    created_at: Mapped[datetime]
+    file_name: Mapped[str] = mapped_column(String(255))
+    file_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditMaintenance(Base):
+    """SQLite's maintenance switch: a row here, inside one transaction, opens the one path.
+
+    PostgreSQL uses the transaction-local setting ``billwatch.maintenance`` instead; see
+    :mod:`billwatch.audit.maintenance`. The row never outlives its transaction.
+    """
+
+    __tablename__ = "audit_maintenance"
+
+    purpose: Mapped[str] = mapped_column(String(40), primary_key=True)

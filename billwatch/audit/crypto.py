@@ -1,0 +1,149 @@
+"""Keys of the audit trail: the metadata encryption key ring and the signing (HMAC) key.
+
+Both come from settings, never from the database, so a copy of the database alone neither
+reveals metadata nor lets anyone forge a row or a checkpoint.
+
+* Metadata is sealed with AES-256-GCM; the row id is the associated data, so a ciphertext moved
+  onto another row fails to decrypt. Each row stores the id of the key that sealed it.
+  ``BILLWATCH_AUDIT_ENCRYPTION_KEYS`` is a ring ``kid:base64key,kid:base64key``: the first
+  key encrypts new rows, every key decrypts, so rotation is "put the new key first, then run
+  ``billwatch audit rotate-key``, then retire the old one".
+* ``BILLWATCH_AUDIT_HMAC_KEY`` keys the row content hashes and signs checkpoints and archive
+  manifests.
+
+The recorder's signature has no settings argument (every service calls it), so the keys are
+process-wide: :func:`install` is called by the app factory and the CLI, and the first use
+without it reads :func:`billwatch.config.get_settings`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+NONCE_BYTES = 12
+DEVELOPMENT_KEY_ID = "dev"
+DEVELOPMENT_ENCRYPTION_KEYS = (
+    f"{DEVELOPMENT_KEY_ID}:" + base64.b64encode(b"billwatch-DEVELOPMENT-ONLY-key!!").decode())
+"""A fixed, public key for laptops and tests. Anything encrypted with it is readable by anyone."""
+DEVELOPMENT_HMAC_KEY = "billwatch-development-audit-hmac-key-DO-NOT-USE-IN-PRODUCTION"
+if TYPE_CHECKING:
+    from billwatch.config import Settings
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class KeyRingError(ValueError):
+    """A malformed key ring, or a ciphertext no key in the ring can open."""
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """Ordered AES-GCM keys: the first encrypts, all decrypt."""
+
+    keys: tuple[tuple[str, bytes], ...]
+    _ciphers: dict[str, AESGCM] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise KeyRingError("the audit key ring is empty")
+        for kid, key in self.keys:
+            if not _KEY_ID.match(kid):
+                raise KeyRingError(f"bad key id {kid!r}: use 1-32 of A-Z a-z 0-9 _ . -")
+            if len(key) != 32:
+                raise KeyRingError(f"key {kid!r} must be 32 bytes (AES-256), got {len(key)}")
+            if kid in self._ciphers:
+                raise KeyRingError(f"key id {kid!r} appears twice in the ring")
+            self._ciphers[kid] = AESGCM(key)
+
+    @classmethod
+    def parse(cls, spec: str) -> KeyRing:
+        """Read ``kid:base64key[,kid:base64key...]``."""
+        keys: list[tuple[str, bytes]] = []
+        for entry in (part.strip() for part in spec.split(",")):
+            if not entry:
+                continue
+            kid, sep, encoded = entry.partition(":")
+            if not sep:
+                raise KeyRingError("each key ring entry is kid:base64key")
+            try:
+                keys.append((kid.strip(), base64.b64decode(encoded.strip(), validate=True)))
+            except binascii.Error as error:
+                raise KeyRingError(f"key {kid.strip()!r} is not valid base64") from error
+        return cls(tuple(keys))
+
+    @property
+    def primary_id(self) -> str:
+        return self.keys[0][0]
+
+    def encrypt(self, plaintext: bytes, associated: bytes) -> tuple[str, bytes]:
+        """Seal under the primary key; returns (key id, nonce + ciphertext + tag)."""
+        kid = self.primary_id
+        nonce = os.urandom(NONCE_BYTES)
+        return kid, nonce + self._ciphers[kid].encrypt(nonce, plaintext, associated)
+
+    def decrypt(self, kid: str, blob: bytes, associated: bytes) -> bytes:
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
+            raise KeyRingError(f"audit key {kid!r} is not in the key ring")
+        try:
+            return cipher.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], associated)
+        except InvalidTag as error:
+            raise KeyRingError("metadata ciphertext does not authenticate") from error
+
+    def cipher(self, kid: str) -> AESGCM | None:
+        """The AES-GCM object for ``kid`` (the verifier's hot loop calls it directly)."""
+        return self._ciphers.get(kid)
+
+
+def generate_key_entry(kid: str) -> str:
+    """A fresh ``kid:base64key`` entry to put at the front of the ring."""
+    if not _KEY_ID.match(kid):
+        raise KeyRingError(f"bad key id {kid!r}")
+    return f"{kid}:{base64.b64encode(os.urandom(32)).decode()}"
+
+
+@dataclass(frozen=True)
+class AuditKeys:
+    ring: KeyRing
+    hmac_key: bytes
+    development: bool = False
+
+
+_installed: list[AuditKeys] = []
+
+
+def keys_from(encryption_keys: str, hmac_key: str) -> AuditKeys:
+    if len(hmac_key.encode()) < 32:
+        raise KeyRingError("the audit HMAC key must be at least 32 bytes")
+    development = (encryption_keys.strip() == DEVELOPMENT_ENCRYPTION_KEYS
+                   or hmac_key == DEVELOPMENT_HMAC_KEY)
+    return AuditKeys(KeyRing.parse(encryption_keys), hmac_key.encode(), development)
+
+
+def keys_for(settings: Settings) -> AuditKeys:
+    """The audit keys configured in ``settings``."""
+    return keys_from(settings.audit_encryption_keys.get_secret_value(),
+                     settings.audit_hmac_key.get_secret_value())
+
+
+def install(keys: AuditKeys) -> AuditKeys:
+    """Make ``keys`` the process's audit keys (the app factory and the CLI call this)."""
+    _installed[:] = [keys]
+    return keys
+
+
+def current() -> AuditKeys:
+    """The installed keys, or those of the process settings on first use."""
+    if not _installed:
+        from billwatch.config import get_settings
+
+        install(keys_for(get_settings()))
+    return _installed[0]

@@ -1,0 +1,118 @@
+"""The sealer: gives unsealed rows their place in the chain, then signs a checkpoint.
+
+Writers never wait for one another: a request only INSERTs its row with a content hash. The
+sealer — ``billwatch audit checkpoint``, run hourly by the scheduler and on demand — takes the
+rows not yet sealed, in (occurred_at, id) order, numbers them after the current head and chains
+their hashes into ``audit_seals``, all in one transaction. After that commits it writes the
+signed checkpoint to the store outside the database (and keeps a copy in
+``audit_checkpoints``, written in the same transaction as the seals).
+
+Two sealers at once: on PostgreSQL an advisory lock makes the second wait; on SQLite (one
+writer anyway) the unique seq / row id constraints make the loser fail, and it retries once.
+A row whose transaction commits after a seal, with an earlier ``occurred_at``, is simply
+sealed by the next run: the chain records sealing order, not event time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import exists, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billwatch.audit.chain import GENESIS, chain_step
+from billwatch.audit.checkpoints import Checkpoint, CheckpointStore
+from billwatch.audit.crypto import AuditKeys
+from billwatch.audit.models import AuditArchive, AuditCheckpoint, AuditLog, AuditSeal
+from billwatch.db import Database, utcnow
+
+SEAL_LOCK = 0x6277_6175_6469_74  # "bwaudit": the advisory lock key sealers share
+BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    chain_hash: bytes
+    row_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SealResult:
+    checkpoint: Checkpoint
+    path: Path
+    sealed: int
+
+
+async def chain_head(session: AsyncSession) -> Head:
+    """The newest seal, or the archive anchor the online chain resumes from, or genesis."""
+    seal = (await session.execute(
+        select(AuditSeal.seq, AuditSeal.chain_hash, AuditSeal.audit_log_id)
+        .order_by(AuditSeal.seq.desc()).limit(1))).first()
+    if seal is not None:
+        return Head(seal.seq, seal.chain_hash, str(seal.audit_log_id))
+    archive = (await session.execute(
+        select(AuditArchive.last_seq, AuditArchive.head_hash)
+        .order_by(AuditArchive.last_seq.desc()).limit(1))).first()
+    if archive is not None:
+        return Head(archive.last_seq, archive.head_hash, None)
+    return Head(0, GENESIS, None)
+
+
+async def seal(db: Database, *, keys: AuditKeys, store: CheckpointStore) -> SealResult:
+    """Seal every unsealed row, then write a signed checkpoint of the new head."""
+    try:
+        checkpoint, sealed = await _seal_once(db, keys)
+    except IntegrityError:  # another sealer won the race on SQLite; its seals are now visible
+        checkpoint, sealed = await _seal_once(db, keys)
+    return SealResult(checkpoint, store.write(checkpoint), sealed)
+
+
+async def _seal_once(db: Database, keys: AuditKeys) -> tuple[Checkpoint, int]:
+    async with db.unit_of_work() as session:
+        if db.dialect == "postgresql":
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SEAL_LOCK})
+        head = await chain_head(session)
+        start_seq = head.seq
+        head = await _seal_unsealed(db, session, head)
+        now = utcnow()
+        checkpoint = Checkpoint(
+            last_seq=head.seq, last_id=head.row_id, row_count=head.seq,
+            batch_rows=head.seq - start_seq, head_hash=head.chain_hash.hex(),
+            created_at=now.isoformat()).signed(keys.hmac_key)
+        session.add(AuditCheckpoint(
+            last_seq=checkpoint.last_seq,
+            last_id=None if head.row_id is None else uuid.UUID(head.row_id),
+            row_count=checkpoint.row_count, batch_rows=checkpoint.batch_rows,
+            head_hash=head.chain_hash, created_at=now,
+            signature=bytes.fromhex(checkpoint.signature), file_name=checkpoint.file_name))
+    return checkpoint, checkpoint.batch_rows
+
+
+async def _seal_unsealed(db: Database, session: AsyncSession, head: Head) -> Head:
+    """Stream unsealed rows on a second connection and chain them in ``session``'s transaction.
+
+    Streaming keeps memory flat however many rows wait (a first seal after an import may meet
+    millions); the reader starts after the lock is held, so it sees every earlier seal.
+    """
+    unsealed = (select(AuditLog.id, AuditLog.content_hash)
+                .where(~exists().where(AuditSeal.audit_log_id == AuditLog.id))
+                .order_by(AuditLog.occurred_at, AuditLog.id))
+    seq, chain_hash, row_id = head.seq, head.chain_hash, head.row_id
+    sealed_at = utcnow()
+    async with db.engine.connect() as reader:
+        result = await reader.stream(unsealed.execution_options(yield_per=BATCH))
+        async for rows in result.partitions(BATCH):
+            seals: list[dict[str, Any]] = []
+            for log_id, content_hash in rows:
+                seq += 1
+                chain_hash = chain_step(chain_hash, content_hash)
+                seals.append({"seq": seq, "audit_log_id": log_id, "chain_hash": chain_hash,
+                              "sealed_at": sealed_at})
+                row_id = str(log_id)
+            await session.execute(insert(AuditSeal), seals)
+    return Head(seq, chain_hash, row_id)

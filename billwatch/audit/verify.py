@@ -1,0 +1,214 @@
+"""``billwatch audit verify``: prove the trail is intact, or name the first row that is not.
+
+What is checked, in order:
+
+1. archives (with ``--archive-dir``): each file's signed header, then every row, chained from
+   genesis; without it the online chain starts from the newest signed archive manifest;
+2. sealed rows in seq order: no seq missing, no sealed row gone, every row's content matching
+   its keyed hash, every seal chaining from the previous one, and the chain agreeing with every
+   signed checkpoint (the file store outside the database and the database copies);
+3. the newest checkpoint is reached: fewer rows than it records means the newest were deleted;
+4. rows written since the last seal, each against its keyed hash.
+
+A checkpoint file with a bad signature is reported too (after the rows, which name more).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billwatch.audit.archive import archive_files, header_valid, manifest_payload, read_archive
+from billwatch.audit.chain import GENESIS
+from billwatch.audit.checkpoints import Checkpoint, CheckpointStore, sign
+from billwatch.audit.crypto import AuditKeys
+from billwatch.audit.models import AuditArchive, AuditCheckpoint
+from billwatch.audit.streams import Anchor, online_anchor, stream_sealed, stream_unsealed
+from billwatch.audit.walker import ChainWalker, Pin, Problem, UnsealedCheck
+from billwatch.db import Database
+
+__all__ = ["Problem", "VerifyReport", "verify"]
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    problem: Problem | None = None
+    sealed_rows: int = 0
+    unsealed_rows: int = 0
+    archived_rows: int = 0
+    checkpoints: int = 0
+    head_seq: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def rows(self) -> int:
+        return self.sealed_rows + self.unsealed_rows + self.archived_rows
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(slots=True)
+class _Pins:
+    by_seq: dict[int, list[Pin]] = field(default_factory=dict)
+    files: int = 0
+    newest: tuple[int, str] = (0, "")
+    problem: Problem | None = None
+
+    def add(self, seq: int, head_hex: str, last_id: str | None, source: str) -> None:
+        self.by_seq.setdefault(seq, []).append(Pin(bytes.fromhex(head_hex), last_id, source))
+        if seq > self.newest[0]:
+            self.newest = (seq, source)
+
+    def refuse(self, message: str) -> None:
+        self.problem = self.problem or Problem("checkpoint", message)
+
+
+async def verify(db: Database, *, keys: AuditKeys, store: CheckpointStore,
+                 archive_dir: Path | None = None) -> VerifyReport:
+    """Re-compute the whole trail; the report's ``problem`` names the first break, if any."""
+    started = time.perf_counter()
+    report = VerifyReport()
+    pins = _file_pins(store, keys)
+    async with db.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        await _database_pins(conn, keys, pins)
+        report.checkpoints = pins.files
+        report.problem = await _check(conn, keys, pins, archive_dir, report)
+    report.problem = report.problem or pins.problem
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def _check(conn: AsyncConnection, keys: AuditKeys, pins: _Pins, archive_dir: Path | None,
+                 report: VerifyReport) -> Problem | None:
+    manifests, problem = await _manifests(conn, keys)
+    if problem:
+        return problem
+    anchor = await online_anchor(conn)
+    if archive_dir is not None:
+        walker, problem = _walk_archives(archive_dir, keys, pins, manifests)
+        report.archived_rows = walker.rows
+        if problem:
+            return problem
+        if walker.last_seq != anchor.seq or walker.chain != anchor.chain:
+            return Problem("archive", f"archives in {archive_dir} end at seq {walker.last_seq}, "
+                           f"but the online chain resumes after seq {anchor.seq}")
+    else:
+        walker = ChainWalker(keys, seq=anchor.seq, chain=anchor.chain, pins=pins.by_seq)
+        if anchor.seq:
+            report.notes.append(f"seq 1..{anchor.seq} are archived; pass --archive-dir to "
+                                "re-verify them too")
+    archived = walker.rows
+    await stream_sealed(conn, walker.feed, after=anchor.seq)
+    walker.finish()
+    report.sealed_rows, report.head_seq = walker.rows - archived, walker.last_seq
+    if walker.problem:
+        return walker.problem
+    problem = _reached_newest(walker, pins)
+    if problem:
+        return problem
+    unsealed = UnsealedCheck(keys)
+    await stream_unsealed(conn, unsealed.feed)
+    report.unsealed_rows = unsealed.rows
+    return unsealed.problem
+
+
+def _reached_newest(walker: ChainWalker, pins: _Pins) -> Problem | None:
+    newest_seq, source = pins.newest
+    if newest_seq > walker.last_seq:
+        return Problem("truncated", f"the newest rows were deleted: the chain ends at seq "
+                       f"{walker.last_seq}, but the signed {source} records seq {newest_seq}",
+                       walker.last_seq + 1, None)
+    if walker.last_seq > 0 and pins.files == 0:
+        return Problem("checkpoint", "no signed checkpoint in the checkpoint store: deleting the "
+                       "newest rows could go unnoticed (run `billwatch audit checkpoint`)")
+    return None
+
+
+def _file_pins(store: CheckpointStore, keys: AuditKeys) -> _Pins:
+    pins = _Pins()
+    for stored in store.read_all():
+        name = stored.path.name
+        if stored.checkpoint is None:
+            pins.refuse(f"checkpoint file {name} is {stored.error}")
+        elif not stored.checkpoint.valid(keys.hmac_key):
+            pins.refuse(f"checkpoint file {name} has a bad signature: forged or altered")
+        else:
+            pins.files += 1
+            cp = stored.checkpoint
+            pins.add(cp.last_seq, cp.head_hash, cp.last_id, f"checkpoint {name}")
+    return pins
+
+
+async def _database_pins(conn: AsyncConnection, keys: AuditKeys, pins: _Pins) -> None:
+    for row in (await conn.execute(select(AuditCheckpoint))).all():
+        cp = Checkpoint(last_seq=row.last_seq,
+                        last_id=str(row.last_id) if row.last_id else None,
+                        row_count=row.row_count, batch_rows=row.batch_rows,
+                        head_hash=bytes(row.head_hash).hex(),
+                        created_at=row.created_at.isoformat(),
+                        signature=bytes(row.signature).hex())
+        if not cp.valid(keys.hmac_key):
+            pins.refuse(f"the database copy of checkpoint {row.file_name} has a bad signature")
+        else:
+            pins.add(cp.last_seq, cp.head_hash, cp.last_id, f"checkpoint {row.file_name} (db copy)")
+
+
+async def _manifests(conn: AsyncConnection, keys: AuditKeys) -> tuple[list[AuditArchive], Problem | None]:
+    """Archive manifests, each signed and each continuing the previous one."""
+    rows = [row[0] for row in (await conn.execute(
+        select(AuditArchive).order_by(AuditArchive.first_seq))).all()]
+    previous = Anchor(0, b"")
+    for manifest in rows:
+        expected = sign(keys.hmac_key, manifest_payload(manifest))
+        if bytes(manifest.signature).hex() != expected:
+            return rows, Problem("archive", f"archive manifest for {manifest.file_name} has a bad "
+                                 "signature: forged or altered")
+        if manifest.first_seq != previous.seq + 1 or (
+                previous.chain and bytes(manifest.prev_hash) != previous.chain):
+            return rows, Problem("archive", f"archive manifest for {manifest.file_name} does not "
+                                 f"continue the previous archive (seq {previous.seq})")
+        previous = Anchor(manifest.last_seq, bytes(manifest.head_hash))
+    return rows, None
+
+
+def _walk_archives(directory: Path, keys: AuditKeys, pins: _Pins,
+                   manifests: list[AuditArchive]) -> tuple[ChainWalker, Problem | None]:
+    """Walk every archive file from genesis as one chain."""
+    walker = ChainWalker(keys, seq=0, chain=GENESIS, pins=pins.by_seq)
+    heads: dict[int, str] = {}
+    for path in archive_files(directory):
+        header, batches = read_archive(path)
+        if not header_valid(header, keys.hmac_key):
+            return walker, Problem("archive", f"archive {path.name} has a bad header signature")
+        if header["first_seq"] != walker.expected or header["prev_hash"] != walker.chain.hex():
+            return walker, Problem("archive", f"archive {path.name} does not continue the chain "
+                                   f"at seq {walker.expected} (missing or extra archive)")
+        for rows in batches:
+            if not walker.feed(rows):
+                break
+        walker.finish()
+        if walker.problem:
+            return walker, Problem(walker.problem.kind, f"{path.name}: {walker.problem.message}",
+                                   walker.problem.seq, walker.problem.row_id)
+        if walker.last_seq != header["last_seq"] or walker.chain.hex() != header["head_hash"]:
+            return walker, Problem("archive", f"archive {path.name} ends short of its header")
+        heads[walker.last_seq] = walker.chain.hex()
+    for manifest in manifests:
+        if heads.get(manifest.last_seq) != bytes(manifest.head_hash).hex():
+            return walker, Problem("archive", f"archive {manifest.file_name} (seq "
+                                   f"{manifest.first_seq}..{manifest.last_seq}) is missing from "
+                                   f"{directory}")
+    return walker, None
