@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,11 +17,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import OwnerType, Role
-from billwatch.db import Database
 from billwatch.metrics import multiproc
 from tests.metrics.helpers import Sub, add_subscriptions, parse, value
-from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, Factory, LocalStripe, free_port
-from tests.support import test_settings as make_settings
+from tests.metrics.processes import Served, billwatch_served, wait_until
+from tests.support import LocalStripe
 
 CHECKOUTS = "billing_checkouts_created_total"
 PLAN = {"owner_type": "patient", "plan": "basic_monthly"}
@@ -76,82 +73,23 @@ class TestFilesOfDeadProcesses:
             assert single is None
 
 
-@dataclass
-class Served:
-    parent_pid: int
-    port: int
-    metrics_dir: Path
-    db: Database
-    factory: Factory
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def worker_pids(self) -> set[int]:
-        """Pids with metric files, other than the supervising parent."""
-        pids = {multiproc.file_pid(f) for f in self.metrics_dir.glob("*.db")}
-        return {p for p in pids if p is not None and p != self.parent_pid and multiproc.pid_alive(p)}
-
-    def checkouts_by_pid(self) -> dict[int, float]:
-        counts = {}
-        for file in self.metrics_dir.glob("counter_*.db"):
-            pid = multiproc.file_pid(file)
-            samples = [s for m in MultiProcessCollector.merge([str(file)]) for s in m.samples
-                       if s.name == CHECKOUTS and s.labels == PLAN]
-            if pid is not None:
-                counts[pid] = sum(s.value for s in samples)
-        return counts
-
-
-async def wait_until(condition: Callable[[], bool], *, what: str, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {within}s for {what}")
-        await asyncio.sleep(0.05)
+def checkouts_by_pid(served: Served) -> dict[int, float]:
+    """Each worker's own count, read from its own file."""
+    counts = {}
+    for file in served.metrics_dir.glob("counter_*.db"):
+        pid = multiproc.file_pid(file)
+        samples = [s for m in MultiProcessCollector.merge([str(file)]) for s in m.samples
+                   if s.name == CHECKOUTS and s.labels == PLAN]
+        if pid is not None:
+            counts[pid] = sum(s.value for s in samples)
+    return counts
 
 
 @pytest.fixture
 async def served(tmp_path: Path, localstripe: LocalStripe,
                  catalogue_synced: None) -> AsyncIterator[Served]:
-    """``billwatch serve --workers 2`` on a free port, on a SQLite file, against localstripe."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'billwatch.db'}"
-    metrics_dir = tmp_path / "prometheus"
-    port = free_port()
-    env = {**os.environ, multiproc.MULTIPROC_ENV: str(metrics_dir),
-           "BILLWATCH_DATABASE_URL": url, "BILLWATCH_STRIPE_API_BASE": localstripe.url,
-           "BILLWATCH_STRIPE_API_KEY": "sk_test_billwatch_tests",
-           "BILLWATCH_TOKEN_SECRET": TEST_TOKEN_SECRET,
-           "BILLWATCH_STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
-           "BILLWATCH_LOG_LEVEL": "WARNING", "BILLWATCH_METRICS_CACHE_SECONDS": "0"}
-    exe = Path(sys.executable).parent / "billwatch"
-    with (tmp_path / "serve.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            str(exe), "serve", "--workers", "2", "--port", str(port), cwd=tmp_path, env=env,
-            stdout=log, stderr=asyncio.subprocess.STDOUT)
-        db = Database(url)
-        try:
-            await wait_until(lambda: port_open(port) or process.returncode is not None,
-                             what="billwatch to listen", within=90)
-            assert process.returncode is None, (tmp_path / "serve.log").read_text()
-            served = Served(process.pid, port, metrics_dir, db,
-                            Factory(db, make_settings(url, localstripe.url)))
-            await wait_until(lambda: len(served.worker_pids()) == 2, what="two workers")
-            yield served
-        finally:
-            if process.returncode is None:
-                process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=30)
-            except TimeoutError:
-                process.kill()
-            await db.dispose()
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    async with billwatch_served(tmp_path, localstripe.url, workers=2) as running:
+        yield running
 
 
 async def checkouts(served: Served, headers: dict[str, str], body: dict[str, str], n: int) -> None:
@@ -179,8 +117,8 @@ class TestTwoWorkers:
         await checkouts(served, headers, body, 1)  # creates the Stripe customer once
         sent = 1
         deadline = time.monotonic() + 60
-        while sum(1 for v in served.checkouts_by_pid().values() if v) < 2:
-            assert time.monotonic() < deadline, served.checkouts_by_pid()
+        while sum(1 for v in checkouts_by_pid(served).values() if v) < 2:
+            assert time.monotonic() < deadline, checkouts_by_pid(served)
             await checkouts(served, headers, body, 8)
             sent += 8
 
@@ -203,11 +141,11 @@ class TestTwoWorkers:
         await checkouts(served, headers, body, 1)
         deadline = time.monotonic() + 60
         sent = 1
-        while sum(1 for v in served.checkouts_by_pid().values() if v) < 2:
+        while sum(1 for v in checkouts_by_pid(served).values() if v) < 2:
             assert time.monotonic() < deadline
             await checkouts(served, headers, body, 8)
             sent += 8
-        victim = max(served.worker_pids(), key=lambda p: served.checkouts_by_pid().get(p, 0))
+        victim = max(served.worker_pids(), key=lambda p: checkouts_by_pid(served).get(p, 0))
         live_gauge = served.metrics_dir / f"gauge_livesum_{victim}.db"
         assert live_gauge.exists()
 
