@@ -18,13 +18,14 @@ from rich.console import Console
 from bench import machine, report
 from bench.context import BenchContext
 from bench.scratch import ADMIN_DSN
-from bench.suites import audit_overhead, daily_metrics, webhooks
+from bench.suites import audit_overhead, audit_trail, daily_metrics, webhooks
 
 Suite = Callable[[BenchContext], Awaitable[None]]
 SUITES: dict[str, Suite] = {
     "webhooks": webhooks.run,
     "overhead": audit_overhead.run,
     "daily": daily_metrics.run,
+    "audit": audit_trail.run,
 }
 
 
