@@ -22,7 +22,7 @@ def demo(
     port: Annotated[int, typer.Option(help="billwatch's port (another free one if taken).")] = 8000,
     concurrency: Annotated[int, typer.Option(help="Customers served at the same time.")] = 8,
     keep_running: Annotated[bool, typer.Option("--keep-running",
-                                               help="Leave billwatch and the Stripe peer up.")] = False,
+                                               help="Afterwards keep everything up until Ctrl-C.")] = False,
 ) -> None:
     """Run billwatch with a local Stripe through a simulated month, then summarise it."""
     from billwatch.demo.command import run_demo

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -45,27 +46,36 @@ def run_demo(*, population: Population, folder: Path, port: int, concurrency: in
         sink = MailSink(env.mail_folder, env.smtp_port)
         sink.start()
         stack.callback(sink.stop)
-        services = stack.enter_context(_services(env, keep_running))
-        result = asyncio.run(_run(env, population, concurrency, started, services))
+        stack.enter_context(_services(env))
+        result = asyncio.run(_run(env, population, concurrency, started))
         report.render(result, console)
         if keep_running:
-            console.print(f"[bold]billwatch keeps running on {env.base_url}[/bold] (Stripe peer "
-                          f"{env.stripe_url}); stop both with: kill {services[0].process.pid} "
-                          f"{services[1].process.pid}")
+            _serve_until_interrupted(env)
     return not result.problems and result.verify.ok
+
+
+def _serve_until_interrupted(env: DemoEnvironment) -> None:
+    """Keep billwatch, the Stripe peer and the mail sink up until Ctrl-C."""
+    console.print(f"[bold]billwatch keeps running on {env.base_url}[/bold] with the Stripe peer on "
+                  f"{env.stripe_url}; new alert e-mails still land in {env.mail_folder}. "
+                  "Press Ctrl-C to stop everything.")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        console.print("stopping")
 
 
 def _fresh(folder: Path) -> None:
     """Start from nothing: a previous run's database, peer state and mail are removed."""
     for name in ("billwatch.db", "billwatch.db-wal", "billwatch.db-shm"):
         (folder / name).unlink(missing_ok=True)
-    for name in ("mail", "localstripe", "checkpoints"):
+    for name in ("mail", "localstripe", "checkpoints", "archive"):
         shutil.rmtree(folder / name, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
-def _services(env: DemoEnvironment, keep_running: bool) -> Iterator[list[Service]]:
+def _services(env: DemoEnvironment) -> Iterator[list[Service]]:
     """The Stripe peer, then the migrated and seeded database, then billwatch."""
     services: list[Service] = []
     try:
@@ -77,13 +87,12 @@ def _services(env: DemoEnvironment, keep_running: bool) -> Iterator[list[Service
             services.append(start_billwatch(env.folder, env.billwatch_port, env.server_env()))
         yield services
     finally:
-        if not keep_running:
-            for service in reversed(services):
-                service.stop()
+        for service in reversed(services):
+            service.stop()
 
 
-async def _run(env: DemoEnvironment, population: Population, concurrency: int, started: float,
-               services: list[Service]) -> report.Summary:
+async def _run(env: DemoEnvironment, population: Population, concurrency: int,
+               started: float) -> report.Summary:
     settings = env.settings()
     db = Database(settings.database_url)
     peer = StripePeer(env.stripe_url, env.stripe_api_key)

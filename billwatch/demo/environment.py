@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from billwatch.audit.crypto import generate_key_entry
 from billwatch.config import Settings
 
 ALERT_RECIPIENT = "billing-ops@clinic.test"
@@ -39,6 +40,8 @@ class DemoEnvironment:
     smtp_port: int
     webhook_secret: str = field(default_factory=lambda: f"whsec_demo_{secrets.token_hex(16)}")
     token_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+    audit_encryption_keys: str = field(default_factory=lambda: generate_key_entry("demo"))
+    audit_hmac_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     stripe_api_key: str = "sk_test_billwatch_demo"
 
     @property
@@ -71,7 +74,12 @@ class DemoEnvironment:
             "smtp_port": str(self.smtp_port),
             "smtp_from": "billwatch-demo@clinic.test",
             "alert_poll_seconds": "1",
+            "job_catch_up_days": "1",
             "log_level": "WARNING",
+            "audit_encryption_keys": self.audit_encryption_keys,
+            "audit_hmac_key": self.audit_hmac_key,
+            "audit_checkpoint_dir": str(self.folder / "checkpoints"),
+            "audit_archive_dir": str(self.folder / "archive"),
         }
 
     def server_env(self) -> dict[str, str]:
