@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billwatch.audit.archive import archive_files, header_valid, manifest_payload, read_archive
 from billwatch.audit.chain import GENESIS
@@ -168,8 +168,9 @@ async def _database_pins(conn: AsyncConnection, keys: AuditKeys, pins: _Pins) ->
 
 async def _manifests(conn: AsyncConnection, keys: AuditKeys) -> tuple[list[AuditArchive], Problem | None]:
     """Archive manifests, each signed and each continuing the previous one."""
-    rows = [row[0] for row in (await conn.execute(
-        select(AuditArchive).order_by(AuditArchive.first_seq))).all()]
+    async with AsyncSession(bind=conn) as session:  # joins conn's transaction, never ends it
+        rows = list((await session.scalars(
+            select(AuditArchive).order_by(AuditArchive.first_seq))).all())
     previous = Anchor(0, b"")
     for manifest in rows:
         expected = sign(keys.hmac_key, manifest_payload(manifest))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from billwatch.accounts.actor import Actor, OwnerRef, SystemActor
 from billwatch.accounts.models import OwnerType, Role
-from billwatch.audit import crypto, recorder
+from billwatch.audit import chain, crypto, recorder
 from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
@@ -59,4 +60,22 @@ async def write_rows(db: Database, count: int, *, per_transaction: int = 50) -> 
                               "note": "ünïcode ✓"})
                     ids.append(row.id)
                     written += 1
+    return ids
+
+
+async def write_rows_at(db: Database, count: int, when: datetime) -> list[uuid.UUID]:
+    """Rows that happened at ``when`` (as if written then), signed like any other."""
+    keys = crypto.current()
+    ids: list[uuid.UUID] = []
+    async with db.unit_of_work() as session:
+        for index in range(count):
+            row = recorder._build(AuditEvent.PAYMENT_SUCCEEDED, actor=SystemActor("stripe"),
+                                  outcome=Outcome.SUCCESS, owner=None, resource=None,
+                                  stripe=StripeRefs(invoice_id=f"in_{index}"),
+                                  idempotency_key=None, reason=None,
+                                  data={"amount_cents": 1500, "n": index})
+            row.occurred_at = when + timedelta(seconds=index)
+            chain.protect(row, row.data, keys)
+            session.add(row)
+            ids.append(row.id)
     return ids
