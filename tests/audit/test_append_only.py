@@ -60,9 +60,8 @@ class TestRefusedWithoutMaintenance:
     async def test_a_setting_from_an_earlier_transaction_does_not_linger(
             self, sealed: list[uuid.UUID], db: Database) -> None:
         async with db.engine.connect() as conn:
-            async with conn.begin():
-                async with maintenance(conn, "test"):
-                    pass
+            async with conn.begin(), maintenance(conn, "test"):
+                pass
             with pytest.raises(DBAPIError, match="append-only"):
                 async with conn.begin():
                     await conn.execute(delete(AuditLog))
@@ -72,27 +71,23 @@ class TestRefusedWithoutMaintenance:
 class TestMaintenancePath:
     async def test_rows_can_be_deleted_through_it(self, sealed: list[uuid.UUID],
                                                   db: Database) -> None:
-        async with db.unit_of_work() as session:
-            async with maintenance(session, "archive"):
-                await session.execute(delete(AuditLog).where(AuditLog.id == sealed[0]))
+        async with db.unit_of_work() as session, maintenance(session, "archive"):
+            await session.execute(delete(AuditLog).where(AuditLog.id == sealed[0]))
         assert await count(db) == 4
 
     async def test_only_the_ciphertext_may_change_through_it(self, sealed: list[uuid.UUID],
                                                               db: Database) -> None:
-        async with db.unit_of_work() as session:
-            async with maintenance(session, "rotate-key"):
-                await session.execute(update(AuditLog).where(AuditLog.id == sealed[0])
-                                      .values(metadata_key_id="k9"))
+        async with db.unit_of_work() as session, maintenance(session, "rotate-key"):
+            await session.execute(update(AuditLog).where(AuditLog.id == sealed[0])
+                                  .values(metadata_key_id="k9"))
         for change in ({"reason": "edited"}, {"content_hash": b"\0" * 32},
                        {"occurred_at": func.now()} if db.dialect == "postgresql" else
                        {"event_type": "billing.other"}):
             with pytest.raises(DBAPIError):
-                async with db.unit_of_work() as session:
-                    async with maintenance(session, "rotate-key"):
-                        await session.execute(update(AuditLog).values(**change))
+                async with db.unit_of_work() as session, maintenance(session, "rotate-key"):
+                    await session.execute(update(AuditLog).values(**change))
 
     async def test_seals_are_never_updated(self, sealed: list[uuid.UUID], db: Database) -> None:
         with pytest.raises(DBAPIError):
-            async with db.unit_of_work() as session:
-                async with maintenance(session, "archive"):
-                    await session.execute(update(AuditSeal).values(seq=AuditSeal.seq + 100))
+            async with db.unit_of_work() as session, maintenance(session, "archive"):
+                await session.execute(update(AuditSeal).values(seq=AuditSeal.seq + 100))

@@ -38,7 +38,7 @@ class TestArchive:
         with pytest.raises(ArchiveRefused, match="90 days"):
             await archive(db, keys=keys, store=store, directory=archive_dir,
                           before=utcnow() - timedelta(days=89))
-        assert await online(db) == (3, 0) and not archive_dir.exists()
+        assert await online(db) == (3, 0) and archive_files(archive_dir) == []
 
     async def test_moves_old_rows_to_a_file_and_verifies_across_both(
             self, db: Database, keys: AuditKeys, store: CheckpointStore,
@@ -100,10 +100,7 @@ class TestTamperedArchives:
     async def test_an_edited_archive_names_the_row(
             self, archived: Path, db: Database, keys: AuditKeys, store: CheckpointStore,
             archive_dir: Path) -> None:
-        lines = gzip.decompress(archived.read_bytes()).split(b"\n")
-        lines[5] = lines[5].replace(b"payment.succeeded", b"payment.failed")
-        archived.chmod(0o644)
-        archived.write_bytes(gzip.compress(b"\n".join(lines)))
+        edit_line(archived, 5, b"payment.succeeded", b"payment.failed")
         problem = (await verify(db, keys=keys, store=store, archive_dir=archive_dir)).problem
         assert problem is not None and problem.kind == "changed" and problem.seq == 5
         assert archived.name in problem.message
@@ -111,7 +108,18 @@ class TestTamperedArchives:
     async def test_a_missing_archive_is_reported(
             self, archived: Path, db: Database, keys: AuditKeys, store: CheckpointStore,
             archive_dir: Path) -> None:
-        archived.unlink()
+        remove(archived)
         problem = (await verify(db, keys=keys, store=store, archive_dir=archive_dir)).problem
         assert problem is not None and problem.kind == "archive"
         assert archive_files(archive_dir) == []
+
+
+def edit_line(path: Path, number: int, old: bytes, new: bytes) -> None:
+    lines = gzip.decompress(path.read_bytes()).split(b"\n")
+    lines[number] = lines[number].replace(old, new)
+    path.chmod(0o644)
+    path.write_bytes(gzip.compress(b"\n".join(lines)))
+
+
+def remove(path: Path) -> None:
+    path.unlink()
