@@ -36,6 +36,10 @@ def _arguments() -> argparse.Namespace:
                         help=f"comma-separated suites (default all: {', '.join(SUITES)})")
     parser.add_argument("--keep-databases", action="store_true",
                         help="leave the scratch PostgreSQL databases for inspection")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes: check that every suite runs (figures are meaningless)")
+    parser.add_argument("--results", type=Path, default=report.RESULTS,
+                        help="folder for the JSON report (default bench/results)")
     return parser.parse_args()
 
 
@@ -48,14 +52,14 @@ async def main() -> None:
         raise SystemExit(f"unknown suites: {', '.join(sorted(unknown))}")
     described = await machine.describe(ADMIN_DSN)
     with tempfile.TemporaryDirectory(prefix="billwatch-bench-") as logs:
-        ctx = BenchContext(console, args.scale, Path(logs), args.keep_databases)
+        ctx = BenchContext(console, args.scale, Path(logs), args.keep_databases, args.smoke)
         for name in chosen:
             started = time.monotonic()
             console.rule(f"[bold]{name}")
             await SUITES[name](ctx)
             console.print(f"  {name} took {time.monotonic() - started:.0f} s")
     report.render(console, ctx.figures, described, args.scale)
-    path = report.write(ctx.figures, described, args.scale, ctx.sizes)
+    path = report.write(ctx.figures, described, args.scale, ctx.sizes, args.results)
     console.print(f"JSON: {path}")
 
 

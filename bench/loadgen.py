@@ -32,6 +32,8 @@ class LoadResult:
     seconds: float
     statuses: dict[int, int]
     latencies_ms: list[float]
+    first_error: str | None = None
+    """The body of the first answer that was not a success, to say what went wrong."""
 
     @property
     def per_second(self) -> float:
@@ -72,6 +74,7 @@ async def _drive(http: aiohttp.ClientSession, requests: Sequence[Request], concu
                  max_seconds: float) -> LoadResult:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
+    errors: list[str] = []
     cursor = iter(range(len(requests)))
     started = time.perf_counter()
     deadline = started + max_seconds
@@ -84,9 +87,12 @@ async def _drive(http: aiohttp.ClientSession, requests: Sequence[Request], concu
             sent = time.perf_counter()
             async with http.request(request.method, request.path, data=request.body,
                                     headers=request.headers) as response:
-                await response.read()
+                body = await response.read()
                 statuses[response.status] += 1
+                if response.status >= 300 and not errors:
+                    errors.append(f"{response.status}: {body[:300].decode(errors='replace')}")
             latencies.append((time.perf_counter() - sent) * 1000)
 
     await asyncio.gather(*(connection() for _ in range(concurrency)))
-    return LoadResult(len(latencies), time.perf_counter() - started, dict(statuses), latencies)
+    return LoadResult(len(latencies), time.perf_counter() - started, dict(statuses), latencies,
+                      errors[0] if errors else None)

@@ -63,11 +63,11 @@ def table(figures: list[Figure], machine: dict[str, Any], scale: float) -> Table
 
 
 def write(figures: list[Figure], machine: dict[str, Any], scale: float,
-          sizes: dict[str, int]) -> Path:
-    """``bench/results/<UTC time>.json``: machine, scale, sizes and every figure."""
-    RESULTS.mkdir(exist_ok=True)
+          sizes: dict[str, int], folder: Path = RESULTS) -> Path:
+    """``<folder>/bench-<UTC time>.json``: machine, scale, sizes and every figure."""
+    folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"bench-{stamp}.json"
+    path = folder / f"bench-{stamp}.json"
     payload = {"measured_at": stamp, "machine": machine, "scale": scale, "sizes": sizes,
                "figures": [asdict(f) for f in figures]}
     path.write_text(json.dumps(payload, indent=2, default=str))

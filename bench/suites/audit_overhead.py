@@ -41,6 +41,7 @@ def _requests(admin: User, patients: list[str], count: int, settings: Settings) 
 
 async def run(ctx: BenchContext) -> None:
     per_round = ctx.size("override_requests_per_round", 3000, 600)
+    warmup = min(100, per_round // 5)
     settings = Settings(_env_file=None, token_secret=TOKEN_SECRET)
     async with scratch_database("overhead", keep=ctx.keep_databases) as db:
         seeded = await seed_subscribers(db.url, 1000, settings.plans[0])
@@ -54,10 +55,12 @@ async def run(ctx: BenchContext) -> None:
             for round_no in range(ROUNDS):
                 for label, service in (("with", full), ("without", bare)):
                     ctx.console.print(f"  {SUITE}: round {round_no + 1}, {label} audit + metrics")
-                    result = await loadgen.run(service.url, _requests(admin, patients, per_round, settings),
-                                               concurrency=CONCURRENCY, max_seconds=60, warmup=100)
+                    requests = _requests(admin, patients, per_round + warmup, settings)
+                    result = await loadgen.run(service.url, requests, concurrency=CONCURRENCY,
+                                               max_seconds=60, warmup=warmup)
                     if result.errors:
-                        raise RuntimeError(f"override {label} audit: answers {result.statuses}")
+                        raise RuntimeError(f"override {label} audit: answers {result.statuses}; "
+                                           f"first: {result.first_error}")
                     rates[label].append(result)
     _figures(ctx, rates)
 

@@ -58,7 +58,7 @@ async def run(ctx: BenchContext) -> None:
 
 def _check(label: str, result: loadgen.LoadResult) -> None:
     if result.errors:
-        raise RuntimeError(f"{label}: non-2xx answers {result.statuses}")
+        raise RuntimeError(f"{label}: non-2xx answers {result.statuses}; first: {result.first_error}")
 
 
 def _figures(ctx: BenchContext, workers: int, results: dict[str, loadgen.LoadResult]) -> None:
