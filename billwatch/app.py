@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from billwatch.accounts.endpoints import router as accounts_router
 from billwatch.alerts.endpoints import router as alerts_router
 from billwatch.alerts.raising import configure as configure_alerts
+from billwatch.audit import crypto as audit_crypto
+from billwatch.audit.endpoints import router as audit_router
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.billing.endpoints import admin_router as billing_admin_router
 from billwatch.billing.endpoints import router as billing_router
@@ -41,6 +43,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     owns_database = database is None
     db = database or Database(settings.database_url)
     configure_alerts(settings)
+    if audit_crypto.install(audit_crypto.keys_for(settings)).development:
+        log.warning("development_audit_keys_in_use",
+                    hint="set BILLWATCH_AUDIT_ENCRYPTION_KEYS and BILLWATCH_AUDIT_HMAC_KEY")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +76,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         return JSONResponse({"status": "ok", "database": "ok"})
 
     for router in (accounts_router, billing_router, billing_admin_router, managers_router,
-                   alerts_router, webhooks_router):
+                   alerts_router, webhooks_router, audit_router):
         app.include_router(router)
     return app
 
