@@ -33,7 +33,8 @@ class Claim:
     inserted: bool
 
 
-def _insert(session: AsyncSession) -> Any:
+def dialect_insert(session: AsyncSession) -> Any:
+    """The ``insert`` of the session's dialect, which has ``on_conflict_do_*``."""
     dialect = session.get_bind().dialect.name
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
@@ -52,7 +53,7 @@ async def claim(session: AsyncSession, event: dict[str, Any], payload: dict[str,
                 source: EventSource) -> Claim:
     """Store the event if new, or lock its row; either way the caller holds it until commit."""
     values = _row_values(event, payload, source)
-    statement: Insert = _insert(session)(StripeEvent).values(status=EventStatus.RECEIVED, **values)
+    statement: Insert = dialect_insert(session)(StripeEvent).values(status=EventStatus.RECEIVED, **values)
     inserted = (await session.execute(
         statement.on_conflict_do_nothing(index_elements=["stripe_event_id"])  # type: ignore[attr-defined]
         .returning(StripeEvent.id))).scalar_one_or_none()
@@ -82,7 +83,7 @@ async def mark_failed(session: AsyncSession, event: dict[str, Any], payload: dic
     """
     values = _row_values(event, payload, source)
     error = error[:MAX_ERROR_CHARS]
-    statement = _insert(session)(StripeEvent).values(
+    statement = dialect_insert(session)(StripeEvent).values(
         status=EventStatus.FAILED, last_error=error, processed_at=None, **{**values, "attempts": 1})
     statement = statement.on_conflict_do_update(
         index_elements=["stripe_event_id"],

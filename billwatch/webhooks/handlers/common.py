@@ -114,5 +114,12 @@ async def locked_subscription(session: AsyncSession, stripe_subscription_id: str
     return result.first()
 
 
+async def find_subscription(session: AsyncSession, stripe_subscription_id: str) -> Subscription | None:
+    """Our subscription row for a Stripe id, unlocked (for events that only refer to it)."""
+    result = await session.scalars(
+        select(Subscription).where(Subscription.stripe_subscription_id == stripe_subscription_id))
+    return result.first()
+
+
 def owner_of(subscription: Subscription) -> OwnerRef:
     return OwnerRef(subscription.owner_type, subscription.owner_id)

@@ -2,8 +2,10 @@
 
 A paid invoice becomes one payment transaction, whichever of the two "paid" events arrives first
 and however often either is delivered: the transaction's idempotency key is derived from the
-invoice (``stripe-invoice:<id>:payment``), and the subscription row lock orders concurrent
-events of one subscription. Each failed attempt becomes one failed transaction keyed by Stripe's
+invoice (``stripe-invoice:<id>:payment``) and the row is inserted with ``ON CONFLICT DO
+NOTHING``, so of two concurrent events of one invoice exactly one books it. No subscription lock
+is taken: invoices change no subscription state, and payments of one subscription must not queue
+behind each other. Each failed attempt becomes one failed transaction keyed by Stripe's
 ``attempt_count``, and its audit row carries what an alert rule needs: amount, currency,
 attempt count, failure and decline codes, invoice id.
 """
@@ -12,9 +14,6 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.audit import recorder
@@ -29,12 +28,13 @@ from billwatch.webhooks.handlers.common import (
     EventContext,
     Handled,
     UnknownPlan,
-    locked_subscription,
+    find_subscription,
     owner_for_customer,
     owner_of,
     plan_for_price,
 )
 from billwatch.webhooks.handlers.subscriptions import create_subscription
+from billwatch.webhooks.store import dialect_insert
 
 FINAL_ATTEMPT = 3
 """Stripe's default smart-retry schedule gives up around the third attempt."""
@@ -44,7 +44,7 @@ async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any],
                                   customer_id: str | None) -> tuple[Subscription | None, OwnerRef | None]:
     """The invoice's subscription (fetched from Stripe if no event created it yet) and owner."""
     stripe_sub_id = shapes.invoice_subscription_id(invoice)
-    row = await locked_subscription(ctx.session, stripe_sub_id) if stripe_sub_id else None
+    row = await find_subscription(ctx.session, stripe_sub_id) if stripe_sub_id else None
     if row is not None:
         return row, owner_of(row)
     owner = await owner_for_customer(ctx.session, customer_id, shapes.metadata(invoice))
@@ -57,8 +57,13 @@ async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any],
     return row, owner_of(row)
 
 
-async def _existing(ctx: EventContext, key: str) -> Transaction | None:
-    return (await ctx.session.scalars(select(Transaction).where(Transaction.idempotency_key == key))).first()
+async def _insert_once(ctx: EventContext, **values: Any) -> uuid.UUID | None:
+    """Insert a transaction unless its idempotency key exists; its id, or None if it did."""
+    statement = dialect_insert(ctx.session)(Transaction).values(id=uuid.uuid4(), **values)
+    inserted: uuid.UUID | None = (await ctx.session.execute(
+        statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(Transaction.id))).scalar_one_or_none()
+    return inserted
 
 
 def _plan_code(ctx: EventContext, row: Subscription | None, invoice: dict[str, Any]) -> str | None:
@@ -84,31 +89,27 @@ async def invoice_paid(ctx: EventContext) -> Handled:
     if amount <= 0:
         return Handled.ignored("nothing was paid (zero-amount invoice)", refs=refs, owner=owner)
     key = f"stripe-invoice:{invoice_id}:payment"
-    if (existing := await _existing(ctx, key)) is not None:
-        return Handled(owner=owner, refs=refs, note="payment already recorded",
-                       data={"transaction_id": str(existing.id)})
     currency = shapes.required_str(invoice, "currency").lower()
     plan_code = _plan_code(ctx, row, invoice)
-    payment = Transaction(
-        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
-        subscription_id=row.id if row else None, kind=TransactionKind.PAYMENT,
-        status=TransactionStatus.SUCCEEDED, amount_cents=amount, currency=currency,
-        plan_code=plan_code, stripe_invoice_id=invoice_id,
-        stripe_charge_id=shapes.invoice_charge_id(invoice),
-        stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice),
+    charge_id = shapes.invoice_charge_id(invoice)
+    payment_id = await _insert_once(
+        ctx, owner_type=owner.type, owner_id=owner.id, subscription_id=row.id if row else None,
+        kind=TransactionKind.PAYMENT, status=TransactionStatus.SUCCEEDED, amount_cents=amount,
+        currency=currency, plan_code=plan_code, stripe_invoice_id=invoice_id,
+        stripe_charge_id=charge_id, stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice),
         attempt_count=_attempts(invoice), idempotency_key=key)
-    if not await _add_once(ctx, payment, ordered=row is not None):
+    if payment_id is None:
         return Handled(owner=owner, refs=refs, note="payment already recorded")
     recorder.record(
         ctx.session, AuditEvent.PAYMENT_SUCCEEDED, actor=STRIPE, owner=owner,
-        resource=Resource("transaction", payment.id), stripe=refs, idempotency_key=key,
-        data={"amount_cents": amount, "currency": currency, "transaction_id": str(payment.id),
+        resource=Resource("transaction", payment_id), stripe=refs, idempotency_key=key,
+        data={"amount_cents": amount, "currency": currency, "transaction_id": str(payment_id),
               "invoice_id": invoice_id, "plan": plan_code,
               "billing_reason": invoice.get("billing_reason"), "attempt_count": _attempts(invoice),
-              "charge_id": payment.stripe_charge_id})
+              "charge_id": charge_id})
     owner_type, label = owner.type.value, plan_code or "none"
     after_commit(ctx.session, lambda: billing_metrics.payment_succeeded(owner_type, label, amount))
-    return Handled(owner=owner, refs=refs, data={"transaction_id": str(payment.id)})
+    return Handled(owner=owner, refs=refs, data={"transaction_id": str(payment_id)})
 
 
 async def invoice_payment_failed(ctx: EventContext) -> Handled:
@@ -123,9 +124,6 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
         return Handled.ignored(f"no billwatch owner for Stripe customer {customer_id}", refs=refs)
     attempt = _attempts(invoice)
     key = f"stripe-invoice:{invoice_id}:attempt:{attempt}"
-    if (existing := await _existing(ctx, key)) is not None:
-        return Handled(owner=owner, refs=refs, note=f"attempt {attempt} already recorded",
-                       data={"transaction_id": str(existing.id)})
     amount = shapes.required_int(invoice, "amount_due")
     currency = shapes.required_str(invoice, "currency").lower()
     failure = shapes.invoice_failure(invoice)
@@ -133,51 +131,32 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
     if category == "other":
         category = billing_metrics.payment_failure_reason(failure.code)
     plan_code = _plan_code(ctx, row, invoice)
-    attempt_tx = Transaction(
-        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
-        subscription_id=row.id if row else None, kind=TransactionKind.PAYMENT,
-        status=TransactionStatus.FAILED, amount_cents=amount, currency=currency,
-        plan_code=plan_code, stripe_invoice_id=invoice_id,
+    attempt_id = await _insert_once(
+        ctx, owner_type=owner.type, owner_id=owner.id, subscription_id=row.id if row else None,
+        kind=TransactionKind.PAYMENT, status=TransactionStatus.FAILED, amount_cents=amount,
+        currency=currency, plan_code=plan_code, stripe_invoice_id=invoice_id,
         stripe_charge_id=shapes.invoice_charge_id(invoice),
-        stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice),
-        reason=category, failure_code=failure.most_specific, attempt_count=attempt,
-        idempotency_key=key)
-    if not await _add_once(ctx, attempt_tx, ordered=row is not None):
+        stripe_payment_intent_id=shapes.invoice_payment_intent_id(invoice), reason=category,
+        failure_code=failure.most_specific, attempt_count=attempt, idempotency_key=key)
+    if attempt_id is None:
         return Handled(owner=owner, refs=refs, note=f"attempt {attempt} already recorded")
     final = attempt >= FINAL_ATTEMPT
     recorder.record(
         ctx.session, AuditEvent.PAYMENT_FAILED, actor=STRIPE, owner=owner, outcome=Outcome.FAILURE,
-        resource=Resource("transaction", attempt_tx.id), stripe=refs, idempotency_key=key,
+        resource=Resource("transaction", attempt_id), stripe=refs, idempotency_key=key,
         reason=failure.message or failure.most_specific or "payment failed",
         data={"amount_cents": amount, "currency": currency, "attempt_count": attempt,
               "final_attempt": final, "failure_code": failure.code,
               "decline_code": failure.decline_code, "failure_reason": category,
               "failure_message": failure.message,
               "reason_in_event": failure.most_specific is not None,
-              "invoice_id": invoice_id, "transaction_id": str(attempt_tx.id), "plan": plan_code,
+              "invoice_id": invoice_id, "transaction_id": str(attempt_id), "plan": plan_code,
               "next_payment_attempt": _iso_ts(invoice.get("next_payment_attempt"))})
     owner_type = owner.type.value
     after_commit(ctx.session,
                  lambda: billing_metrics.payment_failed(owner_type, category, final=final))
-    return Handled(owner=owner, refs=refs, data={"transaction_id": str(attempt_tx.id),
+    return Handled(owner=owner, refs=refs, data={"transaction_id": str(attempt_id),
                                                  "attempt_count": attempt})
-
-
-async def _add_once(ctx: EventContext, transaction: Transaction, *, ordered: bool) -> bool:
-    """Add ``transaction`` unless a concurrent event of the same invoice already did.
-
-    With the subscription row locked, events of one invoice are already in order and the
-    check above suffices; without one, the unique idempotency key decides, in a savepoint.
-    """
-    if ordered:
-        ctx.session.add(transaction)
-        return True
-    try:
-        async with ctx.session.begin_nested():
-            ctx.session.add(transaction)
-    except IntegrityError:
-        return False
-    return True
 
 
 def _attempts(invoice: dict[str, Any]) -> int:
