@@ -16,6 +16,7 @@ from rich.console import Console
 from billwatch.accounts import service as accounts
 from billwatch.accounts.models import Role
 from billwatch.accounts.tokens import mint_token
+from billwatch.audit.cli import audit_app
 from billwatch.config import get_settings
 from billwatch.db import Database
 from billwatch.demo.cli import demo as demo_command
@@ -28,6 +29,7 @@ users_app = typer.Typer(help="Users of the platform.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.command("demo")(demo_command)
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_cli.jobs_app, name="jobs")
 app.command("worker")(jobs_cli.worker)
 app.command("beat")(jobs_cli.beat)

@@ -1,0 +1,179 @@
+"""``billwatch audit ...``: verify, checkpoint, rotate-key, archive, keygen.
+
+Every command reads the same settings as the service (database, key ring, HMAC key, checkpoint
+and archive folders); ``verify`` exits 0 when the trail is intact and 1 naming the first row
+that is not, so it can gate a cron job or a CI step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from billwatch.audit import crypto
+from billwatch.audit.archive import ArchiveRefused, archive
+from billwatch.audit.checkpoints import CheckpointStore
+from billwatch.audit.rotation import rotate, rows_to_rotate
+from billwatch.audit.sealing import seal
+from billwatch.audit.verify import VerifyReport, verify
+from billwatch.config import Settings, get_settings
+from billwatch.context import Origin, bound_origin
+from billwatch.db import Database
+
+audit_app = typer.Typer(help="The audit trail: verify, seal, rotate keys, archive.",
+                        no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+CheckpointDir = Annotated[Path | None, typer.Option(
+    help="Checkpoint store (default: BILLWATCH_AUDIT_CHECKPOINT_DIR).")]
+ArchiveDir = Annotated[Path | None, typer.Option(
+    help="Archive folder (default: BILLWATCH_AUDIT_ARCHIVE_DIR).")]
+
+
+def _settings() -> tuple[Settings, crypto.AuditKeys]:
+    settings = get_settings()
+    keys = crypto.install(crypto.keys_for(settings))
+    if keys.development:
+        errors.print("[yellow]warning: the development audit keys are in use; set "
+                     "BILLWATCH_AUDIT_ENCRYPTION_KEYS and BILLWATCH_AUDIT_HMAC_KEY[/yellow]")
+    return settings, keys
+
+
+def _run(settings: Settings, job: str, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``work`` against the configured database, as a job whose audit rows say so."""
+
+    async def main() -> T:
+        db = Database(settings.database_url)
+        try:
+            with bound_origin(Origin(job_id=f"cli:audit-{job}:{uuid.uuid4().hex[:12]}")):
+                return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+@audit_app.command("verify")
+def verify_command(
+    checkpoint_dir: CheckpointDir = None,
+    archive_dir: Annotated[Path | None, typer.Option(
+        help="Also re-verify the archived rows in this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Re-compute hashes and chain; exit 1 naming the first row changed/deleted/inserted/moved."""
+    settings, keys = _settings()
+    store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
+    report = _run(settings, "verify",
+                  lambda db: verify(db, keys=keys, store=store, archive_dir=archive_dir))
+    if as_json:
+        typer.echo(json.dumps(_report_json(report)))
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _report_json(report: VerifyReport) -> dict[str, object]:
+    problem = report.problem
+    return {"ok": report.ok, "sealed_rows": report.sealed_rows,
+            "unsealed_rows": report.unsealed_rows, "archived_rows": report.archived_rows,
+            "head_seq": report.head_seq, "checkpoints": report.checkpoints,
+            "seconds": round(report.seconds, 3), "rows_per_second": round(report.rows_per_second),
+            "notes": report.notes,
+            "problem": None if problem is None else {
+                "kind": problem.kind, "message": problem.message, "seq": problem.seq,
+                "row_id": problem.row_id}}
+
+
+def _print_report(report: VerifyReport) -> None:
+    console.print(f"sealed rows {report.sealed_rows:,} (head seq {report.head_seq:,}), "
+                  f"unsealed {report.unsealed_rows:,}, archived {report.archived_rows:,}, "
+                  f"checkpoints {report.checkpoints:,}; {report.seconds:.2f}s, "
+                  f"{report.rows_per_second:,.0f} rows/s")
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if report.problem is None:
+        console.print("[green]audit trail intact[/green]")
+    else:
+        errors.print(f"[red]audit trail BROKEN ({report.problem.kind}): "
+                     f"{report.problem.message}[/red]")
+
+
+@audit_app.command("checkpoint")
+def checkpoint_command(checkpoint_dir: CheckpointDir = None) -> None:
+    """Seal the rows written since the last seal and write a signed checkpoint."""
+    settings, keys = _settings()
+    store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
+    result = _run(settings, "checkpoint", lambda db: seal(db, keys=keys, store=store))
+    console.print(f"sealed {result.sealed:,} rows; head seq {result.checkpoint.last_seq:,}; "
+                  f"checkpoint {result.path}")
+
+
+@audit_app.command("rotate-key")
+def rotate_key_command(
+    batch_size: Annotated[int, typer.Option(min=1, max=50_000,
+                                            help="Rows re-encrypted per transaction.")] = 1000,
+) -> None:
+    """Re-encrypt metadata under the first key of BILLWATCH_AUDIT_ENCRYPTION_KEYS."""
+    settings, keys = _settings()
+
+    async def work(db: Database) -> int:
+        total = await rows_to_rotate(db, keys)
+        with Progress(TextColumn("[bold]re-encrypting[/bold]"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console) as progress:
+            task = progress.add_task("rotate", total=total)
+            result = await rotate(db, keys=keys, batch=batch_size,
+                                  progress=lambda n: progress.advance(task, n))
+        return result.rotated
+
+    rotated = _run(settings, "rotate-key", work)
+    console.print(f"{rotated:,} rows now under key {keys.ring.primary_id!r}; the chain is "
+                  "unchanged (hashes cover plaintext). Older keys may leave the ring once no "
+                  "archive needs them.")
+
+
+@audit_app.command("archive")
+def archive_command(
+    before: Annotated[datetime | None, typer.Option(
+        formats=["%Y-%m-%d"], help="Archive rows before this UTC date "
+        "(default: today minus BILLWATCH_AUDIT_RETENTION_DAYS); never within 90 days.")] = None,
+    archive_dir: ArchiveDir = None,
+    checkpoint_dir: CheckpointDir = None,
+) -> None:
+    """Move rows older than the retention window to a verifiable gzip JSONL archive."""
+    settings, keys = _settings()
+    cutoff = (before.replace(tzinfo=UTC) if before is not None
+              else datetime.now(UTC) - timedelta(days=settings.audit_retention_days))
+    store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
+    directory = archive_dir or settings.audit_archive_dir
+    try:
+        result = _run(settings, "archive", lambda db: archive(
+            db, keys=keys, store=store, directory=directory, before=cutoff))
+    except ArchiveRefused as refused:
+        errors.print(f"[red]{refused}[/red]")
+        raise typer.Exit(1) from refused
+    if result is None:
+        console.print(f"nothing before {cutoff:%Y-%m-%d} to archive")
+        return
+    console.print(f"archived {result.rows:,} rows (seq {result.first_seq:,}..{result.last_seq:,}) "
+                  f"to {result.path}; verify with --archive-dir {directory}")
+
+
+@audit_app.command("keygen")
+def keygen_command(
+    kid: Annotated[str, typer.Option(help="Id of the new key (letters, digits, _ . -).")] =
+        f"k{datetime.now(UTC):%Y%m%d}",
+) -> None:
+    """Print a new encryption key entry to put first in BILLWATCH_AUDIT_ENCRYPTION_KEYS."""
+    typer.echo(crypto.generate_key_entry(kid))
