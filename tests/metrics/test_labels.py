@@ -27,7 +27,12 @@ class TestClosedSets:
         from billwatch.webhooks.signature import RejectReason
 
         assert set(labels.WEBHOOK_EVENT_TYPES) == {*HANDLERS, "other"}
-        assert set(labels.WEBHOOK_REJECT_REASONS) == {*(r.value for r in RejectReason), "other"}
+        assert set(labels.WEBHOOK_REJECT_REASONS) == {r.value for r in RejectReason}
+
+    def test_alert_kinds_mirror_the_alert_model(self) -> None:
+        from billwatch.alerts.models import AlertKind
+
+        assert set(labels.ALERT_KINDS) == {k.value for k in AlertKind}
 
     def test_owner_types_mirror_the_model(self) -> None:
         assert set(labels.OWNER_TYPES) == {t.value for t in OwnerType}

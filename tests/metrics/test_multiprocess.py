@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,19 @@ async def scrapes(served: Served, times: int) -> list[dict[tuple[str, frozenset[
     return [parse(b.text) for b in bodies]
 
 
+async def promtool_accepts(served: Served) -> None:
+    """The summed multiprocess exposition is as clean as the single-process one."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: `make test` installs Debian's prometheus package"
+    async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
+        body = (await http.get("/metrics")).content
+    checked = await asyncio.create_subprocess_exec(
+        promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(checked.communicate(body), timeout=60)
+    assert (checked.returncode, output.decode()) == (0, "")
+
+
 class TestTwoWorkers:
     async def test_every_scrape_reads_the_total_of_all_workers(self, served: Served) -> None:
         patient = await served.factory.user(Role.PATIENT)
@@ -124,6 +138,7 @@ class TestTwoWorkers:
 
         await add_subscriptions(served.db, [Sub(OwnerRef(OwnerType.PATIENT, patient.id),
                                                 "basic_monthly")])
+        await promtool_accepts(served)
         for samples in await scrapes(served, 8):
             assert value(samples, CHECKOUTS, **PLAN) == sent
             assert value(samples, "billing_http_requests_total", method="POST",

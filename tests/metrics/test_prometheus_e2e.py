@@ -25,6 +25,7 @@ from sqlalchemy import select
 from billwatch.accounts.models import Role
 from billwatch.billing.models import StripeCustomer, Transaction, TransactionKind, TransactionStatus
 from billwatch.payments.gateway import PaymentsGateway
+from tests.metrics.helpers import label_offences, parse
 from tests.metrics.processes import Prometheus, Served, billwatch_served, prometheus_running, wait_until
 from tests.support import REPO, TEST_WEBHOOK_SECRET, LocalStripe
 from tests.support import test_settings as make_settings
@@ -249,6 +250,9 @@ class TestPrometheusEndToEnd:
         await drive_traffic(served, stripe_peer.url)
         await wait_until(lambda: scraped_after_traffic(prometheus),
                          what="prometheus to scrape the traffic", within=90)
+
+        exposed = (await prometheus.http.get(f"{served.url}/metrics")).text
+        assert label_offences(parse(exposed)) == []  # webhooks and refunds included
 
         targets = (await prometheus.http.get(f"{prometheus.url}/api/v1/targets")).json()
         [target] = targets["data"]["activeTargets"]
