@@ -1,0 +1,108 @@
+"""Fail closed: no audit row, no operation — and the failure is counted and handed to alerts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from sqlalchemy import select, text
+
+from billwatch.accounts.actor import SystemActor
+from billwatch.accounts.models import Role
+from billwatch.audit import recorder
+from billwatch.audit.events import AuditEvent
+from billwatch.audit.recorder import AuditWriteFailure
+from billwatch.billing.models import Transaction, TransactionKind
+from billwatch.config import Settings
+from billwatch.db import Database
+from tests.billing.conftest import People
+from tests.support import Factory, audit_rows, paid_subscription
+
+REFUSE_PG = """
+CREATE OR REPLACE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'audit volume full (simulated)'; END $$
+"""
+
+
+def failures() -> float:
+    return REGISTRY.get_sample_value("audit_write_failures_total") or 0.0
+
+
+def committed(outcome: str) -> float:
+    return REGISTRY.get_sample_value("billing_audit_writes_total", {"outcome": outcome}) or 0.0
+
+
+@pytest.fixture
+async def audit_table_refuses_rows(db: Database) -> AsyncIterator[None]:
+    """The database stops accepting audit rows (a full volume, a revoked grant)."""
+    async with db.engine.begin() as conn:
+        if db.dialect == "postgresql":
+            await conn.execute(text(REFUSE_PG))
+            await conn.execute(text("CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_logs "
+                                    "FOR EACH ROW EXECUTE FUNCTION test_refuse_audit()"))
+        else:
+            await conn.execute(text("CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_logs "
+                                    "BEGIN SELECT RAISE(ABORT, 'audit volume full (simulated)'); END"))
+    yield
+    async with db.engine.begin() as conn:
+        await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_audit"
+                                + (" ON audit_logs" if db.dialect == "postgresql" else "")))
+
+
+@pytest.fixture
+def failure_hook() -> Iterator[list[AuditWriteFailure]]:
+    seen: list[AuditWriteFailure] = []
+    hook = recorder.on_write_failure(seen.append)
+    yield seen
+    recorder.remove_write_failure_hook(hook)
+
+
+@pytest.fixture
+async def people(factory: Factory) -> People:
+    return People(admin=await factory.user(Role.ADMIN), patient=await factory.user(Role.PATIENT),
+                  proxy=await factory.user(Role.PROXY))
+
+
+@pytest.fixture
+async def payment(db: Database, settings: Settings, people: People) -> Transaction:
+    return (await paid_subscription(db, settings, people.owner))[1]
+
+
+class TestNoRowNoRefund:
+    async def test_the_refund_fails_and_nothing_is_written(
+            self, app: FastAPI, db: Database, factory: Factory, people: People,
+            payment: Transaction, failure_hook: list[AuditWriteFailure],
+            audit_table_refuses_rows: None) -> None:
+        before = failures()
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post(f"/admin/transactions/{payment.id}/refund",
+                                         headers=factory.headers(people.admin),
+                                         json={"amount_cents": 500, "reason": "service_issue"})
+        assert response.status_code == 500
+        async with db.sessionmaker() as session:
+            refreshed = await session.get(Transaction, payment.id)
+            assert refreshed is not None and refreshed.refunded_cents == 0
+            kinds = (await session.scalars(select(Transaction.kind))).all()
+        assert TransactionKind.REFUND not in kinds
+        assert await audit_rows(db) == []
+        assert failures() >= before + 1
+        assert any("billing.refund.issued" in f.event_types and f.stage == "insert"
+                   for f in failure_hook)
+
+
+class TestCounting:
+    async def test_committed_rows_count_and_rolled_back_rows_do_not(self, db: Database) -> None:
+        before = committed("success")
+        async with db.unit_of_work() as session:
+            recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=SystemActor("cli"))
+        assert committed("success") == before + 1
+        with pytest.raises(RuntimeError):
+            async with db.unit_of_work() as session:
+                recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=SystemActor("cli"))
+                raise RuntimeError("business rule failed")
+        assert committed("success") == before + 1
+        assert len(await audit_rows(db)) == 1
