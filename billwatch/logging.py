@@ -1,7 +1,9 @@
 """Structured JSON logs to stdout, every event passed through the redactor.
 
 Rotation and shipping are the platform's job (journald, the container runtime); billwatch only
-writes one JSON object per line to stdout.
+writes one JSON object per line to stdout. Records from the standard library's ``logging``
+(uvicorn, SQLAlchemy, Celery, third-party clients) are rendered by the same processors, so the
+redactor sees every line, not only billwatch's own.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ def redact_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
     return redact(dict(event_dict))
 
 
+_STDLIB_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "sqlalchemy", "celery")
+
+
+class _RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one stdlib handler billwatch installs (replaced, never stacked, on re-configuration)."""
+
+
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     renderer: Any = (structlog.processors.JSONRenderer() if json
                      else structlog.dev.ConsoleRenderer(colors=False))
+    _route_stdlib(level, renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -37,3 +47,21 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
+
+
+def _route_stdlib(level: str, renderer: Any) -> None:
+    handler = _RedactingHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redact_event, renderer]))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RedactingHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in _STDLIB_LOGGERS:  # e.g. uvicorn installs its own plain handlers; use ours
+        named = logging.getLogger(name)
+        named.handlers = [h for h in named.handlers if not isinstance(h, logging.StreamHandler)]
+        named.propagate = True

@@ -10,11 +10,12 @@ What it guarantees, whatever the nesting (dicts, lists, dict keys, ints, free te
   replaced where they travel with card data (on their own they are harmless references);
 * control characters, CR/LF and bidi overrides are escaped, so one event stays one log line.
 
-False positives are preferred to leaks, with one deliberate exception: tokens that are
-identifiers by shape — UUIDs, long hex digests and Stripe object ids (``ch_``, ``in_``,
-``sub_``...) — are left alone, because masking the digits inside them would corrupt references
-an auditor needs while never hiding a real card number in practice. A 13-digit epoch-millisecond
-timestamp that happens to pass Luhn is masked; billwatch writes timestamps as ISO text.
+False positives are preferred to leaks. The one exception is the canonical UUID form
+(8-4-4-4-12): its digit groups joined by dashes would otherwise read as one long number, UUIDs
+are everywhere in billwatch's data, and nobody writes a card number as a UUID. Anything else
+with 13+ digits in a row is checked — a hex digest or an identifier that happens to hold a
+Luhn-valid run loses those digits too, and so does a 13-digit epoch-millisecond timestamp that
+passes Luhn (billwatch writes timestamps as ISO text).
 """
 
 from __future__ import annotations
@@ -25,13 +26,9 @@ from typing import Any
 
 REDACTED = "[REDACTED]"
 
-_STRIPE_ID_PREFIXES = ("acct|ba|bank|cbtxn|ch|coupon|cs|cus|dp|du|evt|file|ii|il|in|ipi|plan|po|"
-                       "price|prod|promo|prv|pi|py|pyr|re|seti|si|sli|src|sub|tr|trr|txn")
 _PROTECTED = re.compile(
-    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"  # UUID
-    r"|\b(?=[0-9]*[a-fA-F])[0-9a-fA-F]{24,}\b"  # hex digests and request ids
-    rf"|\b(?:{_STRIPE_ID_PREFIXES})_[A-Za-z0-9]{{4,}}\b"  # Stripe object ids
-)
+    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+"""UUIDs: dash-separated digit groups that would otherwise read as one long number."""
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ \-\u00a0]{0,3}[0-9])*")
 _SECRET = re.compile(
     r"\b(?:sk|rk)_[A-Za-z0-9_]{6,}"
