@@ -28,27 +28,28 @@ SUITE = "daily metrics"
 RUNS = 5
 BASELINE_SQL = """
 WITH prices(plan_code, monthly) AS (SELECT * FROM unnest($3::text[], $4::int[])),
-subs AS (
-    SELECT s.owner_type, s.owner_id, s.plan_code, p.monthly, s.created_at,
-           COALESCE(s.ended_at, CASE WHEN s.status IN ('canceled', 'unpaid', 'paused',
-                    'incomplete_expired') THEN COALESCE(s.canceled_at, s.updated_at) END) AS stop
-    FROM subscriptions s JOIN prices p USING (plan_code)
+live AS (
+    SELECT s.owner_type, s.owner_id, s.plan_code, p.monthly, s.created_at <= $1 AS at_start,
+           stop IS NULL OR stop > $2 AS at_end
+    FROM subscriptions s JOIN prices p USING (plan_code),
+         LATERAL (SELECT COALESCE(s.ended_at, CASE WHEN s.status IN ('canceled', 'unpaid', 'paused',
+                  'incomplete_expired') THEN COALESCE(s.canceled_at, s.updated_at) END) AS stop) st
     WHERE s.source = 'stripe' AND s.status NOT IN ('trialing', 'incomplete', 'incomplete_expired')
-      AND s.created_at <= $2),
-paying_end AS (SELECT * FROM subs WHERE stop IS NULL OR stop > $2),
-owners AS (
-    SELECT owner_type, owner_id,
-           sum(monthly) FILTER (WHERE created_at <= $1 AND (stop IS NULL OR stop > $1)) AS mrr_start,
-           sum(monthly) FILTER (WHERE stop IS NULL OR stop > $2) AS mrr_end
-    FROM subs WHERE stop IS NULL OR stop > $1 GROUP BY owner_type, owner_id)
-SELECT (SELECT count(*) FROM paying_end) AS paying_subscriptions,
-       (SELECT json_object_agg(owner_type || '/' || plan_code, mrr) FROM (
-            SELECT owner_type, plan_code, sum(monthly) AS mrr FROM paying_end
-            GROUP BY owner_type, plan_code) by_plan) AS mrr_by_owner_plan,
-       (SELECT coalesce(sum(monthly), 0) FROM paying_end) AS mrr,
-       count(*) FILTER (WHERE mrr_start > 0) AS customers_start,
-       count(*) FILTER (WHERE mrr_start > 0 AND coalesce(mrr_end, 0) = 0) AS customers_lost
-FROM owners"""
+      AND s.created_at <= $2 AND (stop IS NULL OR stop > $1)),
+grouped AS (  -- one scan: per owner (churn) and per owner type and plan (MRR) at once
+    SELECT owner_type, plan_code, GROUPING(owner_id) AS per_plan,
+           sum(monthly) FILTER (WHERE at_start) AS mrr_start,
+           sum(monthly) FILTER (WHERE at_end) AS mrr_end,
+           count(*) FILTER (WHERE at_end) AS paying
+    FROM live GROUP BY GROUPING SETS ((owner_type, owner_id), (owner_type, plan_code)))
+SELECT sum(paying) FILTER (WHERE per_plan = 1) AS paying_subscriptions,
+       json_object_agg(owner_type || '/' || plan_code, mrr_end) FILTER (WHERE per_plan = 1)
+           AS mrr_by_owner_plan,
+       coalesce(sum(mrr_end) FILTER (WHERE per_plan = 1), 0) AS mrr,
+       count(*) FILTER (WHERE per_plan = 0 AND mrr_start > 0) AS customers_start,
+       count(*) FILTER (WHERE per_plan = 0 AND mrr_start > 0 AND coalesce(mrr_end, 0) = 0)
+           AS customers_lost
+FROM grouped"""
 
 
 async def _load(ctx: BenchContext, dsn: str, plans: Settings) -> None:
