@@ -4,7 +4,8 @@ Measured: :func:`billwatch.jobs.daily_metrics.compute` plus :func:`store` in one
 as the job runs them (median of warm runs; the first, cold run is reported too).
 Baseline: a single hand-written SQL query for the core figures (active subscriptions, MRR by
 owner type and plan, customer churn over 30 days) with the same definitions, on asyncpg: the
-floor for this computation. Its MRR must equal the job's (checked). Target: < 2 s.
+floor for this computation. Its MRR and churn counts must equal the job's (checked and
+reported). Target: < 2 s.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ async def _load(ctx: BenchContext, dsn: str, plans: Settings) -> None:
         await conn.close()
 
 
-async def _job_runs(url: str, settings: Settings, day: object) -> tuple[list[float], int]:
+async def _job_runs(url: str, settings: Settings, day: object) -> tuple[list[float], tuple[int, ...]]:
     db = Database(url)
-    times, mrr = [], 0
+    times: list[float] = []
+    core: tuple[int, ...] = ()
     try:
         for _ in range(RUNS):
             started = time.perf_counter()
@@ -81,26 +83,29 @@ async def _job_runs(url: str, settings: Settings, day: object) -> tuple[list[flo
                 figures = await daily_metrics.compute(session, settings, day)  # type: ignore[arg-type]
                 await daily_metrics.store(session, figures)
             times.append(time.perf_counter() - started)
-            mrr = int(figures["mrr_cents"])
+            core = (int(figures["mrr_cents"]), int(figures["churn_customers_start"]),
+                    int(figures["churn_customers_lost"]))
     finally:
         await db.dispose()
-    return times, mrr
+    return times, core
 
 
-async def _baseline_runs(dsn: str, settings: Settings, end: datetime) -> tuple[list[float], int]:
+async def _baseline_runs(dsn: str, settings: Settings,
+                         end: datetime) -> tuple[list[float], tuple[int, ...]]:
     conn = await asyncpg.connect(dsn)
     codes = [p.code for p in settings.plans]
     prices = [p.monthly_cents for p in settings.plans]
-    times, mrr = [], 0
+    times: list[float] = []
+    core: tuple[int, ...] = ()
     try:
         for _ in range(RUNS):
             started = time.perf_counter()
             row = await conn.fetchrow(BASELINE_SQL, end - timedelta(days=30), end, codes, prices)
             times.append(time.perf_counter() - started)
-            mrr = int(row["mrr"])
+            core = (int(row["mrr"]), int(row["customers_start"]), int(row["customers_lost"]))
     finally:
         await conn.close()
-    return times, mrr
+    return times, core
 
 
 async def run(ctx: BenchContext) -> None:
@@ -110,17 +115,18 @@ async def run(ctx: BenchContext) -> None:
         day = (datetime.now(UTC) - timedelta(days=1)).date()
         end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
         ctx.console.print(f"  {SUITE}: the job's computation for {day}, {RUNS} runs")
-        job_times, job_mrr = await _job_runs(db.url, settings, day)
+        job_times, job_core = await _job_runs(db.url, settings, day)
         ctx.console.print(f"  {SUITE}: the single-query baseline, {RUNS} runs")
-        base_times, base_mrr = await _baseline_runs(db.dsn, settings, end)
+        base_times, base_core = await _baseline_runs(db.dsn, settings, end)
     warm_job, warm_base = statistics.median(job_times[1:]), statistics.median(base_times[1:])
     ctx.figures += [
         Figure(SUITE, "one day (compute + store), warm", warm_job, "s", "one SQL query", warm_base,
                "< 2 s", warm_job < 2.0, warm_job / warm_base,
-               details={"runs_s": job_times, "baseline_runs_s": base_times, "mrr_cents": job_mrr,
-                        "baseline_mrr_cents": base_mrr, "mrr_agrees": job_mrr == base_mrr}),
+               details={"runs_s": job_times, "baseline_runs_s": base_times,
+                        "mrr_churn_start_lost": job_core, "baseline_mrr_churn_start_lost": base_core,
+                        "figures_agree": job_core == base_core}),
         Figure(SUITE, "one day, first (cold) run", job_times[0], "s", "one SQL query", base_times[0],
                "context", None, job_times[0] / base_times[0]),
     ]
-    if job_mrr != base_mrr:
-        ctx.console.print(f"  [yellow]MRR differs: job {job_mrr}, baseline {base_mrr}[/yellow]")
+    if job_core != base_core:
+        ctx.console.print(f"  [yellow]MRR / churn differ: job {job_core}, baseline {base_core}[/yellow]")
