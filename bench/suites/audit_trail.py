@@ -1,10 +1,10 @@
-"""The audit trail at 1 M rows: ``audit verify`` throughput, and sealing as context.
+"""The audit trail at 1 M rows: ``audit verify`` throughput (sealing as context), then queries.
 
 Rows are COPY-loaded as the recorder writes them (see :mod:`bench.audit_data`), sealed into the
 chain by the trail's own sealer (as ``billwatch audit checkpoint`` does), then re-verified by its
 own :func:`billwatch.audit.verify.verify`. Baseline: a bare SHA-256 chain over each row's
 canonical JSON in pure Python, in the same run (on up to 200,000 of the same rows).
-Target: >= 150,000 rows/s.
+Target: >= 150,000 rows/s. The same rows then serve :mod:`bench.suites.audit_query`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from bench.bulk import copy
 from bench.context import BenchContext
 from bench.report import Figure
 from bench.scratch import ScratchDatabase, scratch_database
+from bench.suites import audit_query
 from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.crypto import AuditKeys, generate_key_entry, keys_from
 from billwatch.audit.sealing import seal
 from billwatch.audit.verify import verify
 from billwatch.db import Database
 
-SUITE = "audit trail"
+SUITE = "audit verify"
 BASELINE_ROWS = 200_000
 
 
@@ -52,11 +53,12 @@ async def load(ctx: BenchContext, db: ScratchDatabase, data: AuditData, count: i
 
 async def run(ctx: BenchContext) -> None:
     count = ctx.size("audit_rows", 1_000_000, 50_000)
-    keys, _env = bench_keys()
+    keys, env = bench_keys()
     data = AuditData(keys)
     async with scratch_database("audit", keep=ctx.keep_databases) as db:
         await load(ctx, db, data, count)
         await measure_verify(ctx, db, keys, data)
+        await audit_query.measure(ctx, db, data, env)
 
 
 async def measure_verify(ctx: BenchContext, db: ScratchDatabase, keys: AuditKeys,
