@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from billwatch.audit import crypto
 from billwatch.audit.archive import ArchiveRefused, archive
 from billwatch.audit.checkpoints import CheckpointStore
+from billwatch.audit.roles import app_role_grants
 from billwatch.audit.rotation import rotate, rows_to_rotate
 from billwatch.audit.sealing import seal
 from billwatch.audit.verify import VerifyReport, verify
@@ -177,3 +178,13 @@ def keygen_command(
 ) -> None:
     """Print a new encryption key entry to put first in BILLWATCH_AUDIT_ENCRYPTION_KEYS."""
     typer.echo(crypto.generate_key_entry(kid))
+
+
+@audit_app.command("grants")
+def grants_command(
+    role: Annotated[str, typer.Option(help="The role the service connects as.")] = "billwatch_app",
+    schema: Annotated[str, typer.Option(help="Schema holding billwatch's tables.")] = "public",
+) -> None:
+    """Print PostgreSQL GRANTs for a service role that may only INSERT and SELECT audit rows."""
+    for statement in app_role_grants(role, schema):
+        typer.echo(f"{statement};")

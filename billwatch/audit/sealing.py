@@ -24,10 +24,12 @@ from sqlalchemy import exists, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billwatch.audit import crypto
 from billwatch.audit.chain import GENESIS, chain_step
 from billwatch.audit.checkpoints import Checkpoint, CheckpointStore
 from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.models import AuditArchive, AuditCheckpoint, AuditLog, AuditSeal
+from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 
 SEAL_LOCK = 0x6277_6175_6469_74  # "bwaudit": the advisory lock key sealers share
@@ -70,6 +72,12 @@ async def seal(db: Database, *, keys: AuditKeys, store: CheckpointStore) -> Seal
     except IntegrityError:  # another sealer won the race on SQLite; its seals are now visible
         checkpoint, sealed = await _seal_once(db, keys)
     return SealResult(checkpoint, store.write(checkpoint), sealed)
+
+
+async def checkpoint(db: Database, settings: Settings) -> SealResult:
+    """What the hourly job and ``billwatch audit checkpoint`` run: seal with the configured keys."""
+    return await seal(db, keys=crypto.keys_for(settings),
+                      store=CheckpointStore(settings.audit_checkpoint_dir))
 
 
 async def _seal_once(db: Database, keys: AuditKeys) -> tuple[Checkpoint, int]:
