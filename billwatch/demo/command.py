@@ -112,7 +112,11 @@ async def _run(env: DemoEnvironment, population: Population, concurrency: int,
             await wait_for_peer_events(db, side.peer_events_expected, progress)
             await wait_for_alerts(db, progress)
             daily = report.run_command(env, "jobs", "daily-metrics", "--date", _today())
-        verify = report.run_command(env, "audit", "verify")
+        sealed = report.run_command(env, "audit", "checkpoint")  # what the hourly job does
+        checked = report.run_command(env, "audit", "verify")
+        verify = report.CommandResult(sealed.ok and checked.ok,
+                                      f"$ billwatch audit checkpoint\n{sealed.output}\n"
+                                      f"$ billwatch audit verify\n{checked.output}")
         figures = await report.daily_figures(db) if daily.ok else None
         source = "daily metrics job" if figures else "subscriptions table"
         return report.Summary(
