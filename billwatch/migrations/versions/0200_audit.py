@@ -24,6 +24,7 @@ from billwatch.audit.chain import (
     associated_data,
     canonical_metadata,
     canonical_values,
+    column_text,
     content_bytes,
 )
 
@@ -82,7 +83,7 @@ def _protect_existing_rows() -> None:
     for row in rows:
         plaintext = canonical_metadata(row.metadata or {})
         kid, blob = keys.ring.encrypt(plaintext, associated_data(row.id))
-        digest = hasher(content_bytes(canonical_values(row), plaintext))  # type: ignore[arg-type]
+        digest = hasher(content_bytes(column_text(canonical_values(row)), plaintext))  # type: ignore[arg-type]
         bind.execute(table.update().where(table.c.id == row.id).values(
             content_hash=digest, metadata_key_id=kid, metadata_ciphertext=blob))
 
