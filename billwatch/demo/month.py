@@ -144,12 +144,12 @@ class Month:
         for sub in live:
             proxies = self.cast.managers.get(str(sub.owner.id), [])
             readers.append((self.rng.choice(proxies) if proxies and self.rng.random() < 0.6
-                            else sub.payer, sub))
+                            else self.cast.acting_for(sub.payer, sub.owner), sub))
 
         async def read(item: tuple[Person, LiveSubscription]) -> None:
             reader, sub = item
             await self.api.account(reader, sub.owner)
-            by_proxy = reader in self.cast.managers.get(str(sub.owner.id), [])
+            by_proxy = self.cast.manages(reader, sub.owner)
             self.tally["accounts read" + (" by proxies" if by_proxy else "")] += 1
 
         await self._each("Owners and proxies read their billing", readers, read)
@@ -217,7 +217,8 @@ class Month:
     async def cancellations(self, live: list[LiveSubscription]) -> None:
         share = max(1, len(live) // 15)
         by_patients = [s for s in live if not s.by_proxy and s.owner.type.value == "patient"][:share]
-        by_proxies = [s for s in live if s.by_proxy][: max(2, share // 2)]
+        by_proxies = [s for s in live if s.by_proxy and self.cast.manages(s.payer, s.owner)
+                      ][: max(2, share // 2)]
         taken = {id(s) for s in by_patients + by_proxies}
         by_admins = [s for s in live if id(s) not in taken][: max(1, share // 3)]
         plan = [(s, s.payer, True) for s in by_patients]

@@ -39,6 +39,16 @@ class Cast:
     def owner(self, patient: Person) -> Owner:
         return Owner(OwnerType.PATIENT, patient.id)
 
+    def manages(self, proxy: Person, owner: Owner) -> bool:
+        """Whether ``proxy`` is (still) one of the owner's billing managers."""
+        return proxy in self.managers.get(str(owner.id), [])
+
+    def acting_for(self, payer: Person, owner: Owner) -> Person:
+        """Who can act on the owner's billing now: the payer, unless it is a proxy since removed."""
+        if payer.id == owner.id or owner.type is OwnerType.ORGANIZATION or self.manages(payer, owner):
+            return payer
+        return next(p for p in self.patients if p.id == owner.id)
+
 
 def _name(rng: random.Random) -> str:
     return f"{rng.choice(FIRST)} {rng.choice(LAST)}"
