@@ -206,8 +206,11 @@ async def flush_ended_windows(db: Database, settings: Settings, *,
                    Alert.kind.not_in(once_kinds), AlertCooldown.holder_alert_id.is_(None),
                    or_(AlertCooldown.last_sent_at.is_(None), AlertCooldown.last_sent_at <= cutoff))
             .distinct())).all()
+        waiting = set((await session.scalars(  # a pending alert of the key will do the counting
+            select(Alert.dedup_key).where(Alert.dedup_key.in_(keys),
+                                          Alert.status == AlertStatus.PENDING))).all())
         promoted: list[uuid.UUID] = []
-        for key in keys:
+        for key in (key for key in keys if key not in waiting):
             newest = (await session.scalars(
                 select(Alert.id).where(Alert.dedup_key == key, Alert.status == AlertStatus.SUPPRESSED,
                                        Alert.counted_in_id.is_(None))

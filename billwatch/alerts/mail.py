@@ -67,6 +67,7 @@ def _details(payload: dict[str, Any]) -> list[tuple[str, str]]:
 def context(alert: Alert, settings: Settings) -> dict[str, Any]:
     """Everything a template may show, redacted (again) on the way in."""
     spec = spec_for(alert.kind)
+    payload: dict[str, Any] = redact(dict(alert.payload or {}))  # key-aware: drops CVCs first
     values: dict[str, Any] = {
         "subject": subject_line(alert), "title": spec.title, "summary": alert.subject,
         "severity": alert.severity.value, "kind": alert.kind, "dedup_key": alert.dedup_key,
@@ -74,8 +75,8 @@ def context(alert: Alert, settings: Settings) -> dict[str, Any]:
         "suppressed_count": alert.suppressed_count,
         "suppressed_since": _iso(alert.suppressed_since),
         "cooldown": _duration(settings.alert_cooldown_seconds),
-        "details": _details(alert.payload or {}),
-        "report": (alert.payload or {}).get("report", {}),
+        "details": _details(payload),
+        "report": payload.get("report", {}),
     }
     redacted: dict[str, Any] = redact(values)
     redacted["details"] = [tuple(pair) for pair in redacted["details"]]

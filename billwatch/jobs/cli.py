@@ -134,12 +134,17 @@ def worker(
     pool: Annotated[str, typer.Option(help="prefork, solo or threads.")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run a Celery worker for alert delivery and the scheduled jobs."""
+    """Run a Celery worker for alert delivery and the scheduled jobs.
+
+    Mingle and gossip stay off: billwatch revokes no tasks and keeps no worker-to-worker
+    state, and without them a worker is ready at once.
+    """
     from billwatch.jobs.celery_app import app as celery
 
     _require_broker()
     celery.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}",
-                        f"--loglevel={loglevel}", f"--queues={get_settings().celery_queue}"])
+                        f"--loglevel={loglevel}", f"--queues={get_settings().celery_queue}",
+                        "--without-mingle", "--without-gossip"])
 
 
 def beat(

@@ -28,7 +28,7 @@ class Received:
     def part(self, subtype: str) -> str:
         body = self.message.get_body(preferencelist=(subtype,))
         assert body is not None, f"no text/{subtype} part"
-        return str(body.get_content())  # type: ignore[attr-defined]
+        return str(body.get_content())
 
     @property
     def text(self) -> str:
@@ -46,7 +46,7 @@ class _Handler:
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.box.lock:
-            self.box.received.append(Received(list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
+            self.box.received.append(Received(list(envelope.rcpt_tos), message))
         return "250 OK"
 
 
@@ -78,33 +78,37 @@ class Mailbox:
             return [m for m in self.received if where(m)]
 
     async def wait_for(self, count: int, where: Callable[[Received], bool] = lambda _m: True,
-                       timeout: float = 20.0) -> list[Received]:
+                       within: float = 20.0) -> list[Received]:
         """Poll until at least ``count`` matching messages arrived (or fail at the deadline)."""
-        return await wait_until(lambda: (found := self.messages(where)) and len(found) >= count
-                                and found, timeout=timeout, what=f"{count} mail(s)")
+        def arrived() -> list[Received] | None:
+            found = self.messages(where)
+            return found if len(found) >= count else None
+
+        found: list[Received] = await wait_until(arrived, within=within, what=f"{count} mail(s)")
+        return found
 
 
-async def wait_until(condition: Callable[[], Any], *, timeout: float = 20.0,
+async def wait_until(condition: Callable[[], Any], *, within: float = 20.0,
                      what: str = "condition") -> Any:
-    """Return the first truthy value of ``condition()``, polling until ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    """Return the first truthy value of ``condition()``, polling for ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
-async def wait_until_async(condition: Callable[[], Any], *, timeout: float = 20.0,
+async def wait_until_async(condition: Callable[[], Any], *, within: float = 20.0,
                            what: str = "condition") -> Any:
     """Like :func:`wait_until` for a condition that is a coroutine function."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)

@@ -1,0 +1,224 @@
+"""Real Celery workers run the tasks: dedup, an SMTP outage, a killed worker, two beats.
+
+Each test starts ``billwatch worker`` against Redis and the test's database (both backends),
+mails to a real SMTP server and reads what arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from celery import Celery
+from sqlalchemy import func, select
+
+from billwatch.alerts import handoff, raising
+from billwatch.alerts.models import AlertCooldown, AlertKind, AlertStatus
+from billwatch.audit.models import AuditLog
+from billwatch.config import Settings
+from billwatch.db import Database
+from billwatch.jobs.celery_app import DAILY_METRICS_TASK
+from billwatch.jobs.models import DailyBillingMetrics, JobRun, RunStatus
+from billwatch.jobs.tasks import CelerySink
+from tests.alerts.helpers import alerts, payment_failed, statuses, webhook_failures
+from tests.alerts.mailbox import Mailbox, wait_until, wait_until_async
+from tests.jobs.month import DAY, seed_month
+from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
+
+
+@pytest.fixture
+async def celery_env(database_url: str, mailbox: Mailbox) -> AsyncIterator[tuple[Settings, Celery]]:
+    """Settings shared by the test and its workers, a publisher, and alerts handed to Celery."""
+    settings = worker_settings(database_url, mailbox.port, new_queue())
+    raising.configure(settings)
+    celery = publisher(settings)
+    sink = CelerySink(celery, background=False)
+    handoff.install(sink)
+    yield settings, celery
+    handoff.uninstall(sink)
+    raising._config.settings = None
+    celery.close()
+
+
+StartWorker = Callable[[int], Worker]
+
+
+@pytest.fixture
+def start_worker(celery_env: tuple[Settings, Celery], tmp_path: Path) -> Iterator[StartWorker]:
+    workers: list[Worker] = []
+
+    def start(concurrency: int) -> Worker:
+        worker = Worker(celery_env[0], tmp_path / "workers", concurrency=concurrency)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+async def settled(db: Database) -> bool:
+    """Every alert is past delivery (nothing pending any more)."""
+    return bool(await alerts(db)) and not await alerts(db, status=AlertStatus.PENDING)
+
+
+class TestDedupThroughTheWorker:
+    async def test_a_hundred_failures_one_mail_then_a_count(
+            self, db: Database, celery_env: tuple[Settings, Celery], start_worker: StartWorker,
+            mailbox: Mailbox) -> None:
+        settings, _ = celery_env
+        start_worker(2)
+        await webhook_failures(db, 100)
+        for _ in range(3):  # a final payment failure re-sent by Stripe: one mail per invoice
+            await payment_failed(db, invoice="in_worker", attempt=3)
+        await wait_until_async(lambda: settled(db), what="all 103 alerts handled")
+        assert await statuses(db, kind=AlertKind.WEBHOOK_FAILURE) == {
+            AlertStatus.SENT: 1, AlertStatus.SUPPRESSED: 99}
+        assert await statuses(db, kind=AlertKind.PAYMENT_FINAL_FAILURE) == {
+            AlertStatus.SENT: 1, AlertStatus.SUPPRESSED: 2}
+        assert len(mailbox.messages()) == 2
+
+        async with db.unit_of_work() as session:  # as if an hour passed: the cooldown is over
+            for window in (await session.scalars(select(AlertCooldown))).all():
+                assert window.last_sent_at is not None
+                window.last_sent_at -= timedelta(seconds=settings.alert_cooldown_seconds + 1)
+        await webhook_failures(db, 1)
+        [latest] = await mailbox.wait_for(1, lambda m: "more)" in m.subject)
+        assert "(+99 more)" in latest.subject and "and 99 more since" in latest.text
+        assert latest.message["X-Billwatch-Severity"] == "error"
+
+
+class TestSmtpOutage:
+    async def test_the_operation_succeeds_and_the_alert_is_sent_once_smtp_is_back(
+            self, db: Database, celery_env: tuple[Settings, Celery], start_worker: StartWorker,
+            mailbox: Mailbox) -> None:
+        start_worker(1)
+        mailbox.stop()
+        await webhook_failures(db, 1)
+        async with db.sessionmaker() as session:  # the operation (its audit row) committed
+            assert await session.scalar(select(func.count()).select_from(AuditLog)) == 1
+
+        async def retried() -> bool:
+            [alert] = await alerts(db)
+            return alert.attempts >= 2 and alert.status is AlertStatus.PENDING
+
+        await wait_until_async(retried, what="two failed attempts")
+        mailbox.start()
+        await mailbox.wait_for(1)
+        await wait_until_async(lambda: settled(db), what="the alert marked sent")
+        [alert] = await alerts(db)
+        assert alert.status is AlertStatus.SENT and alert.attempts >= 3
+        assert len(mailbox.messages()) == 1
+
+
+class Lock:
+    """Holds the database so a job blocks mid-transaction: PostgreSQL locks the metrics table
+    (the job has claimed its run and blocks writing its figures); SQLite takes the write lock."""
+
+    def __init__(self, backend: str, database_url: str) -> None:
+        self.backend, self.url = backend, database_url
+        self.pg: asyncpg.Connection | None = None
+        self.sqlite: sqlite3.Connection | None = None
+
+    async def hold(self) -> None:
+        if self.backend == "postgresql":
+            self.pg = await asyncpg.connect(self.url.replace("postgresql+asyncpg", "postgresql"))
+            await self.pg.execute("BEGIN; LOCK TABLE daily_billing_metrics IN ACCESS EXCLUSIVE MODE")
+        else:
+            self.sqlite = sqlite3.connect(self.url.split("///", 1)[1], isolation_level=None)
+            self.sqlite.execute("BEGIN IMMEDIATE")
+
+    async def waiters(self) -> int:
+        """PostgreSQL sessions of this database waiting on a lock (SQLite cannot tell)."""
+        if self.pg is None:
+            return 0
+        await self.pg.execute("SELECT pg_stat_clear_snapshot()")  # fresh, inside our transaction
+        count = await self.pg.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'")
+        return int(count)
+
+    async def release(self) -> None:
+        if self.pg is not None:
+            await self.pg.execute("ROLLBACK")
+            await self.pg.close()
+            self.pg = None
+        if self.sqlite is not None:
+            self.sqlite.execute("ROLLBACK")
+            self.sqlite.close()
+            self.sqlite = None
+
+
+async def blocked(lock: Lock, celery: Celery, task_ids: list[str], waiting: int) -> None:
+    """Wait until every task has started and (PostgreSQL) ``waiting`` of them wait on a lock."""
+    await wait_until(lambda: all(celery.AsyncResult(t).state == "STARTED" for t in task_ids),
+                     what="the tasks to start")
+    if lock.backend == "postgresql":
+        await wait_until_async(lambda: _at_least(lock, waiting), what="the job to block")
+
+
+async def _at_least(lock: Lock, waiting: int) -> bool:
+    return await lock.waiters() >= waiting
+
+
+async def one_run(db: Database) -> None:
+    async with db.sessionmaker() as session:
+        [run] = (await session.scalars(select(JobRun))).all()
+        assert run.status is RunStatus.SUCCEEDED and run.attempts == 1
+        assert run.period == DAY.isoformat()
+        assert await session.scalar(select(func.count()).select_from(DailyBillingMetrics)) == 1
+    assert len(await alerts(db, kind=AlertKind.DAILY_REPORT)) == 1
+
+
+class TestRunsOnce:
+    async def test_a_worker_killed_mid_task_is_redelivered_and_applies_once(
+            self, db: Database, backend: str, database_url: str,
+            celery_env: tuple[Settings, Celery], start_worker: StartWorker, mailbox: Mailbox) -> None:
+        _, celery = celery_env
+        await seed_month(db)
+        worker = start_worker(1)
+        lock = Lock(backend, database_url)
+        await lock.hold()
+        try:
+            task = celery.send_task(DAILY_METRICS_TASK, kwargs={"day": DAY.isoformat()})
+            await blocked(lock, celery, [task.id], waiting=1)
+            [child] = worker.pool_processes()
+            os.kill(child, signal.SIGKILL)  # the pool process dies inside the job's transaction
+            await wait_until(lambda: child not in worker.pool_processes(), what="a new pool process")
+        finally:
+            await lock.release()
+        assert await wait_until(lambda: task.ready(), what="the re-delivered task")
+        assert task.get(timeout=5) == {DAY.isoformat(): True}  # the re-delivery did the work
+        assert "WorkerLostError" in worker.output() or "SIGKILL" in worker.output()
+        await one_run(db)
+        await mailbox.wait_for(1, lambda m: m.message["X-Billwatch-Alert-Kind"] == "daily_report")
+        await wait_until_async(lambda: settled(db), what="alerts delivered")
+        assert len(mailbox.messages(
+            lambda m: m.message["X-Billwatch-Alert-Kind"] == "daily_report")) == 1
+
+    async def test_two_beats_firing_the_same_daily_job_apply_it_once(
+            self, db: Database, backend: str, database_url: str,
+            celery_env: tuple[Settings, Celery], start_worker: StartWorker, mailbox: Mailbox) -> None:
+        _, celery = celery_env
+        await seed_month(db)
+        start_worker(2)
+        lock = Lock(backend, database_url)
+        await lock.hold()
+        try:  # both tasks are inside the job before either can finish
+            tasks = [celery.send_task(DAILY_METRICS_TASK, kwargs={"day": DAY.isoformat()})
+                     for _beat in range(2)]
+            await blocked(lock, celery, [t.id for t in tasks], waiting=2)
+        finally:
+            await lock.release()
+        results = [task.get(timeout=30) for task in tasks]
+        assert sorted(r[DAY.isoformat()] for r in results) == [False, True]
+        await one_run(db)
+        await wait_until_async(lambda: settled(db), what="alerts delivered")
+        assert len(mailbox.messages(
+            lambda m: m.message["X-Billwatch-Alert-Kind"] == "daily_report")) == 1
