@@ -97,10 +97,11 @@ async def _handle(db: Database, gateway: PaymentsGateway, settings: Settings,
         handler = HANDLERS.get(event_type)
         handled = await handler(ctx) if handler else Handled.ignored("event type not handled")
         elapsed_ms = (time.perf_counter() - started) * 1000
-        await store.finish(session, claim, status=handled.status, note=handled.note,
-                           processing_ms=elapsed_ms)
         attempts = claim.attempts + 1
         _record_received(ctx, claim, handled, delivery, attempts)
+        # the UPDATE flushes the handler's audit rows and this one in a single batch
+        await store.finish(session, claim, status=handled.status, note=handled.note,
+                           processing_ms=elapsed_ms)
         label, seconds = metric_label(event_type), elapsed_ms / 1000
         after_commit(session, lambda: _count_received(label, seconds))
     outcome = ProcessOutcome(handled.status.value)

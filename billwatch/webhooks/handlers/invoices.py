@@ -13,7 +13,9 @@ attempt count, failure and decline codes, invoice id.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
+
+from sqlalchemy import Table
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.audit import recorder
@@ -59,10 +61,11 @@ async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any],
 
 async def _insert_once(ctx: EventContext, **values: Any) -> uuid.UUID | None:
     """Insert a transaction unless its idempotency key exists; its id, or None if it did."""
-    statement = dialect_insert(ctx.session)(Transaction).values(id=uuid.uuid4(), **values)
+    table = cast(Table, Transaction.__table__)
+    statement = dialect_insert(ctx.session)(table).values(id=uuid.uuid4(), **values)
     inserted: uuid.UUID | None = (await ctx.session.execute(
         statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(Transaction.id))).scalar_one_or_none()
+        .returning(table.c.id))).scalar_one_or_none()
     return inserted
 
 
