@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from billwatch.audit.redaction import redact
 from billwatch.db import Database
 from billwatch.webhooks import shapes
 from billwatch.webhooks.payload import may_need_redaction, redacted_payload
+from tests.support import SHARED_STRIPE_FIXTURES
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import Server, stored_event
 
@@ -79,6 +81,14 @@ class TestStoredPayload:
 
 
 class TestBothShapes:
+    def test_the_test_data_is_stripes_published_objects_unchanged(self) -> None:
+        if not SHARED_STRIPE_FIXTURES.exists():
+            pytest.skip("the shared copy of Stripe's fixtures is not beside this checkout")
+        published = json.loads(SHARED_STRIPE_FIXTURES.read_text())["resources"]
+        ours = json.loads(se.DATA.read_text())
+        assert {name: published[name] for name in ours if name != "_source"} == {
+            name: value for name, value in ours.items() if name != "_source"}
+
     def test_invoice_links_in_either_shape(self) -> None:
         current = se.invoice(invoice_id="in_1", customer="cus_1", subscription_id="sub_1",
                              price="price_1", amount=100, paid=True, payment_intent="pi_1")
