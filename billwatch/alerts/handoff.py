@@ -9,7 +9,7 @@ the next deliverer to start picks every pending row up.
 from __future__ import annotations
 
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -26,6 +26,8 @@ class AlertSink(Protocol):
     def alert_raised(self, alert_id: uuid.UUID) -> None: ...
 
     def check_requested(self, check: str) -> None: ...
+
+    def audit_write_failed(self, details: dict[str, Any]) -> None: ...
 
 
 _sinks: list[AlertSink] = []
@@ -67,3 +69,15 @@ def check_requested(check: str) -> None:
         sink.check_requested(check)
     except Exception:
         log.exception("check_handoff_failed", check=check)
+
+
+def audit_write_failed(details: dict[str, Any]) -> None:
+    """Called where an audit write failed (its transaction is lost): raise the alert elsewhere."""
+    sink = installed()
+    if sink is None:
+        log.warning("audit_write_failure_not_alerted", reason="no deliverer in this process")
+        return
+    try:
+        sink.audit_write_failed(details)
+    except Exception:
+        log.exception("audit_failure_handoff_failed")

@@ -18,7 +18,7 @@ from billwatch.alerts import handoff
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.config import Settings, get_settings
-from billwatch.db import after_commit, utcnow
+from billwatch.db import Database, after_commit, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +89,12 @@ def raise_alert(session: AsyncSession, kind: AlertKind | str, *, dedup_key: str,
     alert_id = alert.id
     after_commit(session, lambda: handoff.alert_raised(alert_id))
     return alert
+
+
+async def raise_audit_write_failure(db: Database, details: Mapping[str, Any]) -> None:
+    """The audit-write-failure alert, in a transaction of its own (the failed one is gone)."""
+    async with db.unit_of_work() as session:
+        raise_alert(session, AlertKind.AUDIT_WRITE_FAILURE, dedup_key="audit_write_failure",
+                    subject=(f"audit row for {', '.join(details.get('event_types') or ['?'])} "
+                             f"not written ({details.get('error_type', 'error')})"),
+                    payload=details)

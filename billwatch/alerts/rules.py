@@ -21,6 +21,7 @@ from billwatch.alerts.raising import alert_settings, raise_alert
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.models import AuditLog
+from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.db import after_commit, utcnow
 
@@ -104,4 +105,15 @@ def on_audit_row(session: AsyncSession, row: AuditLog) -> None:
         log.exception("alert_rule_failed", audit_event=row.event_type)
 
 
+def on_audit_write_failure(failure: recorder.AuditWriteFailure) -> None:
+    """The audit recorder could not write a row (and its operation failed): hand it off."""
+    if not alert_settings().enable_billing_alerts:
+        return
+    handoff.audit_write_failed({
+        "event_types": list(failure.event_types), "stage": failure.stage,
+        "error_type": type(failure.error).__name__,
+        "error": redact_text(str(failure.error))[:500], "occurred_at": utcnow().isoformat()})
+
+
 recorder.subscribe(on_audit_row)
+recorder.on_write_failure(on_audit_write_failure)

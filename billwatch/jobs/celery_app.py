@@ -22,6 +22,7 @@ ANOMALY_CHECKS_TASK = "billwatch.jobs.anomaly_checks"
 SWEEP_TASK = "billwatch.alerts.sweep"
 DELIVER_TASK = "billwatch.alerts.deliver"
 CHECK_TASK = "billwatch.jobs.check"
+AUDIT_FAILURE_TASK = "billwatch.alerts.audit_write_failed"
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:

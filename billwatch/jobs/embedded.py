@@ -13,16 +13,20 @@ import asyncio
 import contextlib
 import uuid
 from datetime import datetime
+from typing import Any
 
 import structlog
 
 from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_due
+from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import service
 
 log = structlog.get_logger(__name__)
+MAX_HELD = 100
+"""Audit-failure alerts held in memory while the database refuses them (the newest are kept)."""
 
 
 class EmbeddedRunner:
@@ -34,6 +38,7 @@ class EmbeddedRunner:
         self.schedule = settings.embedded_scheduler if schedule is None else schedule
         self._wake = asyncio.Event()
         self._checks: set[str] = set()
+        self._audit_failures: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
@@ -60,6 +65,10 @@ class EmbeddedRunner:
         self._checks.add(check)
         self._poke()
 
+    def audit_write_failed(self, details: dict[str, Any]) -> None:
+        self._audit_failures = [*self._audit_failures[-(MAX_HELD - 1):], details]
+        self._poke()
+
     def _poke(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
@@ -79,9 +88,16 @@ class EmbeddedRunner:
     async def tick(self, *, now: datetime | None = None) -> None:
         """Requested checks, then due scheduled jobs, then every due alert."""
         checks, self._checks = self._checks, set()
+        await self._raise_audit_failures()
         if handoff.Check.REFUNDS_TODAY in checks:
             await service.refunds_check(self.db, self.settings, now=now)
         if self.schedule:
             await service.run_due_schedule(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)
         self.ticks += 1
+
+    async def _raise_audit_failures(self) -> None:
+        """Write held audit-failure alerts; if the database still refuses, keep them for later."""
+        while self._audit_failures:
+            await raise_audit_write_failure(self.db, self._audit_failures[0])
+            self._audit_failures.pop(0)

@@ -22,11 +22,13 @@ from celery.signals import worker_init, worker_process_init
 from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_one, due_alert_ids, flush_ended_windows
 from billwatch.alerts.raising import configure as configure_alerts
+from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import service
 from billwatch.jobs.celery_app import (
     ANOMALY_CHECKS_TASK,
+    AUDIT_FAILURE_TASK,
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
@@ -74,6 +76,9 @@ class CelerySink:
 
     def check_requested(self, check: str) -> None:
         self._publish(CHECK_TASK, check)
+
+    def audit_write_failed(self, details: dict[str, Any]) -> None:
+        self._publish(AUDIT_FAILURE_TASK, details)
 
     def _publish(self, name: str, *args: Any) -> None:
         if not self.background:
@@ -174,3 +179,9 @@ def run_check(self: Task, check: str) -> dict[str, Any]:
     if check != handoff.Check.REFUNDS_TODAY:
         raise ValueError(f"unknown check {check!r}")
     return run_async(lambda db, settings: service.refunds_check(db, settings))
+
+
+@task(name=AUDIT_FAILURE_TASK, **JOB_RETRY)
+def audit_write_failed(self: Task, details: dict[str, Any]) -> None:
+    """Raise the alert for an audit row that could not be written, in its own transaction."""
+    run_async(lambda db, _settings: raise_audit_write_failure(db, details))

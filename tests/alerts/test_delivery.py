@@ -5,6 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
 from billwatch.alerts import mail
 from billwatch.alerts.delivery import backoff_seconds, deliver_due, flush_ended_windows
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
@@ -165,3 +169,25 @@ class TestMessage:
                                  alert_settings)
         assert "<script>" not in html and "&lt;script&gt;" in html
         assert "<script>alert(1)</script> & co" in text
+
+
+class TestAuditWriteFailure:
+    async def test_a_refused_audit_row_alerts_critical_from_a_fresh_transaction(
+            self, db: Database, alert_settings: Settings, mailbox: Mailbox) -> None:
+        runner = EmbeddedRunner(db, alert_settings)
+        await runner.start()
+        try:
+            with pytest.raises(DBAPIError):
+                async with db.unit_of_work() as session:  # the database refuses the audit row
+                    await session.execute(text("INSERT INTO audit_logs (id, event_type) "
+                                               "VALUES (:id, :event_type)"),
+                                          {"id": uuid.uuid4().hex,
+                                           "event_type": "billing.refund.issued"})
+            [received] = await mailbox.wait_for(1)
+        finally:
+            await runner.stop()
+        assert received.message["X-Billwatch-Severity"] == "critical"
+        assert "Audit write failed" in received.subject
+        assert "billing.refund.issued" in received.subject
+        [alert] = await alerts(db)
+        assert alert.kind == AlertKind.AUDIT_WRITE_FAILURE and alert.payload["stage"] == "insert"
