@@ -130,9 +130,7 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
     amount = shapes.required_int(invoice, "amount_due")
     currency = shapes.required_str(invoice, "currency").lower()
     failure = shapes.invoice_failure(invoice)
-    category = billing_metrics.payment_failure_reason(failure.decline_code)
-    if category == "other":
-        category = billing_metrics.payment_failure_reason(failure.code)
+    category = _failure_category(failure)
     plan_code = _plan_code(ctx, row, invoice)
     attempt_id = await _insert_once(
         ctx, owner_type=owner.type, owner_id=owner.id, subscription_id=row.id if row else None,
@@ -160,6 +158,12 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
                  lambda: billing_metrics.payment_failed(owner_type, category, final=final))
     return Handled(owner=owner, refs=refs, data={"transaction_id": str(attempt_id),
                                                  "attempt_count": attempt})
+
+
+def _failure_category(failure: shapes.PaymentFailure) -> str:
+    """The metric's closed reason: the issuer's decline code if it names one, else Stripe's code."""
+    category = billing_metrics.payment_failure_reason(failure.decline_code)
+    return category if category != "other" else billing_metrics.payment_failure_reason(failure.code)
 
 
 def _attempts(invoice: dict[str, Any]) -> int:
