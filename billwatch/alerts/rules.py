@@ -50,6 +50,8 @@ def final_payment_failure(session: AsyncSession, row: AuditLog, settings: Settin
         payload={"stripe_invoice_id": invoice, "attempt_count": attempts,
                  "amount_cents": data.get("amount_cents"), "currency": data.get("currency"),
                  "failure_code": data.get("failure_code"),
+                 "decline_code": data.get("decline_code"),
+                 "failure_reason": data.get("failure_reason"),
                  "stripe_customer_id": row.stripe_customer_id,
                  "stripe_subscription_id": row.stripe_subscription_id,
                  "stripe_event_id": row.stripe_event_id,
@@ -59,17 +61,24 @@ def final_payment_failure(session: AsyncSession, row: AuditLog, settings: Settin
 
 
 def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
-    """A webhook whose handling failed; one key per Stripe event type, so one outage mails once."""
+    """A webhook that failed: one key per Stripe event type (handler failures) or per reject
+    reason (deliveries refused at verification), so one outage mails once per window."""
     if row.outcome is not Outcome.FAILURE:
         return
     data = row.data or {}
-    event_type = str(data.get("event_type") or data.get("type") or "unknown")[:80]
+    if data.get("stage") == "verification":
+        reason = str(data.get("reject_reason") or data.get("code") or "unknown")[:60]
+        key, subject = f"webhook_failure:rejected:{reason}", f"webhook deliveries rejected ({reason})"
+    else:
+        event_type = str(data.get("event_type") or data.get("type") or "unknown")[:80]
+        key, subject = f"webhook_failure:{event_type}", f"{event_type} could not be processed"
     raise_alert(
-        session, AlertKind.WEBHOOK_FAILURE, dedup_key=f"webhook_failure:{event_type}",
-        subject=f"{event_type} could not be processed",
-        payload={"event_type": event_type, "stripe_event_id": row.stripe_event_id,
+        session, AlertKind.WEBHOOK_FAILURE, dedup_key=key, subject=subject,
+        payload={"event_type": data.get("event_type") or data.get("type"),
+                 "stage": data.get("stage"), "stripe_event_id": row.stripe_event_id,
                  "reason": row.reason, "attempts": data.get("attempts"),
-                 "audit_id": str(row.id), "occurred_at": _iso(row)})
+                 "error_type": data.get("error_type"), "audit_id": str(row.id),
+                 "occurred_at": _iso(row)})
 
 
 def refund_written(session: AsyncSession, row: AuditLog, settings: Settings) -> None:

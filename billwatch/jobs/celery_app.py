@@ -23,18 +23,19 @@ SWEEP_TASK = "billwatch.alerts.sweep"
 DELIVER_TASK = "billwatch.alerts.deliver"
 CHECK_TASK = "billwatch.jobs.check"
 AUDIT_FAILURE_TASK = "billwatch.alerts.audit_write_failed"
+AUDIT_CHECKPOINT_TASK = "billwatch.audit.checkpoint"
+WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
-    """Daily metrics at 00:00 UTC, anomaly checks at the top of every hour, an alert sweep
-    every minute (re-sends hand-offs that were lost, mails counts whose window ended).
-
-    ``billwatch audit checkpoint`` and ``billwatch webhooks reconcile`` belong in an hourly
-    slot here once their tasks exist; see the README's "Alerts and jobs" section.
-    """
+    """Daily metrics at 00:00 UTC, anomaly checks at the top of every hour, the audit
+    checkpoint at :15 and the Stripe reconcile at :30 of every hour, and an alert sweep every
+    minute (re-sends hand-offs that were lost, mails counts whose window ended)."""
     return {
         "daily-metrics": {"task": DAILY_METRICS_TASK, "schedule": crontab(minute="0", hour="0")},
         "anomaly-checks": {"task": ANOMALY_CHECKS_TASK, "schedule": crontab(minute="0")},
+        "audit-checkpoint": {"task": AUDIT_CHECKPOINT_TASK, "schedule": crontab(minute="15")},
+        "webhooks-reconcile": {"task": WEBHOOKS_RECONCILE_TASK, "schedule": crontab(minute="30")},
         "alerts-sweep": {"task": SWEEP_TASK, "schedule": 60.0},
     }
 

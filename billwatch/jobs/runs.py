@@ -12,6 +12,11 @@ the job's work in the same transaction:
   same period takes it over.
 
 ``force=True`` (the CLI's re-run and backfill) recomputes a period that already succeeded.
+
+Jobs whose work opens transactions of its own (sealing the audit trail, reconciling Stripe
+events) cannot share the claim's transaction; :func:`run_claimed` claims first, in a short
+transaction, then works. A run killed mid-way leaves its period claimed (at most once rather
+than exactly once), which suits those jobs: each run catches up everything before it.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ def _insert(session: AsyncSession) -> Any:
 
 
 async def _claim(session: AsyncSession, *, job: str, period: str, force: bool,
-                 task_id: str | None) -> uuid.UUID | None:
+                 task_id: str | None, retake_running: bool = True) -> uuid.UUID | None:
+    """The run's id when this caller may run the period; None when it already ran (or runs)."""
     now = utcnow()
     statement = _insert(session)(JobRun).values(
         id=uuid.uuid4(), job=job, period=period, status=RunStatus.RUNNING, attempts=1,
@@ -57,7 +63,8 @@ async def _claim(session: AsyncSession, *, job: str, period: str, force: bool,
         index_elements=["job", "period"],
         set_={"status": RunStatus.RUNNING.value, "attempts": JobRun.attempts + 1,
               "started_at": now, "finished_at": None, "task_id": task_id, "error": None},
-        where=None if force else JobRun.status != RunStatus.SUCCEEDED.value,
+        where=None if force else (JobRun.status != RunStatus.SUCCEEDED.value if retake_running
+                                  else JobRun.status == RunStatus.FAILED.value),
     ).returning(JobRun.id)
     return (await session.execute(statement)).scalar_one_or_none()
 
@@ -79,6 +86,31 @@ async def run_once(db: Database, *, job: str, period: str, effect: Effect, force
         except Exception as error:
             await _record_failure(db, job=job, period=period, error=error, task_id=task_id)
             raise
+    log.info("job_ran", job=job, period=period)
+    return RunOutcome(ran=True, result=result)
+
+
+Work = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def run_claimed(db: Database, *, job: str, period: str, work: Work,
+                      task_id: str | None = None) -> RunOutcome:
+    """Claim ``(job, period)`` in its own transaction, then run ``work`` (at most once)."""
+    with bound_origin(Origin(job_id=f"{job}:{period}"[:128])):
+        async with db.unit_of_work() as session:
+            run_id = await _claim(session, job=job, period=period, force=False, task_id=task_id,
+                                  retake_running=False)
+        if run_id is None:
+            log.info("job_already_ran", job=job, period=period)
+            return RunOutcome(ran=False)
+        try:
+            result = redact(await work())
+        except Exception as error:
+            await _record_failure(db, job=job, period=period, error=error, task_id=task_id)
+            raise
+        async with db.unit_of_work() as session:
+            await session.execute(update(JobRun).where(JobRun.id == run_id).values(
+                status=RunStatus.SUCCEEDED, finished_at=utcnow(), result=result))
     log.info("job_ran", job=job, period=period)
     return RunOutcome(ran=True, result=result)
 

@@ -15,10 +15,14 @@ from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import anomaly, daily_metrics, report
 from billwatch.jobs.models import JobRun, RunStatus
-from billwatch.jobs.runs import RunOutcome, run_once
+from billwatch.jobs.runs import RunOutcome, run_claimed, run_once
 
 DAILY_METRICS = "daily_metrics"
 ANOMALY_CHECKS = "anomaly_checks"
+AUDIT_CHECKPOINT = "audit_checkpoint"
+WEBHOOKS_RECONCILE = "webhooks_reconcile"
+RECONCILE_LOOKBACK = timedelta(hours=3)
+"""How far back the hourly reconcile asks Stripe (overlapping runs cost only duplicates)."""
 
 
 def hour_floor(moment: datetime) -> datetime:
@@ -121,3 +125,35 @@ async def run_due_schedule(db: Database, settings: Settings, *,
     """The embedded scheduler's tick: the daily and the hourly catch-up."""
     return {"daily": await daily_catch_up(db, settings, now=now),
             "hourly": await hourly_catch_up(db, settings, now=now)}
+
+
+async def audit_checkpoint_job(db: Database, settings: Settings, *, now: datetime | None = None,
+                               task_id: str | None = None) -> RunOutcome:
+    """Seal the audit trail and write a signed checkpoint, once per hour (``billwatch audit
+    checkpoint`` by the beat)."""
+    from billwatch.audit.sealing import checkpoint
+
+    async def work() -> dict[str, Any]:
+        sealed = await checkpoint(db, settings)
+        return {"sealed": sealed.sealed, "rows": sealed.checkpoint.row_count}
+
+    return await run_claimed(db, job=AUDIT_CHECKPOINT, period=hour_period(hour_floor(now or utcnow())),
+                             work=work, task_id=task_id)
+
+
+async def webhooks_reconcile_job(db: Database, settings: Settings, *,
+                                 now: datetime | None = None,
+                                 task_id: str | None = None) -> RunOutcome:
+    """Process Stripe events of the last hours that no webhook delivered, once per hour."""
+    from billwatch.payments.gateway import PaymentsGateway
+    from billwatch.webhooks.service import reconcile
+
+    hour = hour_floor(now or utcnow())
+
+    async def work() -> dict[str, Any]:
+        report = await reconcile(db, PaymentsGateway(settings), settings,
+                                 since=hour - RECONCILE_LOOKBACK)
+        return {"listed": report.listed, "missed": report.missed, "failed": report.failed}
+
+    return await run_claimed(db, job=WEBHOOKS_RECONCILE, period=hour_period(hour), work=work,
+                             task_id=task_id)

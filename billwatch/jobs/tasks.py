@@ -28,11 +28,13 @@ from billwatch.db import Database, utcnow
 from billwatch.jobs import service
 from billwatch.jobs.celery_app import (
     ANOMALY_CHECKS_TASK,
+    AUDIT_CHECKPOINT_TASK,
     AUDIT_FAILURE_TASK,
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
     SWEEP_TASK,
+    WEBHOOKS_RECONCILE_TASK,
     app,
 )
 from billwatch.logging import configure_logging
@@ -185,3 +187,21 @@ def run_check(self: Task, check: str) -> dict[str, Any]:
 def audit_write_failed(self: Task, details: dict[str, Any]) -> None:
     """Raise the alert for an audit row that could not be written, in its own transaction."""
     run_async(lambda db, _settings: raise_audit_write_failure(db, details))
+
+
+@task(name=AUDIT_CHECKPOINT_TASK, **JOB_RETRY)
+def audit_checkpoint(self: Task) -> dict[str, Any]:
+    """``billwatch audit checkpoint``, hourly: seal new audit rows, write a signed checkpoint."""
+    task_id = self.request.id
+    outcome = run_async(lambda db, settings: service.audit_checkpoint_job(db, settings,
+                                                                          task_id=task_id))
+    return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=WEBHOOKS_RECONCILE_TASK, **JOB_RETRY)
+def webhooks_reconcile(self: Task) -> dict[str, Any]:
+    """``billwatch webhooks reconcile``, hourly: process events no webhook delivered."""
+    task_id = self.request.id
+    outcome = run_async(lambda db, settings: service.webhooks_reconcile_job(db, settings,
+                                                                            task_id=task_id))
+    return {"ran": outcome.ran, **outcome.result}

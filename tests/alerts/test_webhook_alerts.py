@@ -1,0 +1,63 @@
+"""End to end: signed Stripe webhooks through the real endpoint raise (and dedup) alerts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from billwatch.accounts.models import OwnerType, Role
+from billwatch.alerts.delivery import deliver_due
+from billwatch.alerts.models import AlertKind, AlertStatus
+from billwatch.billing.models import StripeCustomer
+from billwatch.config import Settings
+from billwatch.db import Database
+from tests.alerts.helpers import alerts, assert_no_card, statuses
+from tests.alerts.mailbox import Mailbox
+from tests.support import Factory
+from tests.webhooks import stripe_events as se
+
+
+async def post(client: httpx.AsyncClient, event: dict[str, Any]) -> httpx.Response:
+    body = se.encode(event)
+    return await client.post("/webhooks/stripe", content=body,
+                             headers={"Stripe-Signature": se.sign(body),
+                                      "Content-Type": "application/json"})
+
+
+class TestFinalPaymentFailureFromStripe:
+    async def test_one_mail_per_invoice_however_often_stripe_sends(
+            self, client: httpx.AsyncClient, factory: Factory, db: Database,
+            alert_settings: Settings, mailbox: Mailbox) -> None:
+        patient = await factory.user(Role.PATIENT)
+        customer = se.new_id("cus")
+        async with db.unit_of_work() as session:
+            session.add(StripeCustomer(id=uuid.uuid4(), owner_type=OwnerType.PATIENT,
+                                       owner_id=patient.id, stripe_customer_id=customer,
+                                       idempotency_key=f"test:{customer}"))
+        invoice_id = se.new_id("in")
+
+        def failed(attempt: int) -> dict[str, Any]:
+            intent = se.declined_payment_intent(pi_id=se.new_id("pi"), customer=customer,
+                                                amount=3000)
+            return se.event("invoice.payment_failed", se.invoice(
+                invoice_id=invoice_id, customer=customer, subscription_id=None,
+                price="billwatch_plus_monthly", amount=3000, paid=False, attempt_count=attempt,
+                payment_intent=intent))
+
+        final = failed(3)
+        for event in (failed(1), failed(2), final, final, failed(3), failed(4)):
+            response = await post(client, event)  # Stripe re-sends, and retries once more
+            assert response.status_code == 200, response.text
+        await deliver_due(db, alert_settings)
+
+        assert await statuses(db, kind=AlertKind.PAYMENT_FINAL_FAILURE) == {
+            AlertStatus.SENT: 1, AlertStatus.SUPPRESSED: 1}  # attempts 3 and 4; duplicates no row
+        [mail] = mailbox.messages()
+        assert invoice_id in mail.subject and mail.message["X-Billwatch-Severity"] == "error"
+        assert "card_declined" in mail.text and "attempt count: 3" in mail.text
+        assert_no_card(mail.text + mail.html)
+        [sent] = await alerts(db, status=AlertStatus.SENT)
+        assert sent.payload["stripe_customer_id"] == customer
+        assert sent.payload["owner_id"] == str(patient.id)
