@@ -27,11 +27,12 @@ async def runs(db: Database) -> dict[str, RunStatus]:
 class TestAuditCheckpoint:
     async def test_seals_once_per_hour(self, db: Database, alert_settings: Settings,
                                        tmp_path: Path) -> None:
-        settings = alert_settings.model_copy(update={"audit_checkpoint_dir": tmp_path})
+        seals = tmp_path / "checkpoints"
+        settings = alert_settings.model_copy(update={"audit_checkpoint_dir": seals})
         await webhook_failures(db, 3)  # three audit rows to seal
         first = await service.audit_checkpoint_job(db, settings, now=NOW)
         assert first.ran and first.result["sealed"] == 3
-        assert len(os.listdir(tmp_path)) == 1  # one signed checkpoint file
+        assert [n for n in os.listdir(seals) if n.startswith("checkpoint-")]  # signed and written
         again = await service.audit_checkpoint_job(db, settings, now=NOW)
         assert not again.ran  # a second beat in the same hour does nothing
         assert await runs(db) == {"audit_checkpoint@2026-07-01T15": RunStatus.SUCCEEDED}
