@@ -43,7 +43,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,6 +61,7 @@ from billwatch.jobs.models import DailyBillingMetrics
 
 DEFINITION_VERSION = 1
 CHURN_WINDOW_DAYS = 30
+WORK_MEM = "128MB"
 
 S = Subscription
 T = Transaction
@@ -141,25 +142,28 @@ async def churn_rates(session: AsyncSession, settings: Settings, *, end: datetim
 
 async def subscription_counts(session: AsyncSession, *, start: datetime,
                               end: datetime) -> dict[str, Any]:
-    """Live subscriptions at ``end`` by owner type and plan; new and cancelled in the day."""
+    """Live subscriptions at ``end`` by owner type and plan, and new and cancelled ones in the
+    day: one scan, grouped by the (few) owner type and plan pairs."""
     until = live_until()
-    by_plan: dict[str, dict[str, int]] = {}
+    live = and_(S.status.not_in(NOT_STARTED), S.created_at < end,
+                or_(until.is_(None), until >= end))
+    new = and_(S.created_at >= start, S.created_at < end, S.status.not_in(NOT_STARTED))
+    cancelled = and_(S.canceled_at >= start, S.canceled_at < end)
     rows = await session.execute(
-        select(S.owner_type, S.plan_code, func.count())
-        .where(S.status.not_in(NOT_STARTED), S.created_at < end, or_(until.is_(None), until >= end))
+        select(S.owner_type, S.plan_code, func.sum(case((live, 1), else_=0)),
+               func.sum(case((new, 1), else_=0)), func.sum(case((cancelled, 1), else_=0)))
+        .where(or_(live, new, cancelled))
         .group_by(S.owner_type, S.plan_code))
-    for owner_type, plan_code, count in rows:
-        by_plan.setdefault(str(owner_type.value), {})[plan_code] = int(count)
-    new, cancelled = (await session.execute(select(
-        func.coalesce(func.sum(case((and_(S.created_at >= start, S.created_at < end,
-                                          S.status.not_in(NOT_STARTED)), 1), else_=0)), 0),
-        func.coalesce(func.sum(case((and_(S.canceled_at >= start, S.canceled_at < end), 1),
-                                    else_=0)), 0),
-    ).where(or_(and_(S.created_at >= start, S.created_at < end),
-                and_(S.canceled_at >= start, S.canceled_at < end))))).one()
+    by_plan: dict[str, dict[str, int]] = {}
+    totals = {"new_subscriptions": 0, "cancelled_subscriptions": 0}
+    for owner_type, plan_code, live_count, new_count, cancelled_count in rows:
+        if live_count:
+            by_plan.setdefault(str(owner_type.value), {})[plan_code] = int(live_count)
+        totals["new_subscriptions"] += int(new_count)
+        totals["cancelled_subscriptions"] += int(cancelled_count)
     return {"active_by_owner_plan": by_plan,
             "active_subscriptions": sum(sum(plans.values()) for plans in by_plan.values()),
-            "new_subscriptions": int(new), "cancelled_subscriptions": int(cancelled)}
+            **totals}
 
 
 async def money_counts(session: AsyncSession, *, start: datetime, end: datetime) -> dict[str, Any]:
@@ -183,6 +187,10 @@ async def money_counts(session: AsyncSession, *, start: datetime, end: datetime)
 async def compute(session: AsyncSession, settings: Settings, day: date) -> dict[str, Any]:
     """Every figure of ``day`` as a dict of :class:`DailyBillingMetrics` column values."""
     start, end = day_bounds(day)
+    if session.get_bind().dialect.name == "postgresql":
+        # the per-owner aggregate hashes every owner; in memory it is several times faster
+        # than the default work_mem's on-disk sort (only for this transaction)
+        await session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     figures: dict[str, Any] = {"day": day, "definition_version": DEFINITION_VERSION,
                                "computed_at": utcnow(), "churn_window_days": CHURN_WINDOW_DAYS,
                                "currency": settings.plans[0].currency if settings.plans else "usd"}
