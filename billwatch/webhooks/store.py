@@ -12,9 +12,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,6 +42,20 @@ def dialect_insert(session: AsyncSession) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
+@lru_cache(maxsize=16)
+def insert_once_statement(dialect: str, table: Table, unique_column: str) -> Any:
+    """``INSERT ... ON CONFLICT (unique_column) DO NOTHING RETURNING id``, built once per dialect.
+
+    Executed with a parameter dict, so the hot path neither rebuilds nor re-coerces a statement
+    per event (SQLAlchemy caches its compiled form).
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing(index_elements=[unique_column]).returning(table.c.id)
+
+
+_FINISH = update(EVENTS).where(EVENTS.c.id == bindparam("event_row_id"))
+
+
 def _row_values(event: dict[str, Any], payload: dict[str, Any], source: EventSource) -> dict[str, Any]:
     obj = event["data"]["object"]
     return {
@@ -54,11 +69,9 @@ def _row_values(event: dict[str, Any], payload: dict[str, Any], source: EventSou
 async def claim(session: AsyncSession, event: dict[str, Any], payload: dict[str, Any],
                 source: EventSource) -> Claim:
     """Store the event if new, or lock its row; either way the caller holds it until commit."""
-    values = _row_values(event, payload, source)
-    statement: Insert = dialect_insert(session)(EVENTS).values(status=EventStatus.RECEIVED, **values)
-    inserted = (await session.execute(
-        statement.on_conflict_do_nothing(index_elements=["stripe_event_id"])  # type: ignore[attr-defined]
-        .returning(EVENTS.c.id))).scalar_one_or_none()
+    values = {**_row_values(event, payload, source), "status": EventStatus.RECEIVED}
+    statement = insert_once_statement(session.get_bind().dialect.name, EVENTS, "stripe_event_id")
+    inserted = (await session.execute(statement, values)).scalar_one_or_none()
     if inserted is not None:
         return Claim(inserted, EventStatus.RECEIVED, 0, True)
     row = (await session.execute(
@@ -69,11 +82,10 @@ async def claim(session: AsyncSession, event: dict[str, Any], payload: dict[str,
 
 async def finish(session: AsyncSession, claim: Claim, *, status: EventStatus, note: str | None,
                  processing_ms: float) -> None:
-    await session.execute(
-        update(EVENTS).where(EVENTS.c.id == claim.row_id).values(
-            status=status, attempts=claim.attempts + 1, processed_at=utcnow(),
-            processing_ms=round(processing_ms, 3),
-            last_error=note if status is EventStatus.IGNORED else None))
+    await session.execute(_FINISH, {
+        "event_row_id": claim.row_id, "status": status, "attempts": claim.attempts + 1,
+        "processed_at": utcnow(), "processing_ms": round(processing_ms, 3),
+        "last_error": note if status is EventStatus.IGNORED else None})
 
 
 async def mark_failed(session: AsyncSession, event: dict[str, Any], payload: dict[str, Any],

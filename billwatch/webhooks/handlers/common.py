@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts.actor import OwnerRef, SystemActor
@@ -114,11 +114,34 @@ async def locked_subscription(session: AsyncSession, stripe_subscription_id: str
     return result.first()
 
 
-async def find_subscription(session: AsyncSession, stripe_subscription_id: str) -> Subscription | None:
-    """Our subscription row for a Stripe id, unlocked (for events that only refer to it)."""
-    result = await session.scalars(
-        select(Subscription).where(Subscription.stripe_subscription_id == stripe_subscription_id))
-    return result.first()
+@dataclass(frozen=True, slots=True)
+class SubscriptionRef:
+    """What an event that only refers to a subscription needs of it (read without the ORM)."""
+
+    id: uuid.UUID
+    stripe_subscription_id: str | None
+    plan_code: str
+    owner: OwnerRef
+
+    @classmethod
+    def of(cls, row: Subscription) -> SubscriptionRef:
+        return cls(row.id, row.stripe_subscription_id, row.plan_code, owner_of(row))
+
+
+_SUBSCRIPTION_BY_STRIPE_ID = select(
+    Subscription.id, Subscription.stripe_subscription_id, Subscription.plan_code,
+    Subscription.owner_type, Subscription.owner_id,
+).where(Subscription.stripe_subscription_id == bindparam("stripe_id"))
+
+
+async def find_subscription(session: AsyncSession, stripe_subscription_id: str) -> SubscriptionRef | None:
+    """Our subscription for a Stripe id, unlocked (for events that only refer to it)."""
+    found = (await session.execute(_SUBSCRIPTION_BY_STRIPE_ID,
+                                   {"stripe_id": stripe_subscription_id})).first()
+    if found is None:
+        return None
+    return SubscriptionRef(found.id, found.stripe_subscription_id, found.plan_code,
+                           OwnerRef(found.owner_type, found.owner_id))
 
 
 def owner_of(subscription: Subscription) -> OwnerRef:

@@ -21,7 +21,7 @@ from billwatch.accounts.actor import OwnerRef
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource
-from billwatch.billing.models import Subscription, Transaction, TransactionKind, TransactionStatus
+from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.db import after_commit
 from billwatch.metrics import billing as billing_metrics
 from billwatch.webhooks import shapes
@@ -29,6 +29,7 @@ from billwatch.webhooks.handlers.common import (
     STRIPE,
     EventContext,
     Handled,
+    SubscriptionRef,
     UnknownPlan,
     find_subscription,
     owner_for_customer,
@@ -36,40 +37,40 @@ from billwatch.webhooks.handlers.common import (
     plan_for_price,
 )
 from billwatch.webhooks.handlers.subscriptions import create_subscription
-from billwatch.webhooks.store import dialect_insert
+from billwatch.webhooks.store import insert_once_statement
 
+TRANSACTIONS = cast(Table, Transaction.__table__)
 FINAL_ATTEMPT = 3
 """Stripe's default smart-retry schedule gives up around the third attempt."""
 
 
-async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any],
-                                  customer_id: str | None) -> tuple[Subscription | None, OwnerRef | None]:
+async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any], customer_id: str | None,
+                                  ) -> tuple[SubscriptionRef | None, OwnerRef | None]:
     """The invoice's subscription (fetched from Stripe if no event created it yet) and owner."""
     stripe_sub_id = shapes.invoice_subscription_id(invoice)
     row = await find_subscription(ctx.session, stripe_sub_id) if stripe_sub_id else None
     if row is not None:
-        return row, owner_of(row)
+        return row, row.owner
     owner = await owner_for_customer(ctx.session, customer_id, shapes.metadata(invoice))
     if owner is None or stripe_sub_id is None:
         return None, owner
     # Stripe sends invoice and subscription events in no particular order: the subscription's
     # own event may still be on its way, so read it now rather than book a payment without it.
     fetched = await ctx.gateway.retrieve_subscription(stripe_sub_id)
-    row, _created = await create_subscription(ctx, fetched, owner, stamp=ctx.created)
-    return row, owner_of(row)
+    created, _new = await create_subscription(ctx, fetched, owner, stamp=ctx.created)
+    return SubscriptionRef.of(created), owner_of(created)
 
 
 async def _insert_once(ctx: EventContext, **values: Any) -> uuid.UUID | None:
     """Insert a transaction unless its idempotency key exists; its id, or None if it did."""
-    table = cast(Table, Transaction.__table__)
-    statement = dialect_insert(ctx.session)(table).values(id=uuid.uuid4(), **values)
+    statement = insert_once_statement(ctx.session.get_bind().dialect.name, TRANSACTIONS,
+                                      "idempotency_key")
     inserted: uuid.UUID | None = (await ctx.session.execute(
-        statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(table.c.id))).scalar_one_or_none()
+        statement, {"id": uuid.uuid4(), **values})).scalar_one_or_none()
     return inserted
 
 
-def _plan_code(ctx: EventContext, row: Subscription | None, invoice: dict[str, Any]) -> str | None:
+def _plan_code(ctx: EventContext, row: SubscriptionRef | None, invoice: dict[str, Any]) -> str | None:
     if row is not None:
         return row.plan_code
     try:
