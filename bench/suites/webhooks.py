@@ -27,7 +27,7 @@ SUITE = "webhook ingestion"
 
 async def run(ctx: BenchContext) -> None:
     plan = Settings(_env_file=None).plans[0]
-    count = ctx.size("webhook_requests_per_run", 8000, 1500)
+    count = ctx.size("webhook_requests_per_run", 5000, 1500)
     warmup = min(500, count // 5)
     async with scratch_database("webhooks", keep=ctx.keep_databases) as db:
         seeded = await seed_subscribers(db.url, ctx.size("webhook_subscriptions", 4000, 400), plan)
