@@ -109,7 +109,7 @@ async def _run(env: DemoEnvironment, population: Population, concurrency: int,
             month = Month(api, side, cast, settings, progress, concurrency)
             month.rng.seed(population.seed)
             await month.run()
-            await wait_for_peer_events(db, side.peer_events_expected, progress)
+            peer_events = await wait_for_peer_events(db, side.peer_events_expected, progress)
             await wait_for_alerts(db, progress)
             daily = report.run_command(env, "jobs", "daily-metrics", "--date", _today())
         sealed = report.run_command(env, "audit", "checkpoint")  # what the hourly job does
@@ -121,9 +121,11 @@ async def _run(env: DemoEnvironment, population: Population, concurrency: int,
         source = "daily metrics job" if figures else "subscriptions table"
         return report.Summary(
             elapsed_seconds=time.monotonic() - started, tally=month.tally, delivered=side.delivered,
-            refused=side.refused, audit_rows=await report.audit_counts(db), verify=verify,
+            refused=side.refused, peer_events=peer_events,
+            audit_rows=await report.audit_counts(db), verify=verify,
             figures={**(figures or await report.database_figures(db, settings)),
-                     **await report.month_churn(db)}, figures_source=source,
+                     **await report.month_churn(db), **await report.live_gauges(env.base_url)},
+            figures_source=source,
             alerts=await report.alert_counts(db), mail_folder=env.mail_folder,
             mails=sorted(p.name for p in env.mail_folder.glob("*.eml")), base_url=env.base_url,
             admin_token=cast.admins[0].token,

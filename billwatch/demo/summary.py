@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -49,6 +51,7 @@ class Summary:
     tally: Counter[str]
     delivered: Counter[str]
     refused: Counter[str]
+    peer_events: Counter[str]
     audit_rows: list[tuple[str, str, int]]
     verify: CommandResult
     figures: dict[str, str]
@@ -151,6 +154,24 @@ async def month_churn(db: Database) -> dict[str, str]:
             f"{lost} of {len(paid)} ({_percent(lost / len(paid) if paid else None)})"}
 
 
+async def live_gauges(base_url: str) -> dict[str, str]:
+    """The database-backed gauges as Prometheus scrapes them from ``/metrics`` right now."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        text = (await http.get("/metrics")).text
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in {"billing_mrr_cents", "billing_active_subscriptions",
+                           "billing_proxy_managed_subscriptions"}:
+            sums[family.name] = sum(sample.value for sample in family.samples)
+    return {
+        "MRR, live gauge (/metrics)": _money(int(sums.get("billing_mrr_cents", 0)), "usd"),
+        "active subscriptions, live gauge (/metrics)":
+            str(int(sums.get("billing_active_subscriptions", 0))),
+        "proxy-managed subscriptions (/metrics)":
+            str(int(sums.get("billing_proxy_managed_subscriptions", 0))),
+    }
+
+
 def _money(cents: int | None, currency: str) -> str:
     return "n/a" if cents is None else f"{cents / 100:,.2f} {currency.upper()}"
 
@@ -184,10 +205,13 @@ def _month_table(summary: Summary) -> Table:
 
 
 def _webhook_table(summary: Summary) -> Table:
-    table = Table("Stripe event (current shape, signed)", "accepted", "refused",
-                  title="Webhooks delivered by the simulated Stripe", title_justify="left")
+    table = Table("Stripe event", "sent by", "accepted", "refused",
+                  title="Signed webhooks delivered to billwatch", title_justify="left")
     for event_type in sorted(set(summary.delivered) | set(summary.refused)):
-        table.add_row(event_type, str(summary.delivered[event_type]), str(summary.refused[event_type]))
+        table.add_row(event_type, "demo (current shape)", str(summary.delivered[event_type]),
+                      str(summary.refused[event_type]))
+    for event_type, count in sorted(summary.peer_events.items()):
+        table.add_row(event_type, "Stripe peer (older shape)", str(count), "")
     return table
 
 

@@ -31,19 +31,23 @@ async def _poll(check: Callable[[], Awaitable[bool]], *, within: float,
 
 
 async def wait_for_peer_events(db: Database, expected: Counter[str], progress: Progress, *,
-                               within: float = 30.0) -> bool:
-    """Until billwatch has stored at least ``expected[type]`` events of each type."""
+                               within: float = 30.0) -> Counter[str]:
+    """Until billwatch has stored ``expected[type]`` events of each type; returns what arrived."""
     task = progress.add_task("Stripe peer's own deliveries arriving", total=sum(expected.values()))
+    counts: Counter[str] = Counter()
 
     async def arrived() -> bool:
         async with db.sessionmaker() as session:
-            counts = dict((await session.execute(
+            rows = (await session.execute(
                 select(StripeEvent.type, func.count()).where(StripeEvent.type.in_(list(expected)))
-                .group_by(StripeEvent.type))).tuples().all())
-        progress.update(task, completed=sum(min(counts.get(t, 0), n) for t, n in expected.items()))
-        return all(counts.get(t, 0) >= n for t, n in expected.items())
+                .group_by(StripeEvent.type))).tuples().all()
+        counts.clear()
+        counts.update({event_type: int(n) for event_type, n in rows})
+        progress.update(task, completed=sum(min(counts[t], n) for t, n in expected.items()))
+        return all(counts[t] >= n for t, n in expected.items())
 
-    return await _poll(arrived, within=within)
+    await _poll(arrived, within=within)
+    return counts
 
 
 async def wait_for_alerts(db: Database, progress: Progress, *, within: float = 20.0) -> bool:
