@@ -129,6 +129,7 @@ def test_settings(database_url: str, stripe_url: str, **overrides: Any) -> Setti
         "public_base_url": "http://127.0.0.1:8000",
         "log_json": True,
         "log_level": "WARNING",
+        "embedded_scheduler": False,  # a served app runs no daily/hourly job unless a test asks
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
