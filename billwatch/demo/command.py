@@ -57,7 +57,7 @@ def run_demo(*, population: Population, folder: Path, port: int, concurrency: in
 def _serve_until_interrupted(env: DemoEnvironment) -> None:
     """Keep billwatch, the Stripe peer and the mail sink up until Ctrl-C."""
     console.print(f"[bold]billwatch keeps running on {env.base_url}[/bold] with the Stripe peer on "
-                  f"{env.stripe_url}; new alert e-mails still land in {env.mail_folder}. "
+                  f"{env.stripe_url}; new alert e-mails still land in {report.shown(env.mail_folder)}. "
                   "Press Ctrl-C to stop everything.")
     try:
         threading.Event().wait()

@@ -78,8 +78,9 @@ class DemoEnvironment:
             "log_level": "WARNING",
             "audit_encryption_keys": self.audit_encryption_keys,
             "audit_hmac_key": self.audit_hmac_key,
-            "audit_checkpoint_dir": str(self.folder / "checkpoints"),
-            "audit_archive_dir": str(self.folder / "archive"),
+            # relative to the folder, where billwatch and its commands run
+            "audit_checkpoint_dir": "checkpoints",
+            "audit_archive_dir": "archive",
         }
 
     def server_env(self) -> dict[str, str]:

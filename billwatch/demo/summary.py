@@ -172,6 +172,14 @@ async def live_gauges(base_url: str) -> dict[str, str]:
     }
 
 
+def shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (shorter to read)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def _money(cents: int | None, currency: str) -> str:
     return "n/a" if cents is None else f"{cents / 100:,.2f} {currency.upper()}"
 
@@ -233,7 +241,7 @@ def _pairs_table(title: str, pairs: dict[str, Any]) -> Table:
 
 def _alert_table(summary: Summary) -> Table:
     table = Table("alert", "severity", "status", "count",
-                  title=f"Alerts raised ({len(summary.mails)} e-mails in {summary.mail_folder})",
+                  title=f"Alerts raised ({len(summary.mails)} e-mails in {shown(summary.mail_folder)})",
                   title_justify="left")
     for kind, severity, status, n in summary.alerts:
         table.add_row(kind, severity, status, str(n))
