@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from billwatch.alerts import handoff
+from billwatch.accounts.actor import SystemActor
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.models import AlertKind, AlertStatus
+from billwatch.audit import recorder
+from billwatch.audit.events import AuditEvent
 from billwatch.billing.models import TransactionKind, TransactionStatus
 from billwatch.config import Settings
 from billwatch.db import Database
@@ -55,7 +57,9 @@ class TestRefundsToday:
         runner = EmbeddedRunner(db, alert_settings.model_copy(update={"alert_poll_seconds": 60}))
         await runner.start()
         try:
-            handoff.check_requested(handoff.Check.REFUNDS_TODAY)  # what refund_written hands off
+            async with db.unit_of_work() as session:  # the sixth refund's audit row commits
+                recorder.record(session, AuditEvent.REFUND_ISSUED, actor=SystemActor("cli"),
+                                data={"amount_cents": 1500, "reason": "duplicate"})
             await mailbox.wait_for(1)
         finally:
             await runner.stop()

@@ -26,7 +26,13 @@ from billwatch.db import Database
 from billwatch.jobs.celery_app import DAILY_METRICS_TASK
 from billwatch.jobs.models import DailyBillingMetrics, JobRun, RunStatus
 from billwatch.jobs.tasks import CelerySink
-from tests.alerts.helpers import alerts, payment_failed, statuses, webhook_failures
+from tests.alerts.helpers import (
+    alerts,
+    assert_no_card,
+    payment_failed,
+    statuses,
+    webhook_failures,
+)
 from tests.alerts.mailbox import Mailbox, wait_until, wait_until_async
 from tests.jobs.month import DAY, seed_month
 from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
@@ -92,6 +98,9 @@ class TestDedupThroughTheWorker:
         [latest] = await mailbox.wait_for(1, lambda m: "more)" in m.subject)
         assert "(+99 more)" in latest.subject and "and 99 more since" in latest.text
         assert latest.message["X-Billwatch-Severity"] == "error"
+        assert sorted(latest.rcpt_tos) == sorted(settings.billing_alert_emails)
+        assert_no_card(latest.text + latest.html)  # the card in the failure reason is masked
+        assert "4242" in latest.text
 
 
 class TestSmtpOutage:
