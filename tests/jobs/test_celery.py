@@ -24,6 +24,7 @@ from billwatch.audit.models import AuditLog
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs.celery_app import DAILY_METRICS_TASK
+from billwatch.jobs.lifecycle import start_delivery
 from billwatch.jobs.models import DailyBillingMetrics, JobRun, RunStatus
 from billwatch.jobs.tasks import CelerySink
 from tests.alerts.helpers import (
@@ -39,15 +40,17 @@ from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
 
 
 @pytest.fixture
-async def celery_env(database_url: str, mailbox: Mailbox) -> AsyncIterator[tuple[Settings, Celery]]:
-    """Settings shared by the test and its workers, a publisher, and alerts handed to Celery."""
+async def celery_env(db: Database, database_url: str,
+                     mailbox: Mailbox) -> AsyncIterator[tuple[Settings, Celery]]:
+    """Settings shared by the test and its workers, a publisher for the test's own tasks, and
+    committed alerts handed to the broker exactly as the app's lifespan does it."""
     settings = worker_settings(database_url, mailbox.port, new_queue())
     raising.configure(settings)
     celery = publisher(settings)
-    sink = CelerySink(celery, background=False)
-    handoff.install(sink)
+    stop_delivery = await start_delivery(db, settings)
+    assert isinstance(handoff.installed(), CelerySink)
     yield settings, celery
-    handoff.uninstall(sink)
+    await stop_delivery()
     raising._config.settings = None
     celery.close()
 
