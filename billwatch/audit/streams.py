@@ -1,15 +1,16 @@
 r"""Row streams for the verifier and the archiver: one text line per row, no ORM.
 
-The verifier's speed is decided here. Every row travels as one *row line*, tab-separated in
-PostgreSQL's ``COPY`` text format (``\N`` for null)::
+The verifier's speed is decided here. Rows travel as text lines, tab-separated in PostgreSQL's
+``COPY`` text format (``\N`` for null), hashes and ciphertext in hex, content columns in the
+exact canonical text the row hash covers (see :mod:`billwatch.audit.chain`)::
 
-    seq  sealed-row-id  chain-hash  row-hash  key-id  ciphertext  <22 content columns>
+    row line      seq  sealed-row-id  chain-hash  row-hash  key-id  ciphertext  <22 columns>
+    chain line    seq  sealed-row-id  chain-hash  row-hash
+    content line  row-hash  key-id  ciphertext  <22 columns>
 
-hashes and ciphertext in hex, the content columns in the exact canonical text the row hash
-covers (see :mod:`billwatch.audit.chain`). On PostgreSQL the server produces these lines itself
-through ``COPY (SELECT ...) TO STDOUT``, so Python splits off six fields and hashes the tail
-as received; on SQLite the same lines are built in Python. Archive files store the same lines,
-so one hot loop (:mod:`billwatch.audit.walker`) checks them all. A sink returns False to stop.
+On PostgreSQL the server writes these lines itself through ``COPY (SELECT ...) TO STDOUT``, so
+Python splits off the leading fields and hashes the tail as received; on SQLite the same lines
+are built in Python. Archive files hold row lines. A sink returns False when it has seen enough.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def parse_line(line: bytes) -> Row:
             row_id, columns)
 
 
+def parse_link(line: bytes) -> Row:
+    """A chain line's fields, laid out like a row line's (content fields are None)."""
+    seq, sealed, chain, stored = line.split(b"\t", 3)
+    row_id = None if stored == NULL else sealed.decode()
+    return (int(seq), sealed.decode(), _unhex(chain), _unhex(stored), None, None, row_id, None)
+
+
 def _unhex(field: bytes) -> bytes | None:
     return None if field == NULL else unhexlify(field)
 
@@ -78,65 +86,78 @@ def sealed_sql(dialect: str, *, after: int, through: int | None = None) -> str:
             f"ON l.id = s.audit_log_id WHERE s.seq > {int(after)}{bound} ORDER BY s.seq")
 
 
-def unsealed_sql(dialect: str) -> str:
-    columns = ", ".join(["NULL", "NULL", "NULL", *_leading(dialect)[3:],
-                         *canonical_sql(dialect, "l")])
-    return (f"SELECT {columns} FROM audit_logs l WHERE NOT EXISTS "
-            "(SELECT 1 FROM audit_seals s WHERE s.audit_log_id = l.id) "
-            "ORDER BY l.occurred_at, l.id")
+def link_sql(dialect: str, *, after: int) -> str:
+    """The chain pass: each seal with the stored hash of its row, in seq order."""
+    columns = ", ".join(_leading(dialect)[:4])
+    return (f"SELECT {columns} FROM audit_seals s LEFT JOIN audit_logs l "
+            f"ON l.id = s.audit_log_id WHERE s.seq > {int(after)} ORDER BY s.seq")
+
+
+def content_sql(dialect: str) -> str:
+    """The content pass: every row with its stored hash, in storage order (no sort, no join)."""
+    columns = ", ".join([*_leading(dialect)[3:], *canonical_sql(dialect, "l")])
+    return f"SELECT {columns} FROM audit_logs l"
 
 
 async def stream_sealed(conn: AsyncConnection, sink: Sink, *, after: int,
                         through: int | None = None) -> None:
-    """Sealed rows after seq ``after`` (through ``through``), in seq order."""
-    await _stream(conn, sealed_sql(conn.dialect.name, after=after, through=through), sink)
+    """Whole sealed rows after seq ``after`` (through ``through``), in seq order."""
+    await _stream(conn, sealed_sql(conn.dialect.name, after=after, through=through), sink, 6)
 
 
-async def stream_unsealed(conn: AsyncConnection, sink: Sink) -> None:
-    """Rows written since the last seal, oldest first (their seal fields are null)."""
-    await _stream(conn, unsealed_sql(conn.dialect.name), sink)
+async def stream_links(conn: AsyncConnection, sink: Sink, *, after: int) -> None:
+    """Chain lines (seq, sealed row id, chain hash, row hash) after seq ``after``."""
+    await _stream(conn, link_sql(conn.dialect.name, after=after), sink, 4)
 
 
-async def _stream(conn: AsyncConnection, sql: str, sink: Sink) -> None:
+async def stream_contents(conn: AsyncConnection, sink: Sink) -> None:
+    """Content lines (row hash, key id, ciphertext, column text) of every row."""
+    await _stream(conn, content_sql(conn.dialect.name), sink, 3)
+
+
+async def _stream(conn: AsyncConnection, sql: str, sink: Sink, leading: int) -> None:
+    """Feed ``sink`` the lines of ``sql``, whose first ``leading`` columns precede the content."""
     if conn.dialect.name == "postgresql":
         await _copy(conn, sql, sink)
     else:
-        await _fetch(conn, sql, sink)
-
-
-class _Stop(Exception):
-    """Raised out of the COPY output callback when the sink has seen enough."""
+        await _fetch(conn, sql, sink, leading)
 
 
 async def _copy(conn: AsyncConnection, sql: str, sink: Sink) -> None:
-    """Run ``COPY (sql) TO STDOUT`` on the driver connection, feeding complete lines."""
+    """Run ``COPY (sql) TO STDOUT`` on the driver connection, feeding complete lines.
+
+    Once the sink has seen enough the rest is drained unread rather than cancelled, so the
+    transaction (and its snapshot) stays usable for the next stream.
+    """
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     pending = b""
+    wanted = True
 
     async def output(chunk: bytes) -> None:
-        nonlocal pending
+        nonlocal pending, wanted
+        if not wanted:
+            return
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
-        if lines and not sink(lines):
-            raise _Stop
+        if lines:
+            wanted = sink(lines)
 
-    try:
-        await driver.copy_from_query(sql, output=output)
-    except _Stop:  # the COPY was cancelled; its transaction is spent, and so is the connection
-        await conn.invalidate()
+    await driver.copy_from_query(sql, output=output)
 
 
-async def _fetch(conn: AsyncConnection, sql: str, sink: Sink) -> None:
+async def _fetch(conn: AsyncConnection, sql: str, sink: Sink, leading: int) -> None:
     result = await conn.stream(text(sql).execution_options(yield_per=BATCH))
     async for rows in result.partitions(BATCH):
-        if not sink([_line(row) for row in rows]):
+        if not sink([_line(row, leading) for row in rows]):
             await result.close()
             return
 
 
-def _line(row: Sequence[Any]) -> bytes:
-    """A SQLite row as the row line PostgreSQL would have sent."""
-    lead = [NULL if value is None else (value.hex() if isinstance(value, bytes) else str(value))
-            .encode() for value in row[:6]]
-    return b"\t".join(lead) + b"\t" + column_text(row[6:])
+def _line(row: Sequence[Any], leading: int) -> bytes:
+    """A SQLite row as the line PostgreSQL's COPY would have sent."""
+    fields = [NULL if value is None else (value.hex() if isinstance(value, bytes) else str(value))
+              .encode() for value in row[:leading]]
+    if len(row) > leading:
+        fields.append(column_text(row[leading:]))
+    return b"\t".join(fields)

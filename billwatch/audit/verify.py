@@ -15,20 +15,34 @@ A checkpoint file with a bad signature is reported too (after the rows, which na
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billwatch.audit.archive import archive_files, header_valid, manifest_payload, read_archive
 from billwatch.audit.chain import GENESIS
 from billwatch.audit.checkpoints import Checkpoint, CheckpointStore, sign
 from billwatch.audit.crypto import AuditKeys
-from billwatch.audit.models import AuditArchive, AuditCheckpoint
-from billwatch.audit.streams import Anchor, online_anchor, stream_sealed, stream_unsealed
-from billwatch.audit.walker import ChainWalker, Pin, Problem, UnsealedCheck
+from billwatch.audit.models import AuditArchive, AuditCheckpoint, AuditLog, AuditSeal
+from billwatch.audit.streams import Anchor, online_anchor, stream_contents, stream_links
+from billwatch.audit.walker import (
+    ChainWalker,
+    ContentCheck,
+    Pin,
+    Problem,
+    Suspect,
+    judge_sealed_content,
+    key_problem,
+    unsealed_problem,
+)
 from billwatch.db import Database
 
 __all__ = ["Problem", "VerifyReport", "verify"]
@@ -85,44 +99,106 @@ async def verify(db: Database, *, keys: AuditKeys, store: CheckpointStore,
             conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         await _database_pins(conn, keys, pins)
         report.checkpoints = pins.files
-        report.problem = await _check(conn, keys, pins, archive_dir, report)
+        async with _same_snapshot(db, conn) as second:
+            report.problem = await _check((conn, second), keys, pins, archive_dir, report)
     report.problem = report.problem or pins.problem
     report.seconds = time.perf_counter() - started
     return report
 
 
-async def _check(conn: AsyncConnection, keys: AuditKeys, pins: _Pins, archive_dir: Path | None,
-                 report: VerifyReport) -> Problem | None:
+@asynccontextmanager
+async def _same_snapshot(db: Database, conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """A second connection seeing exactly what ``conn`` sees, so the two passes run at once.
+
+    On PostgreSQL the chain pass (mostly the server's work) and the content pass (mostly
+    Python's) then overlap on two cores; SQLite has one reader here and runs them in turn.
+    """
+    if conn.dialect.name != "postgresql":
+        yield conn
+        return
+    snapshot = (await conn.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
+    async with db.engine.connect() as second:
+        second = await second.execution_options(isolation_level="REPEATABLE READ")
+        await second.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        yield second
+
+
+async def _check(conns: tuple[AsyncConnection, AsyncConnection], keys: AuditKeys, pins: _Pins,
+                 archive_dir: Path | None, report: VerifyReport) -> Problem | None:
+    conn, second = conns
     manifests, problem = await _manifests(conn, keys)
     if problem:
         return problem
     anchor = await online_anchor(conn)
     if archive_dir is not None:
-        walker, problem = _walk_archives(archive_dir, keys, pins, manifests)
-        report.archived_rows = walker.rows
+        archived, problem = _walk_archives(archive_dir, keys, pins, manifests)
+        report.archived_rows = archived.rows
         if problem:
             return problem
-        if walker.last_seq != anchor.seq or walker.chain != anchor.chain:
-            return Problem("archive", f"archives in {archive_dir} end at seq {walker.last_seq}, "
+        if archived.last_seq != anchor.seq or archived.chain != anchor.chain:
+            return Problem("archive", f"archives in {archive_dir} end at seq {archived.last_seq}, "
                            f"but the online chain resumes after seq {anchor.seq}")
+    elif anchor.seq:
+        report.notes.append(f"seq 1..{anchor.seq} are archived; pass --archive-dir to re-verify "
+                            "them too")
+    walker = ChainWalker(keys, seq=anchor.seq, chain=anchor.chain, pins=pins.by_seq,
+                         content=False)
+    content = ContentCheck(keys)
+    if second is conn:
+        await stream_links(conn, walker.feed, after=anchor.seq)
+        await stream_contents(conn, content.feed)
     else:
-        walker = ChainWalker(keys, seq=anchor.seq, chain=anchor.chain, pins=pins.by_seq)
-        if anchor.seq:
-            report.notes.append(f"seq 1..{anchor.seq} are archived; pass --archive-dir to "
-                                "re-verify them too")
-    archived = walker.rows
-    await stream_sealed(conn, walker.feed, after=anchor.seq)
+        await asyncio.gather(stream_links(conn, walker.feed, after=anchor.seq),
+                             stream_contents(second, content.feed))
     walker.finish()
-    report.sealed_rows, report.head_seq = walker.rows - archived, walker.last_seq
-    if walker.problem:
-        return walker.problem
-    problem = _reached_newest(walker, pins)
-    if problem:
-        return problem
-    unsealed = UnsealedCheck(keys)
-    await stream_unsealed(conn, unsealed.feed)
-    report.unsealed_rows = unsealed.rows
-    return unsealed.problem
+    report.sealed_rows, report.head_seq = walker.rows, walker.last_seq
+    chain_problem = walker.problem or _reached_newest(walker, pins)
+    report.unsealed_rows = max(0, content.rows - report.sealed_rows)
+    return _earliest(chain_problem, await _first_suspect(conn, content.suspects, anchor))
+
+
+def _earliest(*problems: Problem | None) -> Problem | None:
+    """The problem at the lowest seq (rows not yet sealed come after every sealed one)."""
+    found = [p for p in problems if p is not None]
+    return min(found, key=lambda p: float("inf") if p.seq is None else p.seq, default=None)
+
+
+async def _first_suspect(conn: AsyncConnection, suspects: list[Suspect],
+                         anchor: Anchor) -> Problem | None:
+    """Name the earliest row whose content failed, judging it against its neighbours' seals."""
+    if not suspects:
+        return None
+    ids = {_uuid(s.row_id): s for s in suspects if _uuid(s.row_id) is not None}
+    placed = (await conn.execute(select(AuditSeal.audit_log_id, AuditSeal.seq)
+                                 .where(AuditSeal.audit_log_id.in_(list(ids))))).all() if ids else []
+    if not placed:
+        return unsealed_problem(suspects[0])
+    row_id, seq = min(placed, key=lambda found: found[1])
+    suspect = ids[row_id]
+    if suspect.reason == "unknown-key":
+        return key_problem(suspect, seq)
+    around = {found[0]: found for found in (await conn.execute(
+        select(AuditSeal.seq, AuditSeal.audit_log_id, AuditSeal.chain_hash, AuditLog.content_hash)
+        .outerjoin(AuditLog, AuditLog.id == AuditSeal.audit_log_id)
+        .where(AuditSeal.seq.between(seq - 1, seq + 1)))).all()}
+    previous = anchor.chain if seq - 1 == anchor.seq else (
+        bytes(around[seq - 1][2]) if seq - 1 in around else b"")
+    following = around.get(seq + 1)
+    return judge_sealed_content(
+        _link(seq, suspect.row_id, around[seq]), previous,
+        _link(seq + 1, str(following[1]), following) if following else None)
+
+
+def _link(seq: int, row_id: str, found: Any) -> tuple[Any, ...]:
+    stored = None if found[3] is None else bytes(found[3])
+    return (seq, str(found[1]), bytes(found[2]), stored, None, None, row_id, None)
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 def _reached_newest(walker: ChainWalker, pins: _Pins) -> Problem | None:

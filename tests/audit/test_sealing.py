@@ -9,7 +9,7 @@ from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
 from billwatch.audit.sealing import seal
-from billwatch.audit.streams import parse_line, stream_unsealed
+from billwatch.audit.streams import stream_contents
 from billwatch.audit.verify import verify
 from billwatch.db import Database
 from tests.audit.conftest import write_rows
@@ -50,9 +50,11 @@ class TestSealing:
         database_side: dict[str, bytes] = {}
 
         def collect(lines: list[bytes]) -> bool:
-            database_side.update((row[6], row[7]) for row in map(parse_line, lines))
+            for line in lines:
+                columns = line.split(b"\t", 3)[3]
+                database_side[columns[:36].decode()] = columns
             return True
 
         async with db.engine.connect() as conn:
-            await stream_unsealed(conn, collect)
+            await stream_contents(conn, collect)
         assert database_side == python_side
