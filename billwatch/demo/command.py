@@ -112,22 +112,15 @@ async def _run(env: DemoEnvironment, population: Population, concurrency: int,
             peer_events = await wait_for_peer_events(db, side.peer_events_expected, progress)
             await wait_for_alerts(db, progress)
             daily = report.run_command(env, "jobs", "daily-metrics", "--date", _today())
-        sealed = report.run_command(env, "audit", "checkpoint")  # what the hourly job does
-        checked = report.run_command(env, "audit", "verify")
-        verify = report.CommandResult(sealed.ok and checked.ok,
-                                      f"$ billwatch audit checkpoint\n{sealed.output}\n"
-                                      f"$ billwatch audit verify\n{checked.output}")
-        figures = await report.daily_figures(db) if daily.ok else None
-        source = "daily metrics job" if figures else "subscriptions table"
+        verify = report.seal_and_verify(env)
+        figures, source = await report.key_figures(db, settings, env.base_url, from_job=daily.ok)
         return report.Summary(
             elapsed_seconds=time.monotonic() - started, tally=month.tally, delivered=side.delivered,
             refused=side.refused, peer_events=peer_events,
-            audit_rows=await report.audit_counts(db), verify=verify,
-            figures={**(figures or await report.database_figures(db, settings)),
-                     **await report.month_churn(db), **await report.live_gauges(env.base_url)},
-            figures_source=source,
-            alerts=await report.alert_counts(db), mail_folder=env.mail_folder,
-            mails=sorted(p.name for p in env.mail_folder.glob("*.eml")), base_url=env.base_url,
+            audit_rows=await report.audit_counts(db), verify=verify, figures=figures,
+            figures_source=source, alerts=await report.alert_counts(db),
+            mail_folder=env.mail_folder, base_url=env.base_url,
+            mails=sorted(p.name for p in env.mail_folder.glob("*.eml")),
             admin_token=cast.admins[0].token,
             problems=month.problems + ([] if daily.ok else [f"daily metrics: {daily.output[-300:]}"]))
     finally:

@@ -73,6 +73,24 @@ def run_command(env: DemoEnvironment, *args: str, timeout: float = 120) -> Comma
     return CommandResult(done.returncode == 0, text)
 
 
+def seal_and_verify(env: DemoEnvironment) -> CommandResult:
+    """``billwatch audit checkpoint`` (what the hourly job does), then ``billwatch audit verify``."""
+    sealed = run_command(env, "audit", "checkpoint")
+    checked = run_command(env, "audit", "verify")
+    return CommandResult(sealed.ok and checked.ok,
+                         f"$ billwatch audit checkpoint\n{sealed.output}\n"
+                         f"$ billwatch audit verify\n{checked.output}")
+
+
+async def key_figures(db: Database, settings: Settings, base_url: str, *,
+                      from_job: bool) -> tuple[dict[str, str], str]:
+    """The job's figures of today (or the table's, if the job failed), churn and live gauges."""
+    figures = await daily_figures(db) if from_job else None
+    source = "daily metrics job" if figures else "subscriptions table"
+    return {**(figures or await database_figures(db, settings)), **await month_churn(db),
+            **await live_gauges(base_url)}, source
+
+
 def _base_env() -> dict[str, str]:
     import os
 
