@@ -44,11 +44,15 @@ _BEARER = re.compile(
     r"(?i)\b(bearer|basic)\s+(?=[A-Za-z0-9._~+/=-]*[0-9+/=._~-])[A-Za-z0-9._~+/=-]{12,}")
 _CVV_TEXT = re.compile(r"(?i)\b(cvc2?|cvv2?|cvn|csc|cid|security[ _-]?code)\b(\W{0,3})[0-9]{3,4}\b")
 _PAYMENT_METHOD = re.compile(r"\bpm_[A-Za-z0-9_]+")
-_WORTH_A_LOOK = re.compile(r"\b(?:sk|rk|whsec|tok|pm|pi|seti|cs)_|eyJ"
-                           r"|(?i:authorization|bearer|basic|cvc|cvv|cvn|csc|cid|security)")
-"""Cheap pre-check: text with fewer than 13 digits matching none of these needs no redaction."""
+_WORTH_A_LOOK = re.compile(
+    r"[0-9](?:[ \-\u00a0]{0,3}[0-9]){12}"
+    r"|\b(?:sk|rk|whsec|tok|pm|pi|seti|cs)_|eyJ"
+    r"|(?i:authorization|bearer|basic|cvc|cvv|cvn|csc|cid|security)"
+    "|[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""One cheap scan: text matching none of these has nothing for any rule below to change."""
 _UUID_ONLY = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_DELETE_DIGITS = str.maketrans("", "", "0123456789")
+_SMALL = 10**12
+"""Integers below this have at most 12 digits: never a card number."""
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 _CVV_KEYS = ("cvc", "cvv", "cvc2", "cvv2", "cvn", "csc", "cid", "cvd", "securitycode",
@@ -138,12 +142,8 @@ def _escape_char(match: re.Match[str]) -> str:
 
 def redact_text(text: str, *, with_card_data: bool = False) -> str:
     """Mask card numbers, secrets and tokens in free text and escape control characters."""
-    if not with_card_data:
-        if _UUID_ONLY.fullmatch(text):
-            return text
-        few_digits = len(text) - len(text.translate(_DELETE_DIGITS)) < 13
-        if few_digits and not _WORTH_A_LOOK.search(text):
-            return escape_control(text)
+    if not with_card_data and (_UUID_ONLY.fullmatch(text) or not _WORTH_A_LOOK.search(text)):
+        return text
     text = _SECRET.sub(REDACTED, text)
     text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
@@ -163,6 +163,8 @@ def redact(value: Any, *, with_card_data: bool = False) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [redact(item, with_card_data=with_card_data) for item in value]
     if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and -_SMALL < value < _SMALL:
         return value
     if isinstance(value, (int, float)):
         text = str(value)
