@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,8 @@ def _arguments() -> argparse.Namespace:
 
 async def main() -> None:
     args = _arguments()
-    console = Console()
+    # a log file gets a table as wide as a terminal would show it, not 80 columns
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(SUITES)
     if unknown:

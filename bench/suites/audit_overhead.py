@@ -72,12 +72,12 @@ def _figures(ctx: BenchContext, rates: dict[str, list[loadgen.LoadResult]]) -> N
     with_p50 = statistics.median(r.percentile(50) for r in rates["with"])
     without_p50 = statistics.median(r.percentile(50) for r in rates["without"])
     ctx.figures += [
-        Figure(SUITE, "override create, with audit + metrics", with_rate, "ops/s",
+        Figure(SUITE, "override create, audited", with_rate, "ops/s",
                "without", without_rate, "context", None, with_rate / without_rate,
                details={"rounds": [r.summary() for r in rates["with"]]}),
-        Figure(SUITE, "time per operation, with / without", cost, "x", "", float("nan"),
+        Figure(SUITE, "time per op, with / without", cost, "x", "", float("nan"),
                "<= 1.15", cost <= 1.15, cost,
                details={"without_rounds": [r.summary() for r in rates["without"]]}),
-        Figure(SUITE, "p50 latency, with audit + metrics", with_p50, "ms", "without", without_p50,
+        Figure(SUITE, "p50, with / without", with_p50, "ms", "without", without_p50,
                "context", None, with_p50 / without_p50),
     ]

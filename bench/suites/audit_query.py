@@ -150,8 +150,8 @@ async def measure(ctx: BenchContext, db: ScratchDatabase, data: AuditData,
 def _figures(ctx: BenchContext, result: loadgen.LoadResult, baseline: loadgen.LoadResult) -> None:
     p50, p99 = result.percentile(50), result.percentile(99)
     ctx.figures += [
-        Figure(SUITE, "filtered page of 50, p50", p50, "ms", "raw SQL p50", baseline.percentile(50),
+        Figure(SUITE, "page of 50, p50", p50, "ms", "raw SQL p50", baseline.percentile(50),
                "context", None, p50 / baseline.percentile(50), details=result.summary()),
-        Figure(SUITE, "filtered page of 50, p99", p99, "ms", "raw SQL p99", baseline.percentile(99),
+        Figure(SUITE, "page of 50, p99", p99, "ms", "raw SQL p99", baseline.percentile(99),
                "< 20 ms", p99 < 20, p99 / baseline.percentile(99), details=baseline.summary()),
     ]

@@ -66,18 +66,18 @@ def _figures(ctx: BenchContext, workers: int, results: dict[str, loadgen.LoadRes
     share = ratio(full.per_second, minimal.per_second)
     tag = f"{workers} worker{'s' if workers > 1 else ''}"
     ctx.figures += [
-        Figure(SUITE, f"(a) bare endpoint, {tag}", bare.per_second, "req/s", "", float("nan"),
+        Figure(SUITE, f"(a) bare, {tag}", bare.per_second, "req/s", "", float("nan"),
                "context", None, details=bare.summary()),
-        Figure(SUITE, f"(b) minimal asyncpg, {tag}", minimal.per_second, "req/s", "(a) bare",
+        Figure(SUITE, f"(b) asyncpg minimal, {tag}", minimal.per_second, "req/s", "(a) bare",
                bare.per_second, "context", None, ratio(minimal.per_second, bare.per_second),
                details=minimal.summary()),
         Figure(SUITE, f"full path, {tag}", full.per_second, "req/s", "(b) minimal",
                minimal.per_second, ">= 0.50 of (b)", share is not None and share >= 0.5, share,
                details=full.summary()),
-        Figure(SUITE, f"full path p50, {tag}", full.percentile(50), "ms", "(b) p50",
+        Figure(SUITE, f"full p50, {tag}", full.percentile(50), "ms", "(b) p50",
                minimal.percentile(50), "context", None,
                ratio(full.percentile(50), minimal.percentile(50))),
-        Figure(SUITE, f"full path p99, {tag}", full.percentile(99), "ms", "(b) p99",
+        Figure(SUITE, f"full p99, {tag}", full.percentile(99), "ms", "(b) p99",
                minimal.percentile(99), "< 100 ms", full.percentile(99) < 100,
                ratio(full.percentile(99), minimal.percentile(99))),
     ]
