@@ -26,7 +26,7 @@ from billwatch.config import Settings
 
 SUITE = "audit overhead"
 CONCURRENCY = 16
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _requests(admin: User, patients: list[str], count: int, settings: Settings) -> list[loadgen.Request]:
@@ -40,7 +40,7 @@ def _requests(admin: User, patients: list[str], count: int, settings: Settings) 
 
 
 async def run(ctx: BenchContext) -> None:
-    per_round = ctx.size("override_requests_per_round", 2000, 600)
+    per_round = ctx.size("override_requests_per_round", 1500, 600)
     warmup = min(100, per_round // 5)
     settings = Settings(_env_file=None, token_secret=TOKEN_SECRET)
     async with scratch_database("overhead", keep=ctx.keep_databases) as db:
