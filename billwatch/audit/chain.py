@@ -31,6 +31,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,11 @@ def canonical_values(row: AuditLog) -> tuple[str | None, ...]:
     return tuple(_text(name, getattr(row, name)) for name in CONTENT_COLUMNS)
 
 
+def canonical_fields(fields: Mapping[str, Any]) -> tuple[str | None, ...]:
+    """The same, from the column values of a row not built yet."""
+    return tuple(_text(name, fields.get(name)) for name in CONTENT_COLUMNS)
+
+
 def column_text(values: Sequence[str | None]) -> bytes:
     """Column values in COPY text form: tab-joined, escaped, null as ``\\N``."""
     present = [value for value in values if value is not None]
@@ -113,6 +119,16 @@ class RowHasher:
         return mac.digest()
 
 
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """What protecting a row's content yields: its hash, its encrypted metadata, the plaintext."""
+
+    content_hash: bytes
+    key_id: str
+    ciphertext: bytes
+    plaintext: bytes
+
+
 def chain_step(previous: bytes, row_hash: bytes) -> bytes:
     return hashlib.sha256(previous + row_hash).digest()
 
@@ -122,13 +138,20 @@ def associated_data(row_id: uuid.UUID) -> bytes:
     return str(row_id).encode()
 
 
+def seal_fields(fields: Mapping[str, Any], data: Mapping[str, Any], keys: AuditKeys) -> Sealed:
+    """Encrypt ``data`` for the row with these column values and hash its content."""
+    plaintext = canonical_metadata(data)
+    key_id, ciphertext = keys.ring.encrypt(plaintext, associated_data(fields["id"]))
+    digest = keys.row_hasher(content_bytes(column_text(canonical_fields(fields)), plaintext))
+    return Sealed(digest, key_id, ciphertext, plaintext)
+
+
 def protect(row: AuditLog, data: Mapping[str, Any], keys: AuditKeys) -> bytes:
     """Encrypt ``data`` onto ``row`` and set its content hash; returns the plaintext JSON."""
-    plaintext = canonical_metadata(data)
-    row.metadata_key_id, row.metadata_ciphertext = keys.ring.encrypt(
-        plaintext, associated_data(row.id))
-    row.content_hash = RowHasher(keys.hmac_key)(content_bytes(column_text(canonical_values(row)), plaintext))
-    return plaintext
+    sealed = seal_fields({name: getattr(row, name) for name in CONTENT_COLUMNS}, data, keys)
+    row.metadata_key_id, row.metadata_ciphertext = sealed.key_id, sealed.ciphertext
+    row.content_hash = sealed.content_hash
+    return sealed.plaintext
 
 
 def canonical_sql(dialect: str, alias: str) -> list[str]:

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
@@ -115,6 +118,16 @@ class AuditKeys:
     ring: KeyRing
     hmac_key: bytes
     development: bool = False
+
+    @cached_property
+    def _row_mac(self) -> hmac.HMAC:
+        return hmac.new(self.hmac_key, digestmod=hashlib.sha256)
+
+    def row_hasher(self, content: bytes) -> bytes:
+        """HMAC-SHA256 of ``content`` under the audit HMAC key (key schedule computed once)."""
+        mac = self._row_mac.copy()
+        mac.update(content)
+        return mac.digest()
 
 
 _installed: list[AuditKeys] = []

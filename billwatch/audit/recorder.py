@@ -164,30 +164,32 @@ def _build(event: AuditEvent, *, actor: Actor | SystemActor | None, outcome: Out
     event = AuditEvent(event)
     origin = current_origin()
     user_actor = actor if isinstance(actor, Actor) else None
-    row = AuditLog(
-        id=uuid.uuid4(),
-        occurred_at=utcnow(),
-        event_type=event.value,
-        action=event.value.rsplit(".", 1)[-1],
-        outcome=Outcome(outcome),
-        reason=redact_text(reason) if reason else None,
-        actor_user_id=user_actor.user_id if user_actor else None,
-        actor_role=user_actor.role if user_actor else None,
-        actor_name=redact_text(actor.name) if isinstance(actor, SystemActor) else None,
-        manager_assignment_id=user_actor.via_assignment_id if user_actor else None,
-        resource_type=resource.type if resource else None,
-        resource_id=str(resource.id) if resource else None,
-        owner_type=owner.type if owner else None,
-        owner_id=owner.id if owner else None,
-        request_id=origin.request_id,
-        client_ip=origin.client_ip,
-        job_id=origin.job_id,
-        stripe_event_id=stripe.event_id,
-        stripe_customer_id=stripe.customer_id,
-        stripe_subscription_id=stripe.subscription_id,
-        stripe_invoice_id=stripe.invoice_id,
-        idempotency_key=idempotency_key,
-    )
-    plaintext = chain.protect(row, redact(dict(data or {})), crypto.current())
-    row.remember_plaintext(plaintext)
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "occurred_at": utcnow(),
+        "event_type": event.value,
+        "action": event.value.rsplit(".", 1)[-1],
+        "outcome": Outcome(outcome),
+        "reason": redact_text(reason) if reason else None,
+        "actor_user_id": user_actor.user_id if user_actor else None,
+        "actor_role": user_actor.role if user_actor else None,
+        "actor_name": redact_text(actor.name) if isinstance(actor, SystemActor) else None,
+        "manager_assignment_id": user_actor.via_assignment_id if user_actor else None,
+        "resource_type": resource.type if resource else None,
+        "resource_id": str(resource.id) if resource else None,
+        "owner_type": owner.type if owner else None,
+        "owner_id": owner.id if owner else None,
+        "request_id": origin.request_id,
+        "client_ip": origin.client_ip,
+        "job_id": origin.job_id,
+        "stripe_event_id": stripe.event_id,
+        "stripe_customer_id": stripe.customer_id,
+        "stripe_subscription_id": stripe.subscription_id,
+        "stripe_invoice_id": stripe.invoice_id,
+        "idempotency_key": idempotency_key,
+    }
+    sealed = chain.seal_fields(fields, redact(dict(data or {})), crypto.current())
+    row = AuditLog(**fields, content_hash=sealed.content_hash, metadata_key_id=sealed.key_id,
+                   metadata_ciphertext=sealed.ciphertext)
+    row.remember_plaintext(sealed.plaintext)
     return row
