@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import func, select
 
 from billwatch.audit import chain
 from billwatch.audit.checkpoints import CheckpointStore
-from billwatch.audit.crypto import AuditKeys
+from billwatch.audit.crypto import AuditKeys, install, keys_for
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
-from billwatch.audit.sealing import seal
+from billwatch.audit.sealing import checkpoint, seal
 from billwatch.audit.streams import stream_contents
 from billwatch.audit.verify import verify
+from billwatch.config import Settings
 from billwatch.db import Database
 from tests.audit.conftest import write_rows
 
@@ -58,3 +61,16 @@ class TestSealing:
         async with db.engine.connect() as conn:
             await stream_contents(conn, collect)
         assert database_side == python_side
+
+
+class TestHourlyJobEntryPoint:
+    async def test_checkpoint_uses_the_configured_keys_and_folder(
+            self, db: Database, settings: Settings, tmp_path: Path) -> None:
+        configured = settings.model_copy(update={"audit_checkpoint_dir": tmp_path / "hourly"})
+        install(keys_for(configured))  # as the app factory and the worker do
+        await write_rows(db, 3)
+        result = await checkpoint(db, configured)
+        assert result.sealed == 3 and result.path.parent == tmp_path / "hourly"
+        report = await verify(db, keys=keys_for(configured),
+                              store=CheckpointStore(tmp_path / "hourly"))
+        assert report.ok and report.sealed_rows == 3
