@@ -100,11 +100,11 @@ async def _second_pages(base_url: str, headers: dict[str, str], reads: list[Read
     return pages
 
 
-async def _baseline(dsn: str, reads: list[Read]) -> loadgen.LoadResult:
+async def _baseline(dsn: str, reads: list[Read], warmup: int) -> loadgen.LoadResult:
     conn = await asyncpg.connect(dsn)
     latencies: list[float] = []
     try:
-        for read in reads[:50]:  # warm up like the HTTP run
+        for read in reads[:warmup]:  # warm up like the HTTP run
             await conn.fetch(*_flat(read))
         started = time.perf_counter()
         for read in reads:
@@ -124,6 +124,7 @@ def _flat(read: Read) -> list[Any]:
 async def measure(ctx: BenchContext, db: ScratchDatabase, data: AuditData,
                   env: dict[str, str]) -> None:
     count = ctx.size("audit_reads", 2000, 500)
+    warmup = min(50, count // 5)
     rng = random.Random(5)
     admin = User(id=uuid.uuid4(), email="audit-admin@bench.test", name="Audit Admin", role=Role.ADMIN)
     conn = await asyncpg.connect(db.dsn)
@@ -140,10 +141,11 @@ async def measure(ctx: BenchContext, db: ScratchDatabase, data: AuditData,
         rng.shuffle(reads)
         ctx.console.print(f"  {SUITE}: {len(reads)} reads, one at a time")
         requests = [loadgen.Request("GET", read.path(), None, headers) for read in reads]
-        result = await loadgen.run(service.url, requests, concurrency=1, max_seconds=120, warmup=50)
+        result = await loadgen.run(service.url, requests, concurrency=1, max_seconds=120,
+                                   warmup=warmup)
     if result.errors:
         raise RuntimeError(f"audit reads: answers {result.statuses}; first: {result.first_error}")
-    baseline = await _baseline(db.dsn, reads[50:])
+    baseline = await _baseline(db.dsn, reads[warmup:], warmup)
     _figures(ctx, result, baseline)
 
 

@@ -106,8 +106,7 @@ async def _run(env: DemoEnvironment, population: Population, concurrency: int,
         cast = await seed(db, settings, population)
         side = StripeSide(peer, api, db, env.webhook_secret, env.base_url)
         with _progress() as progress:
-            month = Month(api, side, cast, settings, progress, concurrency)
-            month.rng.seed(population.seed)
+            month = Month(api, side, cast, settings, progress, concurrency, population.seed)
             await month.run()
             peer_events = await wait_for_peer_events(db, side.peer_events_expected, progress)
             await wait_for_alerts(db, progress)

@@ -5,7 +5,8 @@ out. Mid-month: people read their billing, admins grant free months, create and 
 overrides and refund payments, and patients, proxies and admins cancel; a few requests are
 refused (and audited as such) and one forged webhook is turned away. Month end: renewals are
 charged, some cards decline up to the third attempt, and period-end cancellations take effect.
-Choices come from a seeded random generator, so a run can be repeated.
+Every choice is drawn from one seeded generator before the concurrent work starts, so the same
+seed gives the same month (the ids differ: they are fresh UUIDs each run).
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ class Month:
     settings: Settings
     progress: Progress
     concurrency: int = 8
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    seed: int = 7
     subs: list[LiveSubscription] = field(default_factory=list)
     tally: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
 
     @property
     def admin(self) -> Person:
@@ -96,19 +100,22 @@ class Month:
         plans: list[tuple[Owner, Person, str]] = []
         for patient in signing:
             proxies = self.cast.managers.get(str(patient.id))
-            payer = self.rng.choice(proxies) if proxies and self.rng.random() < 0.5 else patient
+            payer = self.rng.choice(proxies) if proxies and self.rng.random() < 0.6 else patient
             plans.append((self.cast.owner(patient), payer, self._pick(PATIENT_PLANS)))
         plans += [(owner, staff, self._pick(CLINIC_PLANS)) for owner, staff in self.cast.clinics]
 
-        async def sign_up(item: tuple[Owner, Person, str]) -> None:
-            owner, payer, code = item
+        done: dict[int, LiveSubscription] = {}
+
+        async def sign_up(item: tuple[int, tuple[Owner, Person, str]]) -> None:
+            index, (owner, payer, code) = item
             plan = self.settings.plan(code)
             assert plan is not None
             checkout = await self.api.checkout(payer, owner, code)
-            self.subs.append(await self.side.complete_checkout(checkout, plan, owner, payer))
+            done[index] = await self.side.complete_checkout(checkout, plan, owner, payer)
             self.tally["proxy checkouts" if checkout.get("manager_assignment_id") else "checkouts"] += 1
 
-        await self._each("Checkouts completed and paid", plans, sign_up)
+        await self._each("Checkouts completed and paid", list(enumerate(plans)), sign_up)
+        self.subs = [done[index] for index in sorted(done)]  # plan order, not completion order
         await self.remove_managers()
 
     async def remove_managers(self) -> None:
@@ -164,30 +171,35 @@ class Month:
     async def grants_and_overrides(self, live: list[LiveSubscription]) -> None:
         subscribed = {s.owner.id for s in self.subs}
         unsubscribed = [p for p in self.cast.patients if p.id not in subscribed]
-        grantees = self.rng.sample(unsubscribed, min(10, len(unsubscribed)))
+        grantees = [(patient, self.rng.choice((1, 3, 6, None)),
+                     self.rng.choice(("basic_monthly", "plus_monthly")))
+                    for patient in self.rng.sample(unsubscribed, min(10, len(unsubscribed)))]
         granted: list[str] = []
 
-        async def grant(patient: Person) -> None:
-            months = self.rng.choice((1, 3, 6, None))
-            override = await self.api.free_grant(self.admin, self.cast.owner(patient),
-                                                 self.rng.choice(("basic_monthly", "plus_monthly")),
-                                                 months, "Hardship programme: free care plan")
+        async def grant(item: tuple[Person, int | None, str]) -> None:
+            patient, months, code = item
+            override = await self.api.free_grant(self.admin, self.cast.owner(patient), code, months,
+                                                 "Hardship programme: free care plan")
             granted.append(override["id"])
             self.tally["free subscriptions granted"] += 1
 
         await self._each("Admins grant free subscriptions", grantees, grant)
         created: list[str] = []
 
-        async def override(sub: LiveSubscription) -> None:
-            discount = self.rng.random() < 0.7
+        chosen = [(sub, self.rng.choice((10, 20, 50)) if self.rng.random() < 0.7 else None)
+                  for sub in live]
+
+        async def override(item: tuple[LiveSubscription, int | None]) -> None:
+            sub, percent_off = item
+            discount = percent_off is not None
             made = await self.api.create_override(
                 self.admin, sub.owner, "discount" if discount else "payment_exemption",
                 "Loyalty discount agreed by support" if discount else "Insurance dispute pending",
-                percent_off=self.rng.choice((10, 20, 50)) if discount else None)
+                percent_off=percent_off)
             created.append(made["id"])
             self.tally["overrides created"] += 1
 
-        await self._each("Admins create billing overrides", live, override)
+        await self._each("Admins create billing overrides", chosen, override)
         to_revoke = granted[:2] + created[:3]
 
         async def revoke(override_id: str) -> None:
@@ -197,22 +209,23 @@ class Month:
         await self._each("Admins revoke overrides", to_revoke, revoke)
 
     async def refunds(self, live: list[LiveSubscription]) -> None:
-        async def refund(sub: LiveSubscription) -> None:
+        chosen = [(sub, self.rng.random() < 0.5, self.rng.choice(REFUND_REASONS)) for sub in live]
+
+        async def refund(item: tuple[LiveSubscription, bool, str]) -> None:
+            sub, partial, reason = item
             account = await self.api.account(self.admin, sub.owner)
             payment = next((t for t in account["transactions"]
                             if t["kind"] == "payment" and t["status"] == "succeeded"), None)
             if payment is None:
                 self.problems.append(f"no paid transaction recorded for {sub.stripe_id}")
                 return
-            partial = self.rng.random() < 0.5
             await self.api.refund(self.admin, payment["id"],
                                   amount_cents=payment["amount_cents"] // 2 if partial else None,
-                                  reason=self.rng.choice(REFUND_REASONS),
-                                  note="Goodwill after support ticket")
+                                  reason=reason, note="Goodwill after support ticket")
             await self.side.report_refund(payment["stripe_invoice_id"])
             self.tally["refunds (partial)" if partial else "refunds (full)"] += 1
 
-        await self._each("Admins refund payments", live, refund)
+        await self._each("Admins refund payments", chosen, refund)
 
     async def cancellations(self, live: list[LiveSubscription]) -> None:
         share = max(1, len(live) // 15)
@@ -228,7 +241,11 @@ class Month:
         async def cancel(item: tuple[LiveSubscription, Person, bool]) -> None:
             sub, who, at_period_end = item
             account = await self.api.account(who, sub.owner)
-            ours = next(s for s in account["subscriptions"] if s["stripe_subscription_id"] == sub.stripe_id)
+            ours = next((s for s in account["subscriptions"]
+                         if s["stripe_subscription_id"] == sub.stripe_id), None)
+            if ours is None:
+                self.problems.append(f"subscription {sub.stripe_id} not recorded by billwatch")
+                return
             await self.api.cancel(who, ours["id"], at_period_end=at_period_end,
                                   reason="Moving to another provider")
             if at_period_end:
@@ -275,10 +292,12 @@ class Month:
             await self.side.renew(sub)
             self.tally["renewals paid"] += 1
 
-        async def dun(sub: LiveSubscription) -> None:
-            recovers_on = self.rng.choice((2, 3, None, None))
-            result = await self.side.dunning(sub, recovers_on=recovers_on,
-                                             decline_code=self.rng.choice(DECLINE_CODES))
+        dunned = [(sub, self.rng.choice((2, 3, None, None)), self.rng.choice(DECLINE_CODES))
+                  for sub in declining]
+
+        async def dun(item: tuple[LiveSubscription, int | None, str]) -> None:
+            sub, recovers_on, decline_code = item
+            result = await self.side.dunning(sub, recovers_on=recovers_on, decline_code=decline_code)
             self.tally["renewals paid after retries" if result else "subscriptions lost to dunning"] += 1
 
         async def end(sub: LiveSubscription) -> None:
@@ -286,5 +305,5 @@ class Month:
             self.tally["period-end cancellations effective"] += 1
 
         await self._each("Renewals charged", renewing[len(declining):], renew)
-        await self._each("Declined renewals retried (attempts 1-3)", declining, dun)
+        await self._each("Declined renewals retried (attempts 1-3)", dunned, dun)
         await self._each("Period-end cancellations take effect", ending, end)
