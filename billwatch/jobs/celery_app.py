@@ -22,6 +22,8 @@ ANOMALY_CHECKS_TASK = "billwatch.jobs.anomaly_checks"
 SWEEP_TASK = "billwatch.alerts.sweep"
 DELIVER_TASK = "billwatch.alerts.deliver"
 CHECK_TASK = "billwatch.jobs.check"
+REDIS_SOCKET_TIMEOUT = 10.0
+"""Seconds any Redis call (publish, result) may hang before it fails and is retried."""
 AUDIT_FAILURE_TASK = "billwatch.alerts.audit_write_failed"
 AUDIT_CHECKPOINT_TASK = "billwatch.audit.checkpoint"
 WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
@@ -53,7 +55,11 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_track_started=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds,
+                                  "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                                  "socket_connect_timeout": REDIS_SOCKET_TIMEOUT},
+        redis_socket_timeout=REDIS_SOCKET_TIMEOUT,
+        redis_socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
         broker_connection_retry_on_startup=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                    "interval_max": 0.5},

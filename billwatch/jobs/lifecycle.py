@@ -8,6 +8,7 @@ publisher hands every committed alert to the workers, and ``billwatch beat`` sch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from billwatch.alerts import handoff
@@ -15,6 +16,8 @@ from billwatch.config import Settings
 from billwatch.db import Database
 
 Stop = Callable[[], Awaitable[None]]
+CLOSE_WAIT_SECONDS = 10.0
+"""How long shutdown waits for queued hand-offs; unsent ones stay pending for the sweep."""
 
 
 async def start_delivery(db: Database, settings: Settings) -> Stop:
@@ -29,7 +32,8 @@ async def start_delivery(db: Database, settings: Settings) -> Stop:
 
         async def stop_publisher() -> None:
             handoff.uninstall(sink)
-            await asyncio.to_thread(sink.close)  # lets queued publishes finish
+            with contextlib.suppress(TimeoutError):  # a stuck broker must not block shutdown
+                await asyncio.wait_for(asyncio.to_thread(sink.close), CLOSE_WAIT_SECONDS)
             celery.close()
 
         return stop_publisher

@@ -116,9 +116,10 @@ class TestSmtpOutage:
         async with db.sessionmaker() as session:  # the operation (its audit row) committed
             assert await session.scalar(select(func.count()).select_from(AuditLog)) == 1
 
-        async def retried() -> bool:
+        async def retried() -> bool:  # two attempts failed and were recorded
             [alert] = await alerts(db)
-            return alert.attempts >= 2 and alert.status is AlertStatus.PENDING
+            return (alert.attempts >= 2 and alert.status is AlertStatus.PENDING
+                    and alert.claimed_until is None and alert.last_error is not None)
 
         await wait_until_async(retried, what="two failed attempts")
         mailbox.start()
