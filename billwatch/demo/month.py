@@ -120,7 +120,8 @@ class Month:
 
     async def remove_managers(self) -> None:
         """A couple of patients take billing back from a proxy."""
-        managed = [(pid, proxies[-1]) for pid, proxies in self.cast.managers.items()][:2]
+        managed = [(str(p.id), self.cast.managers[str(p.id)][-1]) for p in self.cast.patients
+                   if self.cast.managers.get(str(p.id))][:2]
         patients = {str(p.id): p for p in self.cast.patients}
 
         async def remove(item: tuple[str, Person]) -> None:
