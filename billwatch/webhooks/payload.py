@@ -20,6 +20,7 @@ property test holds the two equal). A new *text* rule in the redactor needs its 
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from typing import Any
@@ -34,7 +35,7 @@ _FLAGS = (b"whsec_", b"tok_", b"_secret_", b"eyj", b"\\", b"\x7f")
 _TEXT_RULES = (
     ((b"sk_", b"rk_"), re.compile(rb"\b[sr]k_")),
     ((b"authorization",), re.compile(rb"authorization[\"']?\s*[:=]")),
-    ((b"bearer", b"basic"), re.compile(rb"(?:bearer|basic)\s")),
+    ((b"bearer", b"basic"), re.compile(rb"(?:bearer|basic)\s+[a-z0-9._~+/=-]{12,}")),
     ((b"cvc", b"cvv", b"cvn", b"csc", b"cid", b"security"),
      re.compile(rb"\b(?:cvc2?|cvv2?|cvn|csc|cid|security[ _-]?code)\b")),
 )
@@ -64,10 +65,28 @@ def _key_rule(key: bytes) -> int:
     return rule
 
 
-def _has_value(body: bytes, key: bytes) -> bool:
-    """Whether ``key`` holds anything but null or "" somewhere in the body."""
-    values = re.findall(b'"' + re.escape(key) + rb'"\s*:\s*(null|""|.)', body)
-    return any(value not in (b"null", b'""') for value in values)
+def _values_change(body: bytes, key: bytes) -> bool:
+    """Whether the redactor would change a value-dependent key as it stands in this body.
+
+    Asked with the actual values (alone, and beside a payment-method id), so an invoice's
+    ``"number": "BW-0042"`` passes while a ``"number"`` holding a card number does not. A nested
+    object or list under such a key is left to the full redactor.
+    """
+    pattern = b'"' + re.escape(key) + rb'"\s*:\s*("[^"]*"|-?[0-9][0-9.eE+-]*|true|false|null|.)'
+    return any(_value_changes(key, raw) for raw in re.findall(pattern, body))
+
+
+@lru_cache(maxsize=4096)
+def _value_changes(key: bytes, raw: bytes) -> bool:
+    try:
+        value = json.loads(raw)
+    except ValueError:  # "{", "[": a container
+        return True
+    name = key.decode("ascii")
+    if redact({name: value}) != {name: value}:
+        return True
+    return bool(redact({name: value, "probe_sibling": _PAYMENT_METHOD}).get("probe_sibling")
+                != _PAYMENT_METHOD)
 
 
 def may_need_redaction(body: bytes) -> bool:
@@ -83,9 +102,9 @@ def may_need_redaction(body: bytes) -> bool:
         return True
     for key in set(_KEY.findall(body)):
         rule = _key_rule(key)
-        if rule & _ALWAYS or (rule & _CARD and b"pm_" in lower):
+        if rule & _ALWAYS or (rule & _CARD and not rule & _VALUED and b"pm_" in lower):
             return True
-        if rule & _VALUED and _has_value(body, key):
+        if rule & _VALUED and _values_change(body, key):
             return True
     return False
 
