@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import JSON, DateTime, Enum, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -101,6 +102,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+POOL_RECYCLE_SECONDS = 1800
+"""Pooled server connections are replaced after this long, before idle timeouts cut them."""
+
+
+def _discard_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection the server has closed; the pool then opens a fresh one.
+
+    This replaces ``pool_pre_ping``, which on asyncpg costs three round trips per checkout
+    (BEGIN, a ping, ROLLBACK), as many as a small request's own work. A server that restarts
+    or terminates a backend closes the socket, and the driver notices while the connection is
+    idle, so asking it costs nothing. A connection that dies silently (a network cut) fails its
+    first statement instead: SQLAlchemy then invalidates the whole pool, and idempotent callers
+    (webhook processing) retry once. Pass ``pool_pre_ping=True`` to :class:`Database` where a
+    proxy hides closed server connections.
+    """
+    is_closed = getattr(record.driver_connection, "is_closed", None)
+    if callable(is_closed) and is_closed():
+        raise DisconnectionError("server closed the connection while it was pooled")
+
+
 class Database:
     """An engine and its session factory; one per process (or per test)."""
 
@@ -110,10 +131,12 @@ class Database:
         else:
             engine_kwargs.setdefault("pool_size", 10)
             engine_kwargs.setdefault("max_overflow", 20)
-            engine_kwargs.setdefault("pool_pre_ping", True)
+            engine_kwargs.setdefault("pool_recycle", POOL_RECYCLE_SECONDS)
         self.engine: AsyncEngine = create_async_engine(url, echo=echo, **engine_kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "checkout", _discard_closed)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
@@ -75,7 +76,17 @@ async def process_event(db: Database, gateway: PaymentsGateway, settings: Settin
     with bound_origin(Origin(origin.request_id, origin.client_ip, job)):
         started = time.perf_counter()
         try:
-            return await _handle(db, gateway, settings, event, payload, source, delivery, started)
+            try:
+                return await _handle(db, gateway, settings, event, payload, source, delivery,
+                                     started)
+            except DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+                # The pooled connection died unnoticed (see billwatch.db._discard_closed) and
+                # the pool is now renewed; nothing committed, and processing is idempotent.
+                log.warning("stripe_event_retried_after_disconnect", event_id=event["id"])
+                return await _handle(db, gateway, settings, event, payload, source, delivery,
+                                     started)
         except Exception as error:
             return await _record_failure(db, event, payload, source, delivery, error)
 
