@@ -60,8 +60,9 @@ async def main() -> None:
             console.rule(f"[bold]{name}")
             await SUITES[name](ctx)
             console.print(f"  {name} took {time.monotonic() - started:.0f} s")
-    report.render(console, ctx.figures, described, args.scale)
-    path = report.write(ctx.figures, described, args.scale, ctx.sizes, args.results)
+    report.render(console, ctx.figures, described, args.scale, smoke=args.smoke)
+    path = report.write(ctx.figures, described, args.scale, ctx.sizes, args.results,
+                        smoke=args.smoke)
     console.print(f"JSON: {path}")
 
 

@@ -44,8 +44,10 @@ def _number(value: float, unit: str) -> str:
     return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
 
 
-def table(figures: list[Figure], machine: dict[str, Any], scale: float) -> Table:
-    title = (f"billwatch benchmarks (scale {scale:g}): {machine['cpu']}, {machine['cores']} cores, "
+def table(figures: list[Figure], machine: dict[str, Any], scale: float, *,
+          smoke: bool = False) -> Table:
+    size = "smoke sizes: the figures mean nothing" if smoke else f"scale {scale:g}"
+    title = (f"billwatch benchmarks ({size}): {machine['cpu']}, {machine['cores']} cores, "
              f"Python {machine['python']}, PostgreSQL {machine['postgresql']}")
     out = Table("figure", "measured", "baseline (same run)", "ratio", "target", "", title=title,
                 title_justify="left")
@@ -63,16 +65,17 @@ def table(figures: list[Figure], machine: dict[str, Any], scale: float) -> Table
 
 
 def write(figures: list[Figure], machine: dict[str, Any], scale: float,
-          sizes: dict[str, int], folder: Path = RESULTS) -> Path:
+          sizes: dict[str, int], folder: Path = RESULTS, *, smoke: bool = False) -> Path:
     """``<folder>/bench-<UTC time>.json``: machine, scale, sizes and every figure."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"bench-{stamp}.json"
-    payload = {"measured_at": stamp, "machine": machine, "scale": scale, "sizes": sizes,
-               "figures": [asdict(f) for f in figures]}
+    payload = {"measured_at": stamp, "machine": machine, "scale": scale, "smoke": smoke,
+               "sizes": sizes, "figures": [asdict(f) for f in figures]}
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
 
 
-def render(console: Console, figures: list[Figure], machine: dict[str, Any], scale: float) -> None:
-    console.print(table(figures, machine, scale))
+def render(console: Console, figures: list[Figure], machine: dict[str, Any], scale: float, *,
+           smoke: bool = False) -> None:
+    console.print(table(figures, machine, scale, smoke=smoke))
