@@ -1,7 +1,7 @@
 """A year of audit rows, written the way the recorder writes them, for COPY.
 
 Each row's metadata is encrypted and its keyed content hash computed by the audit trail's own
-:func:`billwatch.audit.chain.protect` (the function the recorder calls), so the verifier and
+:func:`billwatch.audit.chain.seal_fields` (the function the recorder calls), so the verifier and
 the admin API meet exactly what production would hold. Rows come in time order (an append-only
 log), over 50,000 owners and 5,000 actors, with the event mix of a busy billing service.
 """
@@ -14,11 +14,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from billwatch.audit import chain
 from billwatch.audit.crypto import AuditKeys
-from billwatch.audit.models import AuditLog
 
 AUDIT_COLUMNS = (*chain.CONTENT_COLUMNS, "content_hash", "metadata_key_id", "metadata_ciphertext")
 EVENTS = (  # (event type, outcome, actor kind, weight)
@@ -43,37 +42,6 @@ EVENTS = (  # (event type, outcome, actor kind, weight)
 PLANS = ("basic_monthly", "basic_yearly", "plus_monthly", "plus_yearly", "clinic_monthly")
 
 
-@dataclass(slots=True)
-class _Row:
-    """What :func:`chain.protect` reads and writes: an audit row's columns, nothing else."""
-
-    id: uuid.UUID
-    occurred_at: datetime
-    event_type: str
-    outcome: str
-    action: str
-    reason: str | None
-    actor_user_id: uuid.UUID | None
-    actor_role: str | None
-    actor_name: str | None
-    manager_assignment_id: uuid.UUID | None
-    resource_type: str | None
-    resource_id: str | None
-    owner_type: str | None
-    owner_id: uuid.UUID | None
-    request_id: str | None
-    client_ip: str | None
-    job_id: str | None
-    stripe_event_id: str | None
-    stripe_customer_id: str | None
-    stripe_subscription_id: str | None
-    stripe_invoice_id: str | None
-    idempotency_key: str | None
-    content_hash: bytes = b""
-    metadata_key_id: str = ""
-    metadata_ciphertext: bytes = b""
-
-
 @dataclass
 class AuditData:
     keys: AuditKeys
@@ -95,22 +63,23 @@ class AuditData:
         start = self.end - timedelta(days=365)
         for n in range(count):
             event, outcome, actor, _ = EVENTS[rng.choices(kinds, weights)[0]]
-            row, data = self._row(rng, start + step * n, event, outcome, actor)
-            chain.protect(cast(AuditLog, row), data, self.keys)
+            fields, data = self._row(rng, start + step * n, event, outcome, actor)
+            sealed = chain.seal_fields(fields, data, self.keys)
             if n < keep:
-                content = zip(chain.CONTENT_COLUMNS, chain.canonical_values(cast(AuditLog, row)),
-                              strict=True)
+                content = zip(chain.CONTENT_COLUMNS, chain.canonical_fields(fields), strict=True)
                 self.sample.append({**dict(content), "metadata": data})
-            yield tuple(getattr(row, column) for column in AUDIT_COLUMNS)
+            yield (*(fields[column] for column in chain.CONTENT_COLUMNS), sealed.content_hash,
+                   sealed.key_id, sealed.ciphertext)
 
     def _row(self, rng: random.Random, when: datetime, event: str, outcome: str,
-             actor: str) -> tuple[_Row, dict[str, Any]]:
+             actor: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One row's column values (by name) and its metadata."""
         owner_type, owner_id = self.owners[rng.randrange(len(self.owners))]
         by_user = actor != "stripe"
         user = rng.choice(self.actors[actor]) if by_user else None
         customer = f"cus_{owner_id.hex[:14]}"
         invoice = f"in_{rng.getrandbits(64):016x}" if "payment" in event else None
-        row = _Row(
+        row = dict(
             id=uuid.UUID(int=rng.getrandbits(128), version=4), occurred_at=when, event_type=event,
             outcome=outcome, action=event.rsplit(".", 1)[-1],
             reason="card_declined: insufficient_funds" if outcome == "failure" else None,
