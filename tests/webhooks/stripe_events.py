@@ -11,8 +11,9 @@ import copy
 import hashlib
 import hmac
 import json
+import secrets
+import string
 import time
-import uuid
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -34,8 +35,12 @@ def shape(name: str) -> dict[str, Any]:
     return copy.deepcopy(_shapes()[name])
 
 
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}_test{uuid.uuid4().hex[:20]}"
+    """An id in Stripe's base-62 style; hex ids would now and then hold a card-length digit run."""
+    return f"{prefix}_test{''.join(secrets.choice(_ID_ALPHABET) for _ in range(24))}"
 
 
 def now() -> int:
