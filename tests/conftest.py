@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from billwatch.accounts.models import Role
 from billwatch.app import create_app
 from billwatch.config import Settings
 from billwatch.db import Database
@@ -18,6 +19,7 @@ from billwatch.payments.gateway import PaymentsGateway
 from tests.support import (
     Factory,
     LocalStripe,
+    People,
     create_pg_database,
     drop_pg_database,
     migrate,
@@ -100,3 +102,9 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def factory(db: Database, settings: Settings) -> Factory:
     return Factory(db, settings)
+
+
+@pytest.fixture
+async def people(factory: Factory) -> People:
+    return People(admin=await factory.user(Role.ADMIN), patient=await factory.user(Role.PATIENT),
+                  proxy=await factory.user(Role.PROXY))

@@ -11,16 +11,17 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import func, select, text
 
 from billwatch.accounts import service as accounts
 from billwatch.accounts.actor import OwnerRef
-from billwatch.accounts.models import Organization, Role, User
+from billwatch.accounts.models import Organization, OwnerType, Role, User
 from billwatch.accounts.tokens import mint_token
 from billwatch.audit.models import AuditLog
 from billwatch.billing.models import (
@@ -35,6 +36,8 @@ from billwatch.config import Settings
 from billwatch.db import Base, Database
 from billwatch.migrations import upgrade
 from billwatch.payments.gateway import PaymentsGateway
+
+T = TypeVar("T")
 
 PG_ADMIN_DSN = os.environ.get("BILLWATCH_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
@@ -172,6 +175,14 @@ async def count(db: Database, model: type[Any]) -> int:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
+async def reload(db: Database, model: type[T], row_id: uuid.UUID | str) -> T:
+    """The committed state of one row, read in a session of its own."""
+    async with db.sessionmaker() as session:
+        found = await session.get(model, uuid.UUID(str(row_id)))
+        assert found is not None, f"{model.__name__} {row_id} not found"
+        return found
+
+
 async def snapshot(db: Database) -> dict[str, list[str]]:
     """Every business row (everything but the audit trail), to compare before and after."""
     async with db.sessionmaker() as session:
@@ -221,3 +232,20 @@ async def paid_subscription(db: Database, settings: Settings, owner: OwnerRef, *
             stripe_charge_id=charge_id, stripe_payment_intent_id=invoice.get("payment_intent"))
         session.add(payment)
     return subscription, payment
+
+
+@dataclass
+class People:
+    """The usual cast of a billing test: an admin, a patient (the owner) and a proxy."""
+
+    admin: User
+    patient: User
+    proxy: User
+
+    @property
+    def owner(self) -> OwnerRef:
+        return OwnerRef(OwnerType.PATIENT, self.patient.id)
+
+    @property
+    def owner_body(self) -> dict[str, str]:
+        return {"owner_type": "patient", "owner_id": str(self.patient.id)}

@@ -11,15 +11,7 @@ from billwatch.audit.events import Outcome
 from billwatch.billing.models import Subscription, SubscriptionStatus
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from tests.billing.conftest import People
-from tests.support import Factory, audit_rows, paid_subscription, snapshot
-
-
-async def _reload(db: Database, subscription_id: uuid.UUID) -> Subscription:
-    async with db.sessionmaker() as session:
-        found = await session.get(Subscription, subscription_id)
-        assert found is not None
-        return found
+from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
 
 class TestCancel:
@@ -31,7 +23,7 @@ class TestCancel:
                                      headers=factory.headers(people.patient),
                                      json={"at_period_end": True, "reason": "moving abroad"})
         assert response.status_code == 200, response.text
-        stored = await _reload(db, subscription.id)
+        stored = await reload(db, Subscription, subscription.id)
         assert stored.status is SubscriptionStatus.ACTIVE and stored.cancel_at_period_end
         assert subscription.stripe_subscription_id is not None
         at_stripe = await PaymentsGateway(settings).client.v1.subscriptions.retrieve_async(
@@ -51,7 +43,7 @@ class TestCancel:
                                      headers=factory.headers(people.admin),
                                      json={"at_period_end": False})
         assert response.status_code == 200
-        stored = await _reload(db, subscription.id)
+        stored = await reload(db, Subscription, subscription.id)
         assert stored.status is SubscriptionStatus.CANCELED and stored.ended_at is not None
         assert subscription.stripe_subscription_id is not None
         at_stripe = await PaymentsGateway(settings).client.v1.subscriptions.retrieve_async(

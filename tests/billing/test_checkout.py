@@ -12,8 +12,7 @@ from billwatch.audit.events import Outcome
 from billwatch.billing.models import CheckoutSession, StripeCustomer
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from tests.billing.conftest import People
-from tests.support import Factory, audit_rows, paid_subscription, snapshot
+from tests.support import Factory, People, audit_rows, paid_subscription, snapshot
 
 
 class TestCheckoutSucceeds:

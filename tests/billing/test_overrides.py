@@ -12,8 +12,7 @@ from billwatch.audit.events import Outcome
 from billwatch.billing.models import Subscription, SubscriptionSource, SubscriptionStatus
 from billwatch.billing.overrides import add_months
 from billwatch.db import Database
-from tests.billing.conftest import People
-from tests.support import Factory, audit_rows, paid_subscription, snapshot
+from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
 
 @pytest.mark.parametrize(("start", "months", "end"), [
@@ -26,12 +25,6 @@ def test_add_months_clamps_to_the_month_end(start: datetime, months: int, end: d
     assert add_months(start, months) == end
 
 
-async def _subscription(db: Database, subscription_id: str) -> Subscription:
-    async with db.sessionmaker() as session:
-        found = await session.get(Subscription, uuid.UUID(subscription_id))
-        assert found is not None
-        return found
-
 
 class TestFreeGrants:
     async def test_for_n_months(self, client: httpx.AsyncClient, db: Database, factory: Factory,
@@ -41,7 +34,7 @@ class TestFreeGrants:
                                            "months": 6, "reason": "clinical trial participant"})
         assert response.status_code == 201, response.text
         grant = response.json()
-        subscription = await _subscription(db, grant["subscription_id"])
+        subscription = await reload(db, Subscription, grant["subscription_id"])
         assert subscription.source is SubscriptionSource.FREE_GRANT
         assert subscription.status is SubscriptionStatus.ACTIVE
         assert subscription.current_period_end is not None and subscription.current_period_start
@@ -57,7 +50,7 @@ class TestFreeGrants:
                                            "reason": "staff family"})
         assert response.status_code == 201
         assert response.json()["ends_at"] is None
-        assert (await _subscription(db, response.json()["subscription_id"])).current_period_end is None
+        assert (await reload(db, Subscription, response.json()["subscription_id"])).current_period_end is None
 
     async def test_refused_while_a_paid_subscription_is_live(
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
@@ -114,7 +107,7 @@ class TestOverrides:
         revoked = await client.post(f"/admin/overrides/{grant.json()['id']}/revoke",
                                     headers=headers, json={"reason": "pilot over"})
         assert revoked.status_code == 200
-        subscription = await _subscription(db, grant.json()["subscription_id"])
+        subscription = await reload(db, Subscription, grant.json()["subscription_id"])
         assert subscription.status is SubscriptionStatus.CANCELED
         row = (await audit_rows(db, event_type="billing.override.revoked"))[0]
         assert row.data["ended_subscription_id"] == str(subscription.id)

@@ -11,15 +11,7 @@ from billwatch.audit.events import Outcome
 from billwatch.billing.models import Transaction, TransactionKind
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from tests.billing.conftest import People
-from tests.support import Factory, audit_rows, paid_subscription, snapshot
-
-
-async def _payment(db: Database, payment_id: uuid.UUID) -> Transaction:
-    async with db.sessionmaker() as session:
-        found = await session.get(Transaction, payment_id)
-        assert found is not None
-        return found
+from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
 
 class TestRefunds:
@@ -33,11 +25,11 @@ class TestRefunds:
             "amount_cents": 500, "reason": "service_issue", "note": "video visit dropped"})
         assert first.status_code == 201, first.text
         assert first.json()["kind"] == "refund" and first.json()["amount_cents"] == 500
-        assert (await _payment(db, payment.id)).refunded_cents == 500
+        assert (await reload(db, Transaction, payment.id)).refunded_cents == 500
 
         rest = await client.post(url, headers=headers, json={"reason": "requested_by_customer"})
         assert rest.status_code == 201 and rest.json()["amount_cents"] == 1000
-        assert (await _payment(db, payment.id)).refunded_cents == 1500
+        assert (await reload(db, Transaction, payment.id)).refunded_cents == 1500
         charge = await PaymentsGateway(settings).client.v1.charges.retrieve_async(
             payment.stripe_charge_id or "")
         assert charge.amount_refunded == 1500

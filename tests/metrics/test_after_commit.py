@@ -23,9 +23,8 @@ from billwatch.billing.models import (
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from tests.metrics.conftest import Cast
 from tests.metrics.helpers import PLATFORM_PREFIXES, Samples, registry_samples, scrape, without
-from tests.support import Factory, free_port, paid_subscription, snapshot
+from tests.support import Factory, People, free_port, paid_subscription, snapshot
 from tests.support import test_settings as make_settings
 
 
@@ -52,36 +51,36 @@ def duplicate_of(created: CheckoutSession) -> CheckoutSession:
 
 class TestServiceTransactions:
     async def test_a_checkout_whose_commit_fails_counts_nothing(
-            self, db: Database, settings: Settings, cast: Cast) -> None:
+            self, db: Database, settings: Settings, people: People) -> None:
         gateway = PaymentsGateway(settings)
-        actor = Actor(cast.patient.id, Role.PATIENT)
+        actor = Actor(people.patient.id, Role.PATIENT)
         before = registry_samples()
         with pytest.raises(IntegrityError):
             async with db.unit_of_work() as session:
                 created = await checkout.create_checkout(
-                    session, gateway, settings, actor=actor, owner=cast.owner,
+                    session, gateway, settings, actor=actor, owner=people.owner,
                     plan_code="basic_monthly")
                 session.add(duplicate_of(created))
         assert registry_samples() == before
 
         async with db.unit_of_work() as session:
             await checkout.create_checkout(session, gateway, settings, actor=actor,
-                                           owner=cast.owner, plan_code="basic_monthly")
+                                           owner=people.owner, plan_code="basic_monthly")
         committed = moved(before, registry_samples())
         committed.pop("billing_audit_writes_total{'outcome': 'success'}", None)  # its audit row
         assert committed == {
             "billing_checkouts_created_total{'owner_type': 'patient', 'plan': 'basic_monthly'}": 1}
 
     async def test_a_cancel_rolled_back_after_stripe_answered_counts_nothing(
-            self, db: Database, settings: Settings, cast: Cast) -> None:
-        subscription, _ = await paid_subscription(db, settings, cast.owner)
+            self, db: Database, settings: Settings, people: People) -> None:
+        subscription, _ = await paid_subscription(db, settings, people.owner)
         gateway = PaymentsGateway(settings)
         before = registry_samples()
         with pytest.raises(RuntimeError, match="later step"):
             async with db.unit_of_work() as session:
                 row = await subscriptions.get_subscription(session, subscription.id)
                 await subscriptions.cancel_subscription(
-                    session, gateway, actor=Actor(cast.admin.id, Role.ADMIN), subscription=row,
+                    session, gateway, actor=Actor(people.admin.id, Role.ADMIN), subscription=row,
                     at_period_end=True)
                 raise RuntimeError("a later step of the same operation failed")
         assert registry_samples() == before
@@ -119,14 +118,14 @@ class TestFailedRequests:
             yield client
 
     async def test_refund_and_cancel_failing_at_stripe(
-            self, uncached: httpx.AsyncClient, db: Database, factory: Factory, cast: Cast,
+            self, uncached: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings) -> None:
-        subscription, _ = await paid_subscription(db, settings, cast.owner)
+        subscription, _ = await paid_subscription(db, settings, people.owner)
         async with db.unit_of_work() as session:
             row = await subscriptions.get_subscription(session, subscription.id)
             row.stripe_subscription_id = f"sub_missing{uuid.uuid4().hex[:12]}"
-        payment = await _failing_payment(db, cast.owner)
-        admin = factory.headers(cast.admin)
+        payment = await _failing_payment(db, people.owner)
+        admin = factory.headers(people.admin)
         rows_before = await snapshot(db)
         before = without(await scrape(uncached), *self.IGNORED)
 
@@ -139,15 +138,15 @@ class TestFailedRequests:
         assert without(await scrape(uncached), *self.IGNORED) == before
 
     async def test_checkout_failing_at_stripe(
-            self, db: Database, factory: Factory, cast: Cast, settings: Settings) -> None:
+            self, db: Database, factory: Factory, people: People, settings: Settings) -> None:
         unreachable = make_settings(settings.database_url, f"http://127.0.0.1:{free_port()}",
                                     metrics_cache_seconds=0.0)
         app = create_app(unreachable, database=db)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://testserver") as client:
             before = without(await scrape(client), *self.IGNORED)
-            response = await client.post("/billing/checkout", headers=factory.headers(cast.patient),
-                                         json={**_owner_body(cast.owner), "plan_code": "plus_monthly"})
+            response = await client.post("/billing/checkout", headers=factory.headers(people.patient),
+                                         json={**_owner_body(people.owner), "plan_code": "plus_monthly"})
             assert response.status_code == 502, response.text
             assert without(await scrape(client), *self.IGNORED) == before
 

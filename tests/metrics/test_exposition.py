@@ -15,9 +15,8 @@ from billwatch.http import AuditedRoute
 from billwatch.metrics import billing
 from billwatch.metrics.exposition import router as metrics_router
 from billwatch.metrics.middleware import route_template
-from tests.metrics.conftest import Cast
 from tests.metrics.helpers import parse, value
-from tests.support import Factory, audit_rows
+from tests.support import Factory, People, audit_rows
 
 PROMTOOL = shutil.which("promtool")
 
@@ -78,11 +77,11 @@ class TestEndpoint:
 
 class TestHttpMetrics:
     async def test_routes_are_templates_and_latency_is_recorded(
-            self, client: httpx.AsyncClient, factory: Factory, cast: Cast) -> None:
+            self, client: httpx.AsyncClient, factory: Factory, people: People) -> None:
         before = parse((await client.get("/metrics")).text)
-        headers = factory.headers(cast.patient)
+        headers = factory.headers(people.patient)
         for _ in range(3):
-            response = await client.get(f"/billing/owners/patient/{cast.patient.id}", headers=headers)
+            response = await client.get(f"/billing/owners/patient/{people.patient.id}", headers=headers)
             assert response.status_code == 200
         after = parse((await client.get("/metrics")).text)
         template = "/billing/owners/{owner_type}/{owner_id}"
@@ -101,11 +100,11 @@ class TestHttpMetrics:
 
 class TestPromtool:
     async def test_check_metrics_is_clean_after_traffic(
-            self, client: httpx.AsyncClient, factory: Factory, cast: Cast) -> None:
+            self, client: httpx.AsyncClient, factory: Factory, people: People) -> None:
         assert PROMTOOL, "promtool missing: `make test` installs Debian's prometheus package"
         admin = await factory.user(Role.ADMIN)
-        await client.post("/billing/checkout", headers=factory.headers(cast.patient),
-                          json={**cast.owner_body, "plan_code": "basic_monthly"})
+        await client.post("/billing/checkout", headers=factory.headers(people.patient),
+                          json={**people.owner_body, "plan_code": "basic_monthly"})
         await client.get("/admin/overrides", headers=factory.headers(admin))
         billing.payment_succeeded("organization", "clinic_monthly", 9900)
         billing.webhook_processed("invoice.paid", 0.042)

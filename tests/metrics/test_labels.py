@@ -13,9 +13,8 @@ from billwatch.billing.refunds import RefundReason
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.metrics import billing, labels
-from tests.metrics.conftest import Cast
 from tests.metrics.helpers import label_offences, scrape, suspicious, total, value
-from tests.support import Factory, paid_subscription
+from tests.support import Factory, People, paid_subscription
 
 
 class TestClosedSets:
@@ -94,32 +93,32 @@ class TestHostileCallers:
 
 
 async def _drive_traffic(client: httpx.AsyncClient, db: Database, factory: Factory,
-                         settings: Settings, cast: Cast) -> None:
+                         settings: Settings, people: People) -> None:
     """What a day of billing looks like from the outside, including what goes wrong."""
-    admin, patient, proxy = (factory.headers(u) for u in (cast.admin, cast.patient, cast.proxy))
-    assigned = await client.post(f"/patients/{cast.patient.id}/billing-managers", headers=patient,
-                                 json={"proxy_id": str(cast.proxy.id)})
+    admin, patient, proxy = (factory.headers(u) for u in (people.admin, people.patient, people.proxy))
+    assigned = await client.post(f"/patients/{people.patient.id}/billing-managers", headers=patient,
+                                 json={"proxy_id": str(people.proxy.id)})
     assert assigned.status_code == 201, assigned.text
     for headers, plan in ((patient, "basic_monthly"), (proxy, "plus_yearly")):
         checkout = await client.post("/billing/checkout", headers=headers,
-                                     json={**cast.owner_body, "plan_code": plan})
+                                     json={**people.owner_body, "plan_code": plan})
         assert checkout.status_code == 201, checkout.text
     clinic_admin = await factory.user(Role.PATIENT)
     clinic = await factory.organization(billing_admins=[clinic_admin])
     org_checkout = await client.post("/billing/checkout", headers=factory.headers(clinic_admin), json={
         "owner_type": "organization", "owner_id": str(clinic.id), "plan_code": "clinic_monthly"})
     assert org_checkout.status_code == 201, org_checkout.text
-    assert (await client.get(f"/billing/owners/patient/{cast.patient.id}",
+    assert (await client.get(f"/billing/owners/patient/{people.patient.id}",
                              headers=proxy)).status_code == 200
 
     family = await factory.user(Role.PATIENT)
     assert (await client.post(f"/patients/{family.id}/billing-managers", headers=factory.headers(family),
-                              json={"proxy_id": str(cast.proxy.id)})).status_code == 201
+                              json={"proxy_id": str(people.proxy.id)})).status_code == 201
     subscription, payment = await paid_subscription(
         db, settings, OwnerRef(OwnerType.PATIENT, family.id))
     refund = await client.post(f"/admin/transactions/{payment.id}/refund", headers=admin,
                                json={"amount_cents": 300, "reason": "service_issue",
-                                     "note": f"call {cast.patient.email} about 4242424242424242"})
+                                     "note": f"call {people.patient.email} about 4242424242424242"})
     assert refund.status_code == 201, refund.text
     cancel = await client.post(f"/billing/subscriptions/{subscription.id}/cancel", headers=proxy,
                                json={"at_period_end": False, "reason": "moving abroad"})
@@ -130,17 +129,17 @@ async def _drive_traffic(client: httpx.AsyncClient, db: Database, factory: Facto
                               json={"at_period_end": True})).status_code == 200
 
     bad = [
-        client.post("/billing/checkout", headers=patient, json={**cast.owner_body, "plan_code": "x" * 30}),
+        client.post("/billing/checkout", headers=patient, json={**people.owner_body, "plan_code": "x" * 30}),
         client.post("/billing/checkout", headers=proxy, json={
             "owner_type": "patient", "owner_id": str(uuid.uuid4()), "plan_code": "basic_monthly"}),
-        client.post("/billing/checkout", json={**cast.owner_body, "plan_code": "basic_monthly"}),
+        client.post("/billing/checkout", json={**people.owner_body, "plan_code": "basic_monthly"}),
         client.post("/billing/checkout", headers=patient, content=b"{not json"),
         client.post(f"/admin/transactions/{uuid.uuid4()}/refund", headers=admin, json={"reason": "other"}),
         client.post(f"/admin/transactions/{other_payment.id}/refund", headers=patient,
                     json={"reason": "fraudulent"}),
         client.post(f"/admin/transactions/{other_payment.id}/refund", headers=admin,
                     json={"amount_cents": 10_000_000, "reason": "duplicate"}),
-        client.get(f"/billing/owners/patient/{uuid.uuid4()}/{cast.patient.email}", headers=patient),
+        client.get(f"/billing/owners/patient/{uuid.uuid4()}/{people.patient.email}", headers=patient),
         client.get(f"/no/such/page/cus_NffrFeUfNV2Hib/{payment.stripe_charge_id}"),
         client.delete("/billing/checkout", headers=patient),
     ]
@@ -151,9 +150,9 @@ async def _drive_traffic(client: httpx.AsyncClient, db: Database, factory: Facto
 class TestRealTraffic:
     async def test_no_label_value_identifies_anyone(
             self, client: httpx.AsyncClient, db: Database, factory: Factory, settings: Settings,
-            cast: Cast) -> None:
+            people: People) -> None:
         before = await scrape(client)
-        await _drive_traffic(client, db, factory, settings, cast)
+        await _drive_traffic(client, db, factory, settings, people)
         samples = await scrape(client)
         assert label_offences(samples) == []
 
