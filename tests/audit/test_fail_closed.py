@@ -18,8 +18,7 @@ from billwatch.audit.recorder import AuditWriteFailure
 from billwatch.billing.models import Transaction, TransactionKind
 from billwatch.config import Settings
 from billwatch.db import Database
-from tests.billing.conftest import People
-from tests.support import Factory, audit_rows, paid_subscription
+from tests.support import Factory, People, audit_rows, paid_subscription
 
 REFUSE_PG = """
 CREATE OR REPLACE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
