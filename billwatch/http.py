@@ -77,10 +77,13 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
 
 
 class AuditedRoute(APIRoute):
+    def failure_event(self, error: Exception) -> AuditEvent | None:
+        """The event of the failure row for ``error``: the route's own, by default."""
+        name = (self.openapi_extra or {}).get(AUDIT_EVENT_KEY)
+        return AuditEvent(name) if name else None
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        name = (self.openapi_extra or {}).get(AUDIT_EVENT_KEY)
-        event = AuditEvent(name) if name else None
 
         async def unit_of_work_handler(request: Request) -> Response:
             db: Database = request.app.state.db
@@ -89,6 +92,7 @@ class AuditedRoute(APIRoute):
                     request.state.session = session
                     return await handler(request)
             except Exception as error:
+                event = self.failure_event(error)
                 if event is not None:
                     await record_failure(request, event, error)
                 raise

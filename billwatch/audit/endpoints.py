@@ -11,14 +11,13 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from billwatch.accounts.models import OwnerType, Role
@@ -29,28 +28,15 @@ from billwatch.audit.recorder import Resource
 from billwatch.audit.service import AuditFilters, Entry
 from billwatch.db import Database
 from billwatch.errors import Forbidden, Unauthorized
-from billwatch.http import AdminActor, AuditedRoute, SessionDep, audited, record_failure
+from billwatch.http import AdminActor, AuditedRoute, SessionDep, audited
 
 
 class AuditReadRoute(AuditedRoute):
     """One unit of work per request, like every audited route; a refusal is ``access_denied``."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = APIRoute.get_route_handler(self)
-
-        async def unit_of_work_handler(request: Request) -> Response:
-            db: Database = request.app.state.db
-            try:
-                async with db.unit_of_work() as session:
-                    request.state.session = session
-                    return await handler(request)
-            except Exception as error:
-                denied = isinstance(error, (Unauthorized, Forbidden))
-                await record_failure(request, AuditEvent.AUDIT_ACCESS_DENIED if denied
-                                     else AuditEvent.AUDIT_READ, error)
-                raise
-
-        return unit_of_work_handler
+    def failure_event(self, error: Exception) -> AuditEvent:
+        denied = isinstance(error, (Unauthorized, Forbidden))
+        return AuditEvent.AUDIT_ACCESS_DENIED if denied else AuditEvent.AUDIT_READ
 
 
 router = APIRouter(prefix="/admin/audit-logs", tags=["audit"], route_class=AuditReadRoute)
