@@ -74,38 +74,42 @@ def _closed_values(metric: Any, closed: Mapping[str, Normaliser], values: Iterab
             for name, value in given.items()}
 
 
-class BillingCounter(Counter):
+class _ClosedLabels:
+    """Shared by the billing metric classes: closed label values, silent while metrics are off."""
+
+    _closed: dict[str, Normaliser]
+
+    def _close_labels(self, closed: Mapping[str, Normaliser] | None, kwargs: dict[str, Any]) -> None:
+        self._closed = dict(closed or {})
+        kwargs["closed"] = self._closed  # children are built with the parent's constructor args
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> Any:
+        if not SWITCH.is_enabled():
+            return DISCARD
+        return super().labels(  # type: ignore[misc]
+            **_closed_values(self, self._closed, labelvalues, labelkwargs))
+
+
+class BillingCounter(_ClosedLabels, Counter):
     """A Counter whose label values are closed and which is silent while metrics are off."""
 
     def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
                  closed: Mapping[str, Normaliser] | None = None, **kwargs: Any) -> None:
         super().__init__(name, documentation, labelnames, **kwargs)
-        self._closed = dict(closed or {})
-        self._kwargs["closed"] = self._closed
-
-    def labels(self, *labelvalues: object, **labelkwargs: object) -> Any:
-        if not SWITCH.is_enabled():
-            return DISCARD
-        return super().labels(**_closed_values(self, self._closed, labelvalues, labelkwargs))
+        self._close_labels(closed, self._kwargs)
 
     def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
         if SWITCH.is_enabled():
             super().inc(amount, exemplar)
 
 
-class BillingHistogram(Histogram):
+class BillingHistogram(_ClosedLabels, Histogram):
     """A Histogram whose label values are closed and which is silent while metrics are off."""
 
     def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
                  closed: Mapping[str, Normaliser] | None = None, **kwargs: Any) -> None:
         super().__init__(name, documentation, labelnames, **kwargs)
-        self._closed = dict(closed or {})
-        self._kwargs["closed"] = self._closed
-
-    def labels(self, *labelvalues: object, **labelkwargs: object) -> Any:
-        if not SWITCH.is_enabled():
-            return DISCARD
-        return super().labels(**_closed_values(self, self._closed, labelvalues, labelkwargs))
+        self._close_labels(closed, self._kwargs)
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         if SWITCH.is_enabled():
