@@ -13,6 +13,7 @@ attempt count, failure and decline codes, invoice id.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table
@@ -20,7 +21,7 @@ from sqlalchemy import Table
 from billwatch.accounts.actor import OwnerRef
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
-from billwatch.audit.recorder import Resource
+from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.db import after_commit
 from billwatch.metrics import billing as billing_metrics
@@ -79,9 +80,18 @@ def _plan_code(ctx: EventContext, row: SubscriptionRef | None, invoice: dict[str
         return None  # a one-off invoice: no plan to attribute it to
 
 
-async def invoice_paid(ctx: EventContext) -> Handled:
-    """Record the payment of an invoice, once per invoice."""
-    invoice = ctx.obj
+@dataclass(frozen=True, slots=True)
+class _InvoiceParty:
+    """Whose invoice this is: the invoice id, its subscription (if any), owner and Stripe refs."""
+
+    invoice_id: str
+    row: SubscriptionRef | None
+    owner: OwnerRef
+    refs: StripeRefs
+
+
+async def _invoice_party(ctx: EventContext, invoice: dict[str, Any]) -> _InvoiceParty | Handled:
+    """The invoice's owner and references, or the ``ignored`` outcome for a customer not ours."""
     invoice_id = shapes.required_str(invoice, "id")
     customer_id = shapes.ref(invoice.get("customer"))
     row, owner = await _subscription_and_owner(ctx, invoice, customer_id)
@@ -89,6 +99,16 @@ async def invoice_paid(ctx: EventContext) -> Handled:
                     subscription_id=row.stripe_subscription_id if row else None)
     if owner is None:
         return Handled.ignored(f"no billwatch owner for Stripe customer {customer_id}", refs=refs)
+    return _InvoiceParty(invoice_id, row, owner, refs)
+
+
+async def invoice_paid(ctx: EventContext) -> Handled:
+    """Record the payment of an invoice, once per invoice."""
+    invoice = ctx.obj
+    party = await _invoice_party(ctx, invoice)
+    if isinstance(party, Handled):
+        return party
+    invoice_id, row, owner, refs = party.invoice_id, party.row, party.owner, party.refs
     amount = shapes.required_int(invoice, "amount_paid")
     if amount <= 0:
         return Handled.ignored("nothing was paid (zero-amount invoice)", refs=refs, owner=owner)
@@ -119,13 +139,10 @@ async def invoice_paid(ctx: EventContext) -> Handled:
 async def invoice_payment_failed(ctx: EventContext) -> Handled:
     """Record one failed attempt to pay an invoice, with everything an alert needs."""
     invoice = ctx.obj
-    invoice_id = shapes.required_str(invoice, "id")
-    customer_id = shapes.ref(invoice.get("customer"))
-    row, owner = await _subscription_and_owner(ctx, invoice, customer_id)
-    refs = ctx.refs(customer_id=customer_id, invoice_id=invoice_id,
-                    subscription_id=row.stripe_subscription_id if row else None)
-    if owner is None:
-        return Handled.ignored(f"no billwatch owner for Stripe customer {customer_id}", refs=refs)
+    party = await _invoice_party(ctx, invoice)
+    if isinstance(party, Handled):
+        return party
+    invoice_id, row, owner, refs = party.invoice_id, party.row, party.owner, party.refs
     attempt = _attempts(invoice)
     key = f"stripe-invoice:{invoice_id}:attempt:{attempt}"
     amount = shapes.required_int(invoice, "amount_due")
