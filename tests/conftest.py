@@ -108,3 +108,13 @@ def factory(db: Database, settings: Settings) -> Factory:
 async def people(factory: Factory) -> People:
     return People(admin=await factory.user(Role.ADMIN), patient=await factory.user(Role.PATIENT),
                   proxy=await factory.user(Role.PROXY))
+
+@pytest.fixture
+async def fresh_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database of this backend, for tests that run the migrations themselves."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name, url = await create_pg_database()
+    yield url
+    await drop_pg_database(name)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import text
 
@@ -20,7 +18,6 @@ from billwatch.audit.sealing import seal
 from billwatch.audit.verify import verify
 from billwatch.db import Database
 from billwatch.migrations import alembic_config, upgrade
-from tests.support import create_pg_database, drop_pg_database
 
 ROW_ID = uuid.uuid4()
 FOUNDATION_ROW = (
@@ -28,16 +25,6 @@ FOUNDATION_ROW = (
     "resource_type, resource_id, metadata) VALUES ({id}, {at}, 'billing.refund.issued', 'success', "
     "'issued', NULL, 'cli', 'transaction', 'tx-1', {metadata})")
 
-
-@pytest.fixture
-async def fresh_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    """An empty database of this backend, migrated by the test itself."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
-        return
-    name, url = await create_pg_database()
-    yield url
-    await drop_pg_database(name)
 
 
 async def foundation_with_a_plaintext_row(url: str) -> Database:

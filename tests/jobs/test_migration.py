@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import inspect
 
 from billwatch.db import Database
 from billwatch.migrations import alembic_config, upgrade
-from tests.support import create_pg_database, drop_pg_database
 
 MINE = {"alerts", "alert_cooldowns", "job_runs", "daily_billing_metrics"}
 
-
-@pytest.fixture
-async def fresh_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
-        return
-    name, url = await create_pg_database()
-    yield url
-    await drop_pg_database(name)
 
 
 async def tables(url: str) -> set[str]:
