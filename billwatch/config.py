@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     alert_retry_max_seconds: float = Field(default=1800.0, gt=0)
     alert_max_attempts: int = Field(default=50, ge=1)
     alert_poll_seconds: float = Field(default=15.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=5.0, gt=0, le=120)
+    """How long stopping a background loop waits for its current step before cancelling it."""
     embedded_scheduler: bool = True
     job_catch_up_days: int = Field(default=3, ge=1, le=31)
 

@@ -5,6 +5,11 @@ commits once when the endpoint returns and rolls back when it raises. A route na
 event it writes in ``openapi_extra={"x-audit-event": ...}``; when the request fails (validation,
 auth, a domain error, Stripe), the rollback is followed by exactly one ``outcome=failure`` row in
 a fresh transaction, carrying what was known: actor, owner, reason.
+
+A route that calls Stripe is *phased* (``openapi_extra=phased(...)``): it gets no request-wide
+transaction at all, only the :class:`~billwatch.db.Database`, and its service runs its own short
+units of work around the external call (intent, call, settle), so no connection or row lock is
+held while Stripe answers. Failure rows are written the same way for both kinds of route.
 """
 
 from __future__ import annotations
@@ -37,11 +42,17 @@ from billwatch.payments.gateway import PaymentsGateway
 log = structlog.get_logger(__name__)
 
 AUDIT_EVENT_KEY = "x-audit-event"
+PHASED_KEY = "x-billwatch-phased"
 
 
 def audited(event: AuditEvent) -> dict[str, Any]:
     """``openapi_extra`` naming the audit event a route writes (read by tests and failures)."""
     return {AUDIT_EVENT_KEY: event.value}
+
+
+def phased(event: AuditEvent) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose service opens its own transactions around Stripe."""
+    return {AUDIT_EVENT_KEY: event.value, PHASED_KEY: True}
 
 
 def failure_reason(error: Exception) -> tuple[int, str]:
@@ -82,12 +93,20 @@ class AuditedRoute(APIRoute):
         name = (self.openapi_extra or {}).get(AUDIT_EVENT_KEY)
         return AuditEvent(name) if name else None
 
+    @property
+    def is_phased(self) -> bool:
+        return bool((self.openapi_extra or {}).get(PHASED_KEY))
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        is_phased = self.is_phased
 
         async def unit_of_work_handler(request: Request) -> Response:
             db: Database = request.app.state.db
             try:
+                if is_phased:
+                    request.state.session = None
+                    return await handler(request)
                 async with db.unit_of_work() as session:
                     request.state.session = session
                     return await handler(request)
@@ -108,8 +127,15 @@ class AuditedRouter(APIRouter):
 # --- dependencies -------------------------------------------------------------------------
 
 def get_session(request: Request) -> AsyncSession:
-    session: AsyncSession = request.state.session
+    session: AsyncSession | None = getattr(request.state, "session", None)
+    if session is None:
+        raise RuntimeError("a phased route has no request transaction: use DatabaseDep")
     return session
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -127,14 +153,18 @@ _bearer = HTTPBearer(auto_error=False, description="A token from `billwatch toke
 
 async def current_actor(
     request: Request,
-    session: Annotated[AsyncSession, Depends(get_session)],
     settings: Annotated[Settings, Depends(get_settings_dep)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Actor:
     if credentials is None:
         raise Unauthorized("missing bearer token", code="missing_token")
     user_id, role = read_token(credentials.credentials, settings)
-    user = await session.get(User, user_id)
+    session: AsyncSession | None = getattr(request.state, "session", None)
+    if session is not None:
+        user = await session.get(User, user_id)
+    else:  # a phased route: read the user in a transaction of its own, closed at once
+        async with get_database(request).unit_of_work() as own:
+            user = await own.get(User, user_id)
     if user is None or user.role is not role:
         raise Unauthorized("token does not match a current user", code="unknown_user")
     actor = Actor(user.id, user.role)
@@ -149,6 +179,7 @@ async def admin_actor(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 GatewayDep = Annotated[PaymentsGateway, Depends(get_gateway)]
 CurrentActor = Annotated[Actor, Depends(current_actor)]

@@ -10,7 +10,6 @@ request only sets an event after its commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ import structlog
 from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.raising import raise_audit_write_failure
+from billwatch.background import stop_task, wait_until_set
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import service
@@ -37,6 +37,7 @@ class EmbeddedRunner:
         self.settings = settings
         self.schedule = settings.embedded_scheduler if schedule is None else schedule
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._checks: set[str] = set()
         self._audit_failures: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
@@ -45,16 +46,19 @@ class EmbeddedRunner:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="billwatch-embedded-runner")
         handoff.install(self)
 
     async def stop(self) -> None:
+        """Signal the loop, let its current tick finish within the grace, else cancel or abandon it."""
         handoff.uninstall(self)
+        self._stopping.set()
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await stop_task(task, grace_seconds=self.settings.shutdown_grace_seconds,
+                            name="embedded-runner")
 
     # --- the AlertSink protocol (called after commits, maybe from another thread) ---
 
@@ -76,14 +80,17 @@ class EmbeddedRunner:
     # --- the loop ---
 
     async def _run(self) -> None:
-        while True:
+        # The stop signal is checked around every step: a cancellation alone is not trusted to
+        # end the loop (see billwatch.background).
+        while not self._stopping.is_set():
             self._wake.clear()
             try:
                 await self.tick()
             except Exception:  # a bad tick must not end delivery for the life of the process
                 log.exception("embedded_tick_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.alert_poll_seconds)
+            if self._stopping.is_set():
+                break
+            await wait_until_set(self._wake, self.settings.alert_poll_seconds)
 
     async def tick(self, *, now: datetime | None = None) -> None:
         """Requested checks, then due scheduled jobs, then every due alert."""

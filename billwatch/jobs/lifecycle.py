@@ -8,13 +8,16 @@ publisher hands every committed alert to the workers, and ``billwatch beat`` sch
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
+import structlog
+
 from billwatch.alerts import handoff
+from billwatch.background import settle
 from billwatch.config import Settings
 from billwatch.db import Database
 
+log = structlog.get_logger(__name__)
 Stop = Callable[[], Awaitable[None]]
 CLOSE_WAIT_SECONDS = 10.0
 """How long shutdown waits for queued hand-offs; unsent ones stay pending for the sweep."""
@@ -32,8 +35,9 @@ async def start_delivery(db: Database, settings: Settings) -> Stop:
 
         async def stop_publisher() -> None:
             handoff.uninstall(sink)
-            with contextlib.suppress(TimeoutError):  # a stuck broker must not block shutdown
-                await asyncio.wait_for(asyncio.to_thread(sink.close), CLOSE_WAIT_SECONDS)
+            closing = asyncio.ensure_future(asyncio.to_thread(sink.close))
+            if not await settle(closing, CLOSE_WAIT_SECONDS):  # a stuck broker must not block shutdown
+                log.warning("alert_publisher_close_abandoned", seconds=CLOSE_WAIT_SECONDS)
             celery.close()
 
         return stop_publisher
