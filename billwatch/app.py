@@ -9,6 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from billwatch.accounts.endpoints import router as accounts_router
 from billwatch.alerts.endpoints import router as alerts_router
@@ -19,6 +20,7 @@ from billwatch.audit.redaction import redact, redact_text
 from billwatch.billing.endpoints import admin_router as billing_admin_router
 from billwatch.billing.endpoints import router as billing_router
 from billwatch.config import Settings, get_settings
+from billwatch.console.pages import router as console_router
 from billwatch.db import Database
 from billwatch.errors import BillwatchError
 from billwatch.http import RequestContextMiddleware
@@ -76,8 +78,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         return JSONResponse({"status": "ok", "database": "ok"})
 
     for router in (accounts_router, billing_router, billing_admin_router, managers_router,
-                   alerts_router, webhooks_router, audit_router):
+                   alerts_router, webhooks_router, audit_router, console_router):
         app.include_router(router)
+    app.mount("/console/static", StaticFiles(packages=[("billwatch.console", "static")]),
+              name="console-static")
     return app
 
 

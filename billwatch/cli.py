@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from billwatch.accounts import service as accounts
 from billwatch.accounts.models import Role
@@ -31,6 +32,8 @@ app.command("demo")(demo_command)
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_cli.jobs_app, name="jobs")
+console_app = typer.Typer(help="The admin console.", no_args_is_help=True)
+app.add_typer(console_app, name="console")
 app.command("worker")(jobs_cli.worker)
 app.command("beat")(jobs_cli.beat)
 console = Console()
@@ -129,3 +132,24 @@ def sync_plans() -> None:
 
 if __name__ == "__main__":
     app()
+
+
+@console_app.command("link")
+def console_link(email: Annotated[str, typer.Argument(help="An admin's e-mail address.")]) -> None:
+    """Print a single-use console sign-in link for an admin (valid for the link lifetime)."""
+    from billwatch.console.auth import operator_link
+    from billwatch.console.mail import sign_in_link
+    from billwatch.errors import NotFound
+
+    settings = get_settings()
+
+    async def work(db: Database) -> str:
+        async with db.unit_of_work() as session:
+            return await operator_link(session, settings, email=email)
+
+    try:
+        token = run_with_database(work)
+    except NotFound as error:
+        Console(stderr=True).print(f"[red]{escape(error.detail)}[/red]")
+        raise typer.Exit(1) from error
+    typer.echo(sign_in_link(settings, token))

@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     embedded_scheduler: bool = True
     job_catch_up_days: int = Field(default=3, ge=1, le=31)
 
+    # --- the admin console (billwatch.console; the README's "Console" section) ---
+    console_base_url: str | None = None
+    """Public base of the console's links (sign-in mails, alert mails); default PUBLIC_BASE_URL."""
+    console_link_ttl_seconds: int = Field(default=900, ge=60, le=3600)
+    console_session_idle_seconds: int = Field(default=1800, ge=60, le=86400)
+    console_session_max_seconds: int = Field(default=12 * 3600, ge=300, le=7 * 86400)
+    console_sign_in_limit: int = Field(default=5, ge=1, le=100)
+    """Sign-in requests accepted per e-mail address and per client address in a window."""
+    console_sign_in_window_seconds: int = Field(default=900, ge=60, le=86400)
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -170,6 +180,11 @@ class Settings(BaseSettings):
     @property
     def uses_development_token_secret(self) -> bool:
         return self.token_secret.get_secret_value() == _DEV_TOKEN_SECRET
+
+    @property
+    def console_url(self) -> str:
+        """Where the console is reached from outside, without a trailing slash."""
+        return (self.console_base_url or self.public_base_url).rstrip("/") + "/console"
 
     def plan(self, code: str) -> Plan | None:
         return next((plan for plan in self.plans if plan.code == code), None)

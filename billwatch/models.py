@@ -10,6 +10,7 @@ from billwatch.billing.models import (
     Subscription,
     Transaction,
 )
+from billwatch.console.models import ConsoleSession, ConsoleSignInLink
 from billwatch.db import Base
 from billwatch.jobs.models import DailyBillingMetrics, JobRun
 from billwatch.managers.models import BillingManagerAssignment
@@ -23,6 +24,8 @@ __all__ = [
     "BillingManagerAssignment",
     "BillingOverride",
     "CheckoutSession",
+    "ConsoleSession",
+    "ConsoleSignInLink",
     "DailyBillingMetrics",
     "JobRun",
     "Organization",

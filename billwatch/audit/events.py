@@ -47,6 +47,12 @@ class AuditEvent(StrEnum):
     AUDIT_KEY_ROTATED = "audit.key_rotated"
     ALERTS_READ = "alerts.read"
     ALERT_ACKNOWLEDGED = "alerts.acknowledged"
+    # the admin console
+    CONSOLE_SIGN_IN_REQUESTED = "console.sign_in.requested"
+    CONSOLE_SIGNED_IN = "console.signed_in"
+    CONSOLE_SIGNED_OUT = "console.signed_out"
+    CONSOLE_VIEWED = "console.viewed"
+    WEBHOOK_REPLAY_REQUESTED = "billing.webhook.replay_requested"
 
 
 PROXY_VARIANTS: dict[AuditEvent, AuditEvent] = {

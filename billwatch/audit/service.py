@@ -45,6 +45,9 @@ class AuditFilters:
     resource_type: str | None = None
     resource_id: str | None = None
     outcome: Outcome | None = None
+    stripe_id: str | None = None
+    """Any Stripe id the row names: event, customer, subscription or invoice."""
+    request_id: str | None = None
     occurred_from: datetime | None = None
     occurred_to: datetime | None = None
 
@@ -86,6 +89,14 @@ def query(filters: AuditFilters) -> Select[AuditLog, int]:
             (AuditLog.resource_id, filters.resource_id), (AuditLog.outcome, filters.outcome)):
         if value is not None:
             statement = statement.where(column == value)
+    if filters.stripe_id is not None:
+        statement = statement.where(or_(
+            AuditLog.stripe_event_id == filters.stripe_id,
+            AuditLog.stripe_customer_id == filters.stripe_id,
+            AuditLog.stripe_subscription_id == filters.stripe_id,
+            AuditLog.stripe_invoice_id == filters.stripe_id))
+    if filters.request_id is not None:
+        statement = statement.where(AuditLog.request_id == filters.request_id)
     if filters.occurred_from is not None:
         statement = statement.where(AuditLog.occurred_at >= filters.occurred_from)
     if filters.occurred_to is not None:
