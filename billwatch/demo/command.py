@@ -112,6 +112,7 @@ async def _run(env: DemoEnvironment, population: Population, concurrency: int,
             await wait_for_alerts(db, progress)
             daily = report.run_command(env, "jobs", "daily-metrics", "--date", _today())
         verify = report.seal_and_verify(env)
+        sign_in = report.run_command(env, "console", "link", cast.admins[0].email)
         figures, source = await report.key_figures(db, settings, env.base_url, from_job=daily.ok)
         return report.Summary(
             elapsed_seconds=time.monotonic() - started, tally=month.tally, delivered=side.delivered,
@@ -121,6 +122,7 @@ async def _run(env: DemoEnvironment, population: Population, concurrency: int,
             mail_folder=env.mail_folder, base_url=env.base_url,
             mails=sorted(p.name for p in env.mail_folder.glob("*.eml")),
             admin_token=cast.admins[0].token,
+            console_link=sign_in.output if sign_in.ok else f"unavailable: {sign_in.output[-200:]}",
             problems=month.problems + ([] if daily.ok else [f"daily metrics: {daily.output[-300:]}"]))
     finally:
         await api.close()

@@ -61,6 +61,8 @@ class Summary:
     mails: list[str]
     base_url: str
     admin_token: str
+    console_link: str
+    """A single-use sign-in link to the admin console for the first demo admin."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -218,6 +220,8 @@ def render(summary: Summary, console: Console) -> None:
     console.print(_alert_table(summary))
     console.print(_open_table(summary))
     console.print("Admin token (valid 7 days):", summary.admin_token, soft_wrap=True)
+    console.print("Console sign-in link (single use, 15 minutes):", summary.console_link,
+                  soft_wrap=True)
     if summary.problems:
         console.print(Panel("\n".join(summary.problems[:10]), title=f"[red]{len(summary.problems)} "
                             "unexpected answers[/red]"))
@@ -269,6 +273,7 @@ def _alert_table(summary: Summary) -> Table:
 def _open_table(summary: Summary) -> Table:
     base = summary.base_url
     return _pairs_table("Open", {
+        "console": f"{base}/console (sign in with the link below)",
         "API docs": f"{base}/docs",
         "metrics": f"{base}/metrics",
         "audit trail": f"{base}/admin/audit-logs?limit=20",

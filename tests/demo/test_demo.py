@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sqlite3
 import subprocess
 import sys
@@ -54,3 +56,13 @@ class TestDemo:
         assert any("final-payment-failure" in mail.name for mail in mails), [m.name for m in mails]
         assert "4242424242424242" not in "".join(m.read_text() for m in mails)
         assert port_is_free(port)
+
+    def test_ends_with_a_console_sign_in_link_that_is_stored_and_unused(
+            self, demo_run: tuple[subprocess.CompletedProcess[str], Path, int]) -> None:
+        done, folder, port = demo_run
+        found = re.search(rf"http://127\.0\.0\.1:{port}/console/sign-in/([A-Za-z0-9_\-]+)",
+                          done.stdout.replace("\n", ""))
+        assert found is not None, done.stdout[-1500:]
+        with sqlite3.connect(folder / "billwatch.db") as conn:
+            rows = conn.execute("SELECT token_hash, used_at FROM console_sign_in_links").fetchall()
+        assert rows == [(hashlib.sha256(found.group(1).encode()).digest(), None)]
