@@ -21,7 +21,7 @@ from bench.bulk import copy
 from bench.context import BenchContext
 from bench.report import Figure
 from bench.scratch import ScratchDatabase, scratch_database
-from bench.suites import audit_query
+from bench.suites import audit_query, console_pages
 from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.crypto import AuditKeys, generate_key_entry, keys_from
 from billwatch.audit.sealing import seal
@@ -59,6 +59,7 @@ async def run(ctx: BenchContext) -> None:
         await load(ctx, db, data, count)
         await measure_verify(ctx, db, keys, data)
         await audit_query.measure(ctx, db, data, env)
+        await console_pages.measure(ctx, db, data, env)
 
 
 async def measure_verify(ctx: BenchContext, db: ScratchDatabase, keys: AuditKeys,

@@ -27,7 +27,7 @@ def run_bench(results: Path, suites: str) -> dict[str, object]:
 
 @pytest.mark.parametrize(("suites", "reported"), [
     ("webhooks,overhead", {"webhook ingestion", "audit overhead"}),
-    ("daily,audit", {"daily metrics", "audit verify", "audit query"}),
+    ("daily,audit", {"daily metrics", "audit verify", "audit query", "console pages"}),
 ])
 def test_suites_run_and_report_each_figure_with_its_baseline(tmp_path: Path, suites: str,
                                                              reported: set[str]) -> None:
