@@ -11,6 +11,7 @@ from billwatch.billing.models import (
     Transaction,
 )
 from billwatch.db import Base
+from billwatch.idempotency import IdempotencyKey
 from billwatch.jobs.models import DailyBillingMetrics, JobRun
 from billwatch.managers.models import BillingManagerAssignment
 from billwatch.webhooks.models import StripeEvent
@@ -24,6 +25,7 @@ __all__ = [
     "BillingOverride",
     "CheckoutSession",
     "DailyBillingMetrics",
+    "IdempotencyKey",
     "JobRun",
     "Organization",
     "OrganizationMember",
