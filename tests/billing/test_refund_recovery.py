@@ -233,3 +233,43 @@ class TestHangingStripe:
         assert pending.status is TransactionStatus.PENDING
         await sweep(db, settings)
         await assert_settled_once(db, settings, payment, people.admin.id, 600)
+
+
+class TestSchedulers:
+    """The sweeper runs from both schedulers: the embedded runner's tick and the Celery task."""
+
+    @staticmethod
+    async def died_after_phase_one(db: Database, people: People, payment: Transaction) -> None:
+        admin = Actor(people.admin.id, Role.ADMIN)
+        async with db.unit_of_work() as session:
+            await reserve_refund(session, actor=admin, payment_id=payment.id, amount_cents=350,
+                                 reason=RefundReason.OTHER, note=None,
+                                 key=refund_key(admin, payment.id, f"tick-{uuid.uuid4()}"))
+
+    async def test_the_embedded_tick_settles_a_pending_intent(
+            self, db: Database, people: People, settings: Settings) -> None:
+        from billwatch.jobs.embedded import EmbeddedRunner
+        _, payment = await paid_subscription(db, settings, people.owner)
+        await self.died_after_phase_one(db, people, payment)
+        await EmbeddedRunner(db, settings, schedule=False).tick(now=utcnow() + timedelta(minutes=5))
+        await assert_settled_once(db, settings, payment, people.admin.id, 350)
+
+    async def test_the_celery_task_settles_a_pending_intent(
+            self, db: Database, people: People, settings: Settings, database_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        from billwatch.config import get_settings
+        from billwatch.jobs.tasks import sweep_refunds
+        _, payment = await paid_subscription(db, settings, people.owner)
+        await self.died_after_phase_one(db, people, payment)
+        for name, value in {"DATABASE_URL": database_url,
+                            "STRIPE_API_BASE": settings.stripe_api_base or "",
+                            "STRIPE_API_KEY": settings.stripe_api_key.get_secret_value(),
+                            "REFUND_SWEEP_GRACE_SECONDS": "0"}.items():
+            monkeypatch.setenv(f"BILLWATCH_{name}", value)
+        get_settings.cache_clear()
+        try:  # the task runs its own event loop, as in a worker process
+            result = await asyncio.to_thread(lambda: sweep_refunds.apply().get(timeout=60))
+        finally:
+            get_settings.cache_clear()
+        assert result == {"settled": 1, "still_pending": 0}
+        await assert_settled_once(db, settings, payment, people.admin.id, 350)

@@ -9,8 +9,10 @@ import httpx
 import pytest
 import stripe
 
+from billwatch.accounts.actor import Actor
 from billwatch.accounts.models import Role, User
-from billwatch.billing.models import Transaction, TransactionKind
+from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
+from billwatch.billing.refunds import RefundReason, refund_key, reserve_refund
 from billwatch.db import Database
 from billwatch.webhooks.models import EventStatus
 from tests.support import Factory, audit_rows, keyed
@@ -92,6 +94,65 @@ class TestOurRefunds:
         assert stored is not None and stored.status is EventStatus.PROCESSED
         assert [(r.amount_cents, r.stripe_refund_id) for r in await refunds_of(db, patient.id)] == [
             (500, foreign["id"])]
+
+
+async def intent_then_stripe(db: Database, factory: Factory, peer: stripe.StripeClient,
+                             payment: Transaction, amount: int) -> tuple[User, Transaction, str]:
+    """Phase 1 committed and Stripe refunded, then the process died before settling."""
+    admin = await factory.user(Role.ADMIN)
+    actor = Actor(admin.id, Role.ADMIN)
+    async with db.unit_of_work() as session:
+        intent, _ = await reserve_refund(session, actor=actor, payment_id=payment.id,
+                                         amount_cents=amount, reason=RefundReason.SERVICE_ISSUE,
+                                         note=None, key=refund_key(actor, payment.id, "died"))
+    made = await peer.v1.refunds.create_async(params={
+        "charge": payment.stripe_charge_id or "", "amount": amount,
+        "metadata": {"billwatch_refund_id": str(intent.id)}})
+    return admin, intent, str(made.id)
+
+
+class TestAdoption:
+    async def test_charge_refunded_adopts_a_pending_intent_in_the_admins_name(
+            self, asgi: Server, db: Database, factory: Factory, peer: stripe.StripeClient,
+            localstripe_silent: None) -> None:
+        patient, _, payment = await booked_payment(asgi, db, factory, peer)
+        admin, intent, stripe_id = await intent_then_stripe(db, factory, peer, payment, 1200)
+        for _ in range(2):  # a repeated delivery changes nothing more
+            event = await charge_event(peer, payment.stripe_charge_id or "")
+            assert (await asgi.deliver(event)).json()["status"] == "processed"
+        [refund] = await refunds_of(db, patient.id)
+        assert (refund.id, refund.status, refund.stripe_refund_id) == (
+            intent.id, TransactionStatus.SUCCEEDED, stripe_id)
+        issued = await audit_rows(db, event_type="billing.refund.issued")
+        assert [(r.actor_user_id, r.actor_name, r.data["amount_cents"]) for r in issued] == [
+            (admin.id, None, 1200)]
+        assert issued[0].stripe_event_id is not None
+        assert not await audit_rows(db, event_type="billing.refund.recorded")
+        paid = next(t for t in await transactions_of(db, patient.id) if t.id == payment.id)
+        assert paid.refunded_cents == 1200
+
+    async def test_refund_updated_adopts_it_and_a_failure_releases_the_amount(
+            self, asgi: Server, db: Database, factory: Factory, peer: stripe.StripeClient,
+            localstripe_silent: None) -> None:
+        patient, _, payment = await booked_payment(asgi, db, factory, peer)
+        admin, intent, stripe_id = await intent_then_stripe(db, factory, peer, payment, 800)
+        failed = se.refund(refund_id=stripe_id, charge_id=payment.stripe_charge_id or "",
+                           amount=800, metadata={"billwatch_refund_id": str(intent.id)})
+        failed["status"] = "failed"
+        result = await asgi.deliver(se.event("refund.updated", failed))
+        assert result.json()["status"] == "processed", result.text
+        [refund] = await refunds_of(db, patient.id)
+        assert refund.status is TransactionStatus.FAILED
+        paid = next(t for t in await transactions_of(db, patient.id) if t.id == payment.id)
+        assert paid.refunded_cents == 0
+        [row] = await audit_rows(db, event_type="billing.refund.failed")
+        assert row.actor_user_id == admin.id
+
+    async def test_a_refund_event_naming_nothing_of_ours_is_ignored(
+            self, asgi: Server, db: Database) -> None:
+        event = se.event("refund.created", se.refund(refund_id=se.new_id("re"),
+                                                     charge_id=se.new_id("ch"), amount=100))
+        assert (await asgi.deliver(event)).json()["status"] == "ignored"
 
 
 class TestRefundsMadeElsewhere:
