@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     """Older signing secrets still accepted during a rotation (comma-separated), then removed."""
     stripe_local_standins: bool | None = None
     """Serve Checkout/portal sessions from billwatch's stand-in; defaults to on with an API base."""
+    stripe_request_budget_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Total time one Stripe call may take, the SDK's retries included; then 504."""
+    refund_sweep_grace_seconds: float = Field(default=60.0, ge=0)
+    """A refund intent pending longer than this is settled by the sweeper (keep it above the budget)."""
 
     token_secret: SecretStr = SecretStr(_DEV_TOKEN_SECRET)
     token_ttl_seconds: int = Field(default=12 * 3600, ge=60)

@@ -8,7 +8,8 @@
     ├── Conflict              (409)
     ├── PayloadTooLarge       (413)
     ├── Unprocessable         (422)
-    └── PaymentProviderError  (502)
+    ├── PaymentProviderError  (502)
+    └── GatewayTimeout        (504)
 
 Services raise these; one handler in ``app.py`` turns them into ``{"error", "detail"}`` JSON.
 Messages pass through the redactor there, so no card data or secret can leave in an error.
@@ -66,3 +67,10 @@ class Unprocessable(BillwatchError):
 class PaymentProviderError(BillwatchError):
     status_code = 502
     code = "payment_provider_error"
+
+
+class GatewayTimeout(BillwatchError):
+    """Stripe did not answer within the request's time budget; the outcome is not known yet."""
+
+    status_code = 504
+    code = "stripe_timeout"

@@ -10,6 +10,9 @@ A route that calls Stripe is *phased* (``openapi_extra=phased(...)``): it gets n
 transaction at all, only the :class:`~billwatch.db.Database`, and its service runs its own short
 units of work around the external call (intent, call, settle), so no connection or row lock is
 held while Stripe answers. Failure rows are written the same way for both kinds of route.
+
+Every audited POST honours a client ``Idempotency-Key`` (see :mod:`billwatch.idempotency`);
+``phased(..., idempotency_key_required=True)`` makes the header mandatory on a route.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from billwatch import idempotency
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import Role, User
 from billwatch.accounts.tokens import read_token
@@ -43,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 AUDIT_EVENT_KEY = "x-audit-event"
 PHASED_KEY = "x-billwatch-phased"
+IDEMPOTENCY_REQUIRED_KEY = "x-billwatch-idempotency-key-required"
 
 
 def audited(event: AuditEvent) -> dict[str, Any]:
@@ -50,9 +55,12 @@ def audited(event: AuditEvent) -> dict[str, Any]:
     return {AUDIT_EVENT_KEY: event.value}
 
 
-def phased(event: AuditEvent) -> dict[str, Any]:
+def phased(event: AuditEvent, *, idempotency_key_required: bool = False) -> dict[str, Any]:
     """``openapi_extra`` of a route whose service opens its own transactions around Stripe."""
-    return {AUDIT_EVENT_KEY: event.value, PHASED_KEY: True}
+    extra: dict[str, Any] = {AUDIT_EVENT_KEY: event.value, PHASED_KEY: True}
+    if idempotency_key_required:
+        extra[IDEMPOTENCY_REQUIRED_KEY] = True
+    return extra
 
 
 def failure_reason(error: Exception) -> tuple[int, str]:
@@ -88,6 +96,14 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
 
 
 class AuditedRoute(APIRoute):
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        methods = {m.upper() for m in kwargs.get("methods") or ()}
+        extra: dict[str, Any] | None = kwargs.get("openapi_extra")
+        if "POST" in methods and extra and AUDIT_EVENT_KEY in extra:
+            kwargs["dependencies"] = _with_idempotency(kwargs.get("dependencies"))
+            kwargs["openapi_extra"] = _with_idempotency_parameter(extra)
+        super().__init__(path, endpoint, **kwargs)
+
     def failure_event(self, error: Exception) -> AuditEvent | None:
         """The event of the failure row for ``error``: the route's own, by default."""
         name = (self.openapi_extra or {}).get(AUDIT_EVENT_KEY)
@@ -106,17 +122,52 @@ class AuditedRoute(APIRoute):
             try:
                 if is_phased:
                     request.state.session = None
-                    return await handler(request)
+                    response = await handler(request)
+                    if (held := idempotency.held_claim(request)) is not None:
+                        async with db.unit_of_work() as own:
+                            await idempotency.complete(own, held, response)
+                    return response
                 async with db.unit_of_work() as session:
                     request.state.session = session
-                    return await handler(request)
+                    response = await handler(request)
+                    if (held := idempotency.held_claim(request)) is not None:
+                        await idempotency.complete(session, held, response)
+                    return response
+            except idempotency.Replay as replay:
+                return replay.response
             except Exception as error:
+                held = idempotency.held_claim(request)
+                if held is not None and not held.in_request_transaction:
+                    await _release_quietly(db, held)
                 event = self.failure_event(error)
                 if event is not None:
                     await record_failure(request, event, error)
                 raise
 
         return unit_of_work_handler
+
+
+def _with_idempotency(dependencies: Any) -> list[params.Depends]:
+    current = list(dependencies or [])
+    if not any(d.dependency is idempotency.claim_for_request for d in current):
+        current.append(Depends(idempotency.claim_for_request))
+    return current
+
+
+def _with_idempotency_parameter(extra: dict[str, Any]) -> dict[str, Any]:
+    parameters = list(extra.get("parameters", []))
+    if not any(p.get("name") == idempotency.HEADER for p in parameters):
+        parameters.append(idempotency.openapi_parameter(
+            required=bool(extra.get(IDEMPOTENCY_REQUIRED_KEY))))
+    return {**extra, "parameters": parameters}
+
+
+async def _release_quietly(db: Database, held: idempotency.Claim) -> None:
+    """Release a failed request's key; if even that fails, the claim goes stale and is taken over."""
+    try:
+        await idempotency.release(db, held)
+    except Exception:
+        log.exception("idempotency_release_failed")
 
 
 class AuditedRouter(APIRouter):

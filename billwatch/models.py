@@ -12,6 +12,7 @@ from billwatch.billing.models import (
 )
 from billwatch.console.models import ConsoleSession, ConsoleSignInLink
 from billwatch.db import Base
+from billwatch.idempotency import IdempotencyKey
 from billwatch.jobs.models import DailyBillingMetrics, JobRun
 from billwatch.managers.models import BillingManagerAssignment
 from billwatch.webhooks.models import StripeEvent
@@ -27,6 +28,7 @@ __all__ = [
     "ConsoleSession",
     "ConsoleSignInLink",
     "DailyBillingMetrics",
+    "IdempotencyKey",
     "JobRun",
     "Organization",
     "OrganizationMember",

@@ -162,6 +162,11 @@ class Factory:
         return {"Authorization": f"Bearer {mint_token(user, self.settings)}"}
 
 
+def keyed(headers: dict[str, str], key: str | None = None) -> dict[str, str]:
+    """``headers`` plus an ``Idempotency-Key`` (fresh unless given), as money-moving POSTs need."""
+    return {**headers, "Idempotency-Key": key or str(uuid.uuid4())}
+
+
 async def audit_rows(db: Database, **filters: Any) -> list[AuditLog]:
     async with db.sessionmaker() as session:
         query = select(AuditLog).order_by(AuditLog.occurred_at)

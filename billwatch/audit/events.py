@@ -22,6 +22,8 @@ class AuditEvent(StrEnum):
     SUBSCRIPTION_CANCELLED = "billing.subscription.cancelled"
     PORTAL_ACCESSED = "billing.portal.accessed"
     REFUND_ISSUED = "billing.refund.issued"
+    REFUND_REQUESTED = "billing.refund.requested"
+    REFUND_FAILED = "billing.refund.failed"
     FREE_SUBSCRIPTION_GRANTED = "billing.free_subscription.granted"
     OVERRIDE_CREATED = "billing.override.created"
     OVERRIDE_REVOKED = "billing.override.revoked"

@@ -30,11 +30,14 @@ from billwatch.http import (
     AdminActor,
     AuditedRouter,
     CurrentActor,
+    DatabaseDep,
     GatewayDep,
     SessionDep,
     SettingsDep,
     audited,
+    phased,
 )
+from billwatch.idempotency import RequiredIdempotencyKey
 from billwatch.managers.service import Purpose, authorize_owner
 
 router = AuditedRouter(prefix="/billing", tags=["billing"])
@@ -109,16 +112,16 @@ async def open_portal(body: PortalRequest, request: Request, session: SessionDep
 
 
 @admin_router.post("/transactions/{transaction_id}/refund", status_code=status.HTTP_201_CREATED,
-                   response_model=TransactionOut, openapi_extra=audited(AuditEvent.REFUND_ISSUED))
+                   response_model=TransactionOut,
+                   openapi_extra=phased(AuditEvent.REFUND_ISSUED, idempotency_key_required=True))
 async def refund_transaction(transaction_id: uuid.UUID, body: RefundRequest, request: Request,
-                             session: SessionDep, actor: AdminActor,
+                             db: DatabaseDep, actor: AdminActor, client_key: RequiredIdempotencyKey,
                              gateway: GatewayDep) -> TransactionOut:
-    """Refund all (no amount) or part of a payment."""
+    """Refund all (no amount) or part of a payment; requires an ``Idempotency-Key``."""
     request.state.audit_resource = Resource("transaction", transaction_id)
-    refund = await refunds.issue_refund(session, gateway, actor=actor,
-                                        transaction_id=transaction_id,
+    refund = await refunds.issue_refund(db, gateway, actor=actor, transaction_id=transaction_id,
                                         amount_cents=body.amount_cents, reason=body.reason,
-                                        note=body.note)
+                                        note=body.note, client_key=client_key)
     return TransactionOut.model_validate(refund)
 
 

@@ -118,6 +118,7 @@ class Transaction(UUIDPrimaryKey, Timestamped, Base):
     __table_args__ = (
         Index("ix_transactions_owner_time", "owner_type", "owner_id", "created_at"),
         Index("ix_transactions_kind_time", "kind", "created_at"),
+        Index("ix_transactions_kind_status_time", "kind", "status", "created_at"),
     )
 
     owner_type: Mapped[OwnerType] = mapped_column(enum_column(OwnerType, "tx_owner_type"))

@@ -50,8 +50,10 @@ class BillwatchApi:
 
     async def call(self, method: str, path: str, who: Person, body: dict[str, Any] | None = None,
                    *, expect: int = 200) -> Any:
-        response = await self._http.request(method, path, json=body,
-                                            headers={"Authorization": f"Bearer {who.token}"})
+        headers = {"Authorization": f"Bearer {who.token}"}
+        if method == "POST":  # one key per operation, as a careful client sends it
+            headers["Idempotency-Key"] = str(uuid.uuid4())
+        response = await self._http.request(method, path, json=body, headers=headers)
         if response.status_code != expect:
             raise ApiError(method, path, response)
         return response.json()

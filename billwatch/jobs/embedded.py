@@ -20,6 +20,7 @@ from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.background import stop_task, wait_until_set
+from billwatch.billing.refund_sweeper import sweep_pending_refunds
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import service
@@ -93,13 +94,14 @@ class EmbeddedRunner:
             await wait_until_set(self._wake, self.settings.alert_poll_seconds)
 
     async def tick(self, *, now: datetime | None = None) -> None:
-        """Requested checks, then due scheduled jobs, then every due alert."""
+        """Requested checks, due scheduled jobs, pending refund intents, then every due alert."""
         checks, self._checks = self._checks, set()
         await self._raise_audit_failures()
         if handoff.Check.REFUNDS_TODAY in checks:
             await service.refunds_check(self.db, self.settings, now=now)
         if self.schedule:
             await service.run_due_schedule(self.db, self.settings, now=now)
+        await sweep_pending_refunds(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)
         self.ticks += 1
 

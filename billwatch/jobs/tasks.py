@@ -23,6 +23,7 @@ from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_one, due_alert_ids, flush_ended_windows
 from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.alerts.raising import raise_audit_write_failure
+from billwatch.billing.refund_sweeper import sweep_pending_refunds
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import service
@@ -33,6 +34,7 @@ from billwatch.jobs.celery_app import (
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
+    REFUNDS_SWEEP_TASK,
     SWEEP_TASK,
     WEBHOOKS_RECONCILE_TASK,
     app,
@@ -205,3 +207,10 @@ def webhooks_reconcile(self: Task) -> dict[str, Any]:
     outcome = run_async(lambda db, settings: service.webhooks_reconcile_job(db, settings,
                                                                             task_id=task_id))
     return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=REFUNDS_SWEEP_TASK, **JOB_RETRY)
+def sweep_refunds(self: Task) -> dict[str, int]:
+    """Every minute: settle refund intents pending past the grace period (same Stripe key)."""
+    result = run_async(lambda db, settings: sweep_pending_refunds(db, settings))
+    return {"settled": result.settled, "still_pending": result.still_pending}

@@ -38,6 +38,8 @@ WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
     "invoice.payment_succeeded",
     "invoice.payment_failed",
     "charge.refunded",
+    "refund.created",
+    "refund.updated",
     OTHER,
 )
 """The Stripe event types billwatch handles; every other type is counted as ``other``."""

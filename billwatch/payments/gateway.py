@@ -3,11 +3,19 @@
 Every call that creates an object or moves money passes an idempotency key derived from our own
 operation id, so a retried request can never charge, refund or create twice. Stripe errors
 leave here as :class:`PaymentProviderError` with a redacted message.
+
+Every call has a total time budget (``stripe_request_budget_seconds``, the SDK's own retries
+included), so a hanging Stripe costs a request at most that long:
+
+    PaymentProviderError (502)   Stripe answered and refused: nothing happened there
+    └── OutcomeUnknown (502)     no usable answer (connection lost, 5xx): it may have happened
+    GatewayTimeout (504)         the budget ran out: it may have happened
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +25,7 @@ import structlog
 
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Plan, Settings
-from billwatch.errors import PaymentProviderError
+from billwatch.errors import GatewayTimeout, PaymentProviderError
 from billwatch.payments import standins
 
 log = structlog.get_logger(__name__)
@@ -52,10 +60,53 @@ class SubscriptionInfo:
     canceled_at: int | None
 
 
-def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProviderError:
+class OutcomeUnknown(PaymentProviderError):
+    """Stripe gave no usable answer (connection lost, a 5xx): the call may or may not have acted."""
+
+
+class StripeTimeout(GatewayTimeout):
+    """The call's time budget ran out before Stripe answered."""
+
+
+class _BudgetExceeded(stripe.APIConnectionError):
+    """Raised inside the SDK's call when the budget ends, so every method maps it in one place."""
+
+
+class BudgetedHTTPXClient(stripe.HTTPXClient):
+    """The SDK's async HTTP client with one deadline over a call and all of its retries."""
+
+    def __init__(self, *, budget_seconds: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.budget_seconds = budget_seconds
+
+    async def request_with_retries_async(
+            self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None,
+            max_network_retries: int | None = None, *, _usage: list[str] | None = None,
+    ) -> tuple[Any, int, Any]:
+        try:
+            async with asyncio.timeout(self.budget_seconds):
+                return await super().request_with_retries_async(
+                    method, url, headers, post_data, max_network_retries, _usage=_usage)
+        except TimeoutError as error:
+            message = f"no answer within {self.budget_seconds:g} s"
+            raise _BudgetExceeded(message) from error  # type: ignore[no-untyped-call]
+
+
+def refund_info(data: Mapping[str, Any]) -> RefundInfo:
+    """Our view of a Stripe refund object (from an API answer or a webhook)."""
+    return RefundInfo(str(data["id"]), str(data.get("status") or "pending"),
+                      int(data["amount"]), str(data.get("currency") or ""))
+
+
+def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProviderError | StripeTimeout:
     message = redact_text(error.user_message or str(error) or type(error).__name__)
     log.warning("stripe_call_failed", operation=operation, error_type=type(error).__name__,
                 stripe_code=getattr(error, "code", None), message=message)
+    if isinstance(error, _BudgetExceeded):
+        return StripeTimeout(f"Stripe {operation}: {message}", code="stripe_timeout")
+    if isinstance(error, stripe.APIConnectionError) or (
+            isinstance(error, stripe.APIError) and (error.http_status or 500) >= 500):
+        return OutcomeUnknown(f"Stripe {operation} failed: {message}", code="stripe_unreachable")
     return PaymentProviderError(f"Stripe {operation} failed: {message}",
                                 code=f"stripe_{getattr(error, 'code', None) or 'error'}")
 
@@ -69,7 +120,8 @@ class PaymentsGateway:
         self._client = stripe.StripeClient(
             settings.stripe_api_key.get_secret_value(),
             base_addresses=base,  # type: ignore[arg-type]
-            http_client=stripe.HTTPXClient(timeout=20),
+            http_client=BudgetedHTTPXClient(
+                timeout=20, budget_seconds=settings.stripe_request_budget_seconds),
             max_network_retries=2,
         )
         self._standins = settings.use_local_standins
@@ -147,6 +199,7 @@ class PaymentsGateway:
     async def refund(self, *, charge_id: str | None, payment_intent_id: str | None,
                      amount_cents: int, reason: str, metadata: dict[str, str],
                      idempotency_key: str) -> RefundInfo:
+        """Create a refund, once: no blind SDK retry, our resume looks it up first."""
         params: dict[str, Any] = {"amount": amount_cents, "metadata": {**metadata, "reason": reason}}
         if charge_id:
             params["charge"] = charge_id
@@ -162,12 +215,36 @@ class PaymentsGateway:
         try:
             refund = await self._client.v1.refunds.create_async(
                 params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key})
+                options={"idempotency_key": idempotency_key, "max_network_retries": 0})
         except stripe.StripeError as error:
             raise _provider_error("refund", error) from error
-        data = refund.to_dict()
-        return RefundInfo(str(data["id"]), str(data.get("status") or "pending"),
-                          int(data["amount"]), str(data["currency"]))
+        return refund_info(refund.to_dict())
+
+    async def find_refund(self, *, charge_id: str | None, payment_intent_id: str | None,
+                          stripe_refund_id: str | None, billwatch_refund_id: str) -> RefundInfo | None:
+        """The refund Stripe holds for our intent (by its id, else by our metadata), if any."""
+        try:
+            if stripe_refund_id:
+                found = await self._client.v1.refunds.retrieve_async(stripe_refund_id)
+                return refund_info(found.to_dict())
+            params: dict[str, Any] = {"limit": 100}
+            if charge_id:
+                params["charge"] = charge_id
+            elif payment_intent_id:
+                params["payment_intent"] = payment_intent_id
+            else:
+                return None
+            while True:
+                page = await self._client.v1.refunds.list_async(params=params)  # type: ignore[arg-type]
+                for item in page.data:
+                    data = item.to_dict()
+                    if (data.get("metadata") or {}).get("billwatch_refund_id") == billwatch_refund_id:
+                        return refund_info(data)
+                if not page.has_more or not page.data:
+                    return None
+                params["starting_after"] = page.data[-1].id
+        except stripe.StripeError as error:
+            raise _provider_error("refund lookup", error) from error
 
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
         try:

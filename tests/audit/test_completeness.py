@@ -26,7 +26,7 @@ from billwatch.billing.models import Subscription, Transaction
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.webhooks.handlers import HANDLERS
-from tests.support import TEST_WEBHOOK_SECRET, Factory, audit_rows, paid_subscription
+from tests.support import TEST_WEBHOOK_SECRET, Factory, audit_rows, keyed, paid_subscription
 from tests.webhooks import stripe_events
 
 AUDITED_PREFIXES = ("/billing", "/admin", "/patients")
@@ -92,7 +92,8 @@ async def portal(w: World) -> Call:
 
 async def refund(w: World) -> Call:
     _, payment = await w.paid()
-    return lambda: w.client.post(f"/admin/transactions/{payment.id}/refund", headers=w.as_(w.admin),
+    return lambda: w.client.post(f"/admin/transactions/{payment.id}/refund",
+                                 headers=keyed(w.as_(w.admin)),
                                  json={"amount_cents": 100, "reason": "other"})
 
 
@@ -282,6 +283,9 @@ def _object_for(event_type: str) -> dict[str, Any]:
         return stripe_events.invoice(invoice_id=stripe_events.new_id("in"), customer=customer,
                                      subscription_id=sub_id, price="billwatch_basic_monthly",
                                      amount=1500, paid=event_type != "invoice.payment_failed")
+    if event_type.startswith("refund."):
+        return stripe_events.refund(refund_id=stripe_events.new_id("re"),
+                                    charge_id=stripe_events.new_id("ch"), amount=1500)
     if event_type == "charge.refunded":
         return stripe_events.charge(charge_id=stripe_events.new_id("ch"), customer=customer,
                                     payment_intent=None, amount=1500, amount_refunded=1500)

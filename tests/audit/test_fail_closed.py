@@ -18,7 +18,7 @@ from billwatch.audit.recorder import AuditWriteFailure
 from billwatch.billing.models import Transaction, TransactionKind
 from billwatch.config import Settings
 from billwatch.db import Database
-from tests.support import Factory, People, audit_rows, paid_subscription
+from tests.support import Factory, People, audit_rows, keyed, paid_subscription
 
 REFUSE_PG = """
 CREATE OR REPLACE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -79,7 +79,7 @@ class TestNoRowNoRefund:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             response = await client.post(f"/admin/transactions/{payment.id}/refund",
-                                         headers=factory.headers(people.admin),
+                                         headers=keyed(factory.headers(people.admin)),
                                          json={"amount_cents": 500, "reason": "service_issue"})
         assert response.status_code == 500
         async with db.sessionmaker() as session:

@@ -53,3 +53,4 @@ def test_the_beat_schedule() -> None:
     assert schedule["audit-checkpoint"]["schedule"] == crontab(minute="15")
     assert schedule["webhooks-reconcile"]["schedule"] == crontab(minute="30")
     assert schedule["alerts-sweep"]["schedule"] == 60.0
+    assert schedule["refunds-sweep"]["schedule"] == 60.0

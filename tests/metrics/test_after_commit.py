@@ -24,7 +24,7 @@ from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
 from tests.metrics.helpers import PLATFORM_PREFIXES, Samples, registry_samples, scrape, without
-from tests.support import Factory, People, free_port, paid_subscription, snapshot
+from tests.support import Factory, People, free_port, keyed, paid_subscription, snapshot
 from tests.support import test_settings as make_settings
 
 
@@ -129,12 +129,17 @@ class TestFailedRequests:
         rows_before = await snapshot(db)
         before = without(await scrape(uncached), *self.IGNORED)
 
-        refund = await uncached.post(f"/admin/transactions/{payment.id}/refund", headers=admin,
+        refund = await uncached.post(f"/admin/transactions/{payment.id}/refund", headers=keyed(admin),
                                      json={"reason": "duplicate"})
         cancel = await uncached.post(f"/billing/subscriptions/{subscription.id}/cancel",
                                      headers=admin, json={"at_period_end": False})
         assert (refund.status_code, cancel.status_code) == (502, 502), (refund.text, cancel.text)
-        assert await snapshot(db) == rows_before
+        after = await snapshot(db)
+        added = sorted(set(after["transactions"]) - set(rows_before["transactions"]))
+        # the refund's intent stays on record, settled as failed; nothing else changed
+        assert len(added) == 1 and "TransactionStatus.FAILED" in added[0], added
+        assert {**after, "transactions": rows_before["transactions"]} == rows_before
+        assert set(rows_before["transactions"]) < set(after["transactions"])
         assert without(await scrape(uncached), *self.IGNORED) == before
 
     async def test_checkout_failing_at_stripe(

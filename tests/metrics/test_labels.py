@@ -14,7 +14,7 @@ from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.metrics import billing, labels
 from tests.metrics.helpers import label_offences, scrape, suspicious, total, value
-from tests.support import Factory, People, paid_subscription
+from tests.support import Factory, People, keyed, paid_subscription
 
 
 class TestClosedSets:
@@ -116,7 +116,7 @@ async def _drive_traffic(client: httpx.AsyncClient, db: Database, factory: Facto
                               json={"proxy_id": str(people.proxy.id)})).status_code == 201
     subscription, payment = await paid_subscription(
         db, settings, OwnerRef(OwnerType.PATIENT, family.id))
-    refund = await client.post(f"/admin/transactions/{payment.id}/refund", headers=admin,
+    refund = await client.post(f"/admin/transactions/{payment.id}/refund", headers=keyed(admin),
                                json={"amount_cents": 300, "reason": "service_issue",
                                      "note": f"call {people.patient.email} about 4242424242424242"})
     assert refund.status_code == 201, refund.text
@@ -134,10 +134,11 @@ async def _drive_traffic(client: httpx.AsyncClient, db: Database, factory: Facto
             "owner_type": "patient", "owner_id": str(uuid.uuid4()), "plan_code": "basic_monthly"}),
         client.post("/billing/checkout", json={**people.owner_body, "plan_code": "basic_monthly"}),
         client.post("/billing/checkout", headers=patient, content=b"{not json"),
-        client.post(f"/admin/transactions/{uuid.uuid4()}/refund", headers=admin, json={"reason": "other"}),
-        client.post(f"/admin/transactions/{other_payment.id}/refund", headers=patient,
+        client.post(f"/admin/transactions/{uuid.uuid4()}/refund", headers=keyed(admin),
+                    json={"reason": "other"}),
+        client.post(f"/admin/transactions/{other_payment.id}/refund", headers=keyed(patient),
                     json={"reason": "fraudulent"}),
-        client.post(f"/admin/transactions/{other_payment.id}/refund", headers=admin,
+        client.post(f"/admin/transactions/{other_payment.id}/refund", headers=keyed(admin),
                     json={"amount_cents": 10_000_000, "reason": "duplicate"}),
         client.get(f"/billing/owners/patient/{uuid.uuid4()}/{people.patient.email}", headers=patient),
         client.get(f"/no/such/page/cus_NffrFeUfNV2Hib/{payment.stripe_charge_id}"),

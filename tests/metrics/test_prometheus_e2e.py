@@ -27,7 +27,7 @@ from billwatch.billing.models import StripeCustomer, Transaction, TransactionKin
 from billwatch.payments.gateway import PaymentsGateway
 from tests.metrics.helpers import label_offences, parse
 from tests.metrics.processes import Prometheus, Served, billwatch_served, prometheus_running, wait_until
-from tests.support import REPO, TEST_WEBHOOK_SECRET, LocalStripe
+from tests.support import REPO, TEST_WEBHOOK_SECRET, LocalStripe, keyed
 from tests.support import test_settings as make_settings
 
 DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -202,7 +202,7 @@ async def drive_traffic(served: Served, peer_url: str) -> None:
 async def after_payments(http: httpx.AsyncClient, traffic: Traffic, admin: dict[str, str],
                          proxy: dict[str, str], bob: Any) -> None:
     payment = (await traffic.payments())[0]
-    refund = await http.post(f"/admin/transactions/{payment.id}/refund", headers=admin,
+    refund = await http.post(f"/admin/transactions/{payment.id}/refund", headers=keyed(admin),
                              json={"amount_cents": 500, "reason": "duplicate"})
     assert refund.status_code == 201, refund.text
     account = await http.get(f"/billing/owners/patient/{bob.id}", headers=proxy)

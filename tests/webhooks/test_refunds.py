@@ -9,11 +9,13 @@ import httpx
 import pytest
 import stripe
 
+from billwatch.accounts.actor import Actor
 from billwatch.accounts.models import Role, User
-from billwatch.billing.models import Transaction, TransactionKind
+from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
+from billwatch.billing.refunds import RefundReason, refund_key, reserve_refund
 from billwatch.db import Database
 from billwatch.webhooks.models import EventStatus
-from tests.support import Factory, audit_rows
+from tests.support import Factory, audit_rows, keyed
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import (
     Server,
@@ -60,7 +62,7 @@ class TestOurRefunds:
         patient, customer_id, payment = await booked_payment(asgi, db, factory, peer)
         admin = await factory.user(Role.ADMIN)
         response = await client.post(f"/admin/transactions/{payment.id}/refund",
-                                     headers=factory.headers(admin),
+                                     headers=keyed(factory.headers(admin)),
                                      json={"amount_cents": 1000, "reason": "service_issue"})
         assert response.status_code == 201, response.text
         listed = await charge_event(peer, payment.stripe_charge_id or "")
@@ -77,20 +79,80 @@ class TestOurRefunds:
                  if r.data["type"] == "charge.refunded"}
         assert notes == {"every refund of this charge is already recorded"}
 
-    async def test_our_refund_not_yet_committed_fails_so_stripe_retries(
+    async def test_metadata_naming_no_intent_of_ours_is_recorded_not_failed(
             self, asgi: Server, db: Database, factory: Factory, peer: stripe.StripeClient,
             localstripe_silent: None) -> None:
-        _, customer_id, payment = await booked_payment(asgi, db, factory, peer)
-        ours = se.refund(refund_id=se.new_id("re"), charge_id=payment.stripe_charge_id or "",
-                         amount=500, metadata={"billwatch_refund_id": str(uuid.uuid4())})
+        patient, customer_id, payment = await booked_payment(asgi, db, factory, peer)
+        foreign = se.refund(refund_id=se.new_id("re"), charge_id=payment.stripe_charge_id or "",
+                            amount=500, metadata={"billwatch_refund_id": str(uuid.uuid4())})
         event = se.event("charge.refunded", se.charge(
             charge_id=payment.stripe_charge_id or "", customer=customer_id, payment_intent=None,
-            amount=3000, amount_refunded=500, refunds=[ours]))
+            amount=3000, amount_refunded=500, refunds=[foreign]))
         response = await asgi.deliver(event)
-        assert response.status_code == 500
+        assert response.json()["status"] == "processed", response.text
         stored = await stored_event(db, event["id"])
-        assert stored is not None and stored.status is EventStatus.FAILED
-        assert "issued by billwatch and is not recorded yet" in (stored.last_error or "")
+        assert stored is not None and stored.status is EventStatus.PROCESSED
+        assert [(r.amount_cents, r.stripe_refund_id) for r in await refunds_of(db, patient.id)] == [
+            (500, foreign["id"])]
+
+
+async def intent_then_stripe(db: Database, factory: Factory, peer: stripe.StripeClient,
+                             payment: Transaction, amount: int) -> tuple[User, Transaction, str]:
+    """Phase 1 committed and Stripe refunded, then the process died before settling."""
+    admin = await factory.user(Role.ADMIN)
+    actor = Actor(admin.id, Role.ADMIN)
+    async with db.unit_of_work() as session:
+        intent, _ = await reserve_refund(session, actor=actor, payment_id=payment.id,
+                                         amount_cents=amount, reason=RefundReason.SERVICE_ISSUE,
+                                         note=None, key=refund_key(actor, payment.id, "died"))
+    made = await peer.v1.refunds.create_async(params={
+        "charge": payment.stripe_charge_id or "", "amount": amount,
+        "metadata": {"billwatch_refund_id": str(intent.id)}})
+    return admin, intent, str(made.id)
+
+
+class TestAdoption:
+    async def test_charge_refunded_adopts_a_pending_intent_in_the_admins_name(
+            self, asgi: Server, db: Database, factory: Factory, peer: stripe.StripeClient,
+            localstripe_silent: None) -> None:
+        patient, _, payment = await booked_payment(asgi, db, factory, peer)
+        admin, intent, stripe_id = await intent_then_stripe(db, factory, peer, payment, 1200)
+        for _ in range(2):  # a repeated delivery changes nothing more
+            event = await charge_event(peer, payment.stripe_charge_id or "")
+            assert (await asgi.deliver(event)).json()["status"] == "processed"
+        [refund] = await refunds_of(db, patient.id)
+        assert (refund.id, refund.status, refund.stripe_refund_id) == (
+            intent.id, TransactionStatus.SUCCEEDED, stripe_id)
+        issued = await audit_rows(db, event_type="billing.refund.issued")
+        assert [(r.actor_user_id, r.actor_name, r.data["amount_cents"]) for r in issued] == [
+            (admin.id, None, 1200)]
+        assert issued[0].stripe_event_id is not None
+        assert not await audit_rows(db, event_type="billing.refund.recorded")
+        paid = next(t for t in await transactions_of(db, patient.id) if t.id == payment.id)
+        assert paid.refunded_cents == 1200
+
+    async def test_refund_updated_adopts_it_and_a_failure_releases_the_amount(
+            self, asgi: Server, db: Database, factory: Factory, peer: stripe.StripeClient,
+            localstripe_silent: None) -> None:
+        patient, _, payment = await booked_payment(asgi, db, factory, peer)
+        admin, intent, stripe_id = await intent_then_stripe(db, factory, peer, payment, 800)
+        failed = se.refund(refund_id=stripe_id, charge_id=payment.stripe_charge_id or "",
+                           amount=800, metadata={"billwatch_refund_id": str(intent.id)})
+        failed["status"] = "failed"
+        result = await asgi.deliver(se.event("refund.updated", failed))
+        assert result.json()["status"] == "processed", result.text
+        [refund] = await refunds_of(db, patient.id)
+        assert refund.status is TransactionStatus.FAILED
+        paid = next(t for t in await transactions_of(db, patient.id) if t.id == payment.id)
+        assert paid.refunded_cents == 0
+        [row] = await audit_rows(db, event_type="billing.refund.failed")
+        assert row.actor_user_id == admin.id
+
+    async def test_a_refund_event_naming_nothing_of_ours_is_ignored(
+            self, asgi: Server, db: Database) -> None:
+        event = se.event("refund.created", se.refund(refund_id=se.new_id("re"),
+                                                     charge_id=se.new_id("ch"), amount=100))
+        assert (await asgi.deliver(event)).json()["status"] == "ignored"
 
 
 class TestRefundsMadeElsewhere:

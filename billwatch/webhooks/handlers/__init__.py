@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from billwatch.webhooks.handlers.checkout import checkout_completed
 from billwatch.webhooks.handlers.common import EventContext, Handled
 from billwatch.webhooks.handlers.invoices import invoice_paid, invoice_payment_failed
-from billwatch.webhooks.handlers.refunds import charge_refunded
+from billwatch.webhooks.handlers.refunds import charge_refunded, refund_event
 from billwatch.webhooks.handlers.subscriptions import subscription_event
 
 Handler = Callable[[EventContext], Awaitable[Handled]]
@@ -21,6 +21,8 @@ HANDLERS: dict[str, Handler] = {
     "invoice.paid": invoice_paid,
     "invoice.payment_failed": invoice_payment_failed,
     "charge.refunded": charge_refunded,
+    "refund.created": refund_event,
+    "refund.updated": refund_event,
 }
 
 __all__ = ["HANDLERS", "EventContext", "Handled", "Handler"]

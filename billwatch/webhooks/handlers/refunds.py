@@ -1,10 +1,13 @@
-"""charge.refunded: record refunds made outside billwatch, never the ones we issued twice.
+"""charge.refunded and refund.created/updated: adopt our refunds, record the others.
 
-A refund an admin issued through billwatch already has its transaction (with the Stripe refund
-id) and is already counted in the payment's ``refunded_cents``. This handler records only what
-Stripe knows beyond that: refunds in the charge's list whose ids we do not hold, and then any
-remainder of ``amount_refunded`` (the current API no longer lists refunds on the charge). The
-payment row is locked first, the same lock the admin refund takes, so the two cannot interleave.
+A refund an admin asked for through billwatch has its intent row (``metadata.billwatch_refund_id``)
+from before Stripe heard of it, and its amount is already reserved in the payment's
+``refunded_cents``. When its event arrives and the intent is still pending (a lost answer, a
+crash), the intent is *adopted*: settled with Stripe's refund id and audited as
+``billing.refund.issued`` in the name of the admin who asked, never ``stripe``. A refund made
+elsewhere (the Dashboard: no metadata naming one of our rows) is recorded as
+``billing.refund.recorded``, as is any remainder of ``amount_refunded`` beyond what we hold
+(the current API no longer lists refunds on the charge). The payment row is locked first.
 """
 
 from __future__ import annotations
@@ -19,19 +22,27 @@ from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
-from billwatch.billing.refunds import RefundReason
+from billwatch.billing.refunds import RefundReason, settle_refund
 from billwatch.db import after_commit
 from billwatch.errors import Conflict
 from billwatch.metrics import billing as billing_metrics
+from billwatch.payments.gateway import refund_info
 from billwatch.webhooks import shapes
-from billwatch.webhooks.handlers.common import STRIPE, EventContext, Handled, owner_for_customer
+from billwatch.webhooks.handlers.common import (
+    STRIPE,
+    EventContext,
+    Handled,
+    owner_for_customer,
+    uuid_or_none,
+)
 
 
 class NotYetRecorded(Conflict):
-    """The payment (or our own refund) this event refers to is not in the database yet.
+    """The payment this event refers to is not in the database yet.
 
-    Raising fails the event so Stripe retries it; by then the invoice event or the admin's
-    refund transaction has committed. If it never does, the failure alert asks a human to look.
+    Raising fails the event so Stripe retries it; by then the invoice event has committed. If it
+    never does, the failure alert asks a human to look. (Our own refunds never raise it: their
+    intent row commits before Stripe is called.)
     """
 
 
@@ -65,24 +76,71 @@ async def charge_refunded(ctx: EventContext) -> Handled:
     known = set((await ctx.session.scalars(select(Transaction.stripe_refund_id).where(
         Transaction.refund_of_id == payment.id))).all())
     recorded: list[Transaction] = []
+    adopted: list[Transaction] = []
     for refund in sorted(shapes.list_data(charge.get("refunds")), key=lambda r: r.get("created") or 0):
         refund_id = shapes.ref(refund.get("id"))
-        if refund_id is None or refund_id in known or refund.get("status") in ("failed", "canceled"):
+        if refund_id is None or refund_id in known:
             continue
-        if shapes.metadata(refund).get("billwatch_refund_id"):
-            raise NotYetRecorded(f"refund {refund_id} was issued by billwatch and is not recorded yet",
-                                 code="refund_not_recorded")
+        intent = await _our_intent(ctx, refund, payment)
+        if intent is not None:
+            adopted.append(await _adopt(ctx, intent, refund))
+            continue
+        if refund.get("status") in ("failed", "canceled"):
+            continue
         recorded.append(_record(ctx, payment, owner, refs, refund_id=refund_id,
                                 amount=shapes.required_int(refund, "amount"), refund=refund))
+    if adopted:
+        await ctx.session.refresh(payment)
     remainder = min(shapes.required_int(charge, "amount_refunded"), payment.amount_cents) \
         - payment.refunded_cents
     if remainder > 0:
         recorded.append(_record(ctx, payment, owner, refs, refund_id=None, amount=remainder,
                                 refund={"reason": None}, total=payment.refunded_cents + remainder))
-    if not recorded:
+    if not recorded and not adopted:
         return Handled(owner=owner, refs=refs, note="every refund of this charge is already recorded")
     return Handled(owner=owner, refs=refs,
-                   data={"refund_transaction_ids": [str(r.id) for r in recorded]})
+                   data={"refund_transaction_ids": [str(r.id) for r in recorded],
+                         "adopted_refund_ids": [str(r.id) for r in adopted]})
+
+
+async def refund_event(ctx: EventContext) -> Handled:
+    """refund.created / refund.updated: settle our intent it names; others come via charge.refunded."""
+    refund = ctx.obj
+    refund_id = shapes.required_str(refund, "id")
+    charge_id = shapes.ref(refund.get("charge"))
+    payment = await _locked_payment(ctx, charge_id, shapes.ref(refund.get("payment_intent"))) \
+        if charge_id else None
+    intent = await _our_intent(ctx, refund, payment) if payment is not None else None
+    if payment is None or intent is None:
+        return Handled.ignored(f"refund {refund_id} names no billwatch refund intent; refunds made "
+                               "elsewhere are recorded from charge.refunded",
+                               refs=ctx.refs())
+    refs = ctx.refs(invoice_id=payment.stripe_invoice_id)
+    owner = OwnerRef(payment.owner_type, payment.owner_id)
+    before = intent.status
+    settled = await _adopt(ctx, intent, refund)
+    if settled.status is before:
+        return Handled(owner=owner, refs=refs, note=f"refund {refund_id} is already {before.value}")
+    return Handled(owner=owner, refs=refs, data={"adopted_refund_ids": [str(settled.id)]})
+
+
+async def _our_intent(ctx: EventContext, refund: dict[str, Any],
+                      payment: Transaction) -> Transaction | None:
+    """Our refund row that a Stripe refund's metadata names, if it belongs to this payment."""
+    intent_id = uuid_or_none(shapes.metadata(refund).get("billwatch_refund_id"))
+    if intent_id is None:
+        return None
+    row = await ctx.session.get(Transaction, intent_id, populate_existing=True)
+    if row is None or row.kind is not TransactionKind.REFUND or row.refund_of_id != payment.id:
+        return None  # not one of ours (another installation sharing the account): record it
+    return row
+
+
+async def _adopt(ctx: EventContext, intent: Transaction, refund: dict[str, Any]) -> Transaction:
+    """Settle a pending intent from Stripe's word, in the name of the admin who asked for it."""
+    if intent.status is not TransactionStatus.PENDING:
+        return intent
+    return await settle_refund(ctx.session, intent.id, info=refund_info(refund), event_id=ctx.event_id)
 
 
 def _record(ctx: EventContext, payment: Transaction, owner: OwnerRef, refs: StripeRefs, *,
