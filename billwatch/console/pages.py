@@ -7,6 +7,7 @@ the API calls. Errors render as pages with the status the API would answer.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -44,7 +45,6 @@ from billwatch.console.web import (
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Unprocessable
 from billwatch.http import AuditedRoute, audited, record_failure
-from billwatch.payments.gateway import PaymentsGateway
 from billwatch.webhooks.models import EventStatus
 from billwatch.webhooks.service import replay
 
@@ -275,10 +275,14 @@ async def owner_page(request: Request, owner_type: OwnerType, owner_id: uuid.UUI
              openapi_extra=audited(AuditEvent.REFUND_ISSUED))
 async def refund(request: Request, owner_type: OwnerType, owner_id: uuid.UUID,
                  transaction_id: uuid.UUID) -> Response:
-    """Step one shows what will happen; step two (``confirm=yes``) refunds through the service."""
+    """Step one shows what will happen; step two (``confirm=yes``) refunds through the service.
+
+    The confirmation page carries a fresh idempotency key, so a confirmation sent twice (a
+    double click, a reload) refunds once, under the API's Idempotency-Key rules.
+    """
     fields = await form(request)
-    gateway: PaymentsGateway = request.app.state.gateway
-    async with _db(request).unit_of_work() as session:
+    db = _db(request)
+    async with db.unit_of_work() as session:
         who = await _who(request, session)
         if who is None:
             return to_sign_in(request)
@@ -290,9 +294,15 @@ async def refund(request: Request, owner_type: OwnerType, owner_id: uuid.UUID,
         if fields.get("confirm") != "yes":
             return render(request, "refund_confirm.html.j2", who=who, payment=payment,
                           amount=amount, reason=reason, note=note or "",
-                          owner_type=owner_type.value, owner_id=owner_id)
-        await issue_refund(session, gateway, actor=who.actor, transaction_id=payment.id,
-                           amount_cents=amount, reason=reason, note=note)
+                          owner_type=owner_type.value, owner_id=owner_id,
+                          key=secrets.token_urlsafe(24))
+    client_key = fields.get("key", "")
+    if not 16 <= len(client_key) <= 64 or not client_key.replace("-", "").replace("_", "").isalnum():
+        raise FormError("the confirmation form lost its key: start the refund again",
+                        code="idempotency_key_invalid")
+    # No transaction is open here: the service runs intent, Stripe call and settlement itself.
+    await issue_refund(db, request.app.state.gateway, actor=who.actor, transaction_id=payment.id,
+                       amount_cents=amount, reason=reason, note=note, client_key=client_key)
     return redirect(f"/console/owners/{owner_type.value}/{owner_id}?refunded={transaction_id}")
 
 

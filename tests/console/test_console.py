@@ -205,8 +205,15 @@ class TestActions:
         await page.get_by_role("button", name="Refund…").click()
         await page.get_by_role("heading", name="Confirm the refund").wait_for()
         assert (await reload(console.db, Transaction, payment.id)).refunded_cents == 0
+        confirmation = {name: await page.locator(f"main input[name={name}]").input_value()
+                        for name in ("csrf", "amount", "reason", "note", "confirm", "key")}
         await page.get_by_role("button", name="Refund 5.00 USD").click()
         await page.wait_for_url(f"**/console/owners/patient/{patient.id}?refunded={payment.id}")
+        assert (await reload(console.db, Transaction, payment.id)).refunded_cents == 500
+        again = await page.context.request.post(  # the confirmation sent a second time
+            f"{console.url}/console/owners/patient/{patient.id}/payments/{payment.id}/refund",
+            form=confirmation)
+        assert again.ok
         assert (await reload(console.db, Transaction, payment.id)).refunded_cents == 500
         charge = await PaymentsGateway(console.settings).client.v1.charges.retrieve_async(
             payment.stripe_charge_id or "")
