@@ -100,7 +100,7 @@ def serve(
                     workers=workers, log_level="warning", access_log=False, proxy_headers=True)
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command()
 def token(
     email_or_revoke: Annotated[str, typer.Argument(
         metavar="EMAIL | revoke", help="The user to mint a token for, or `revoke`.")],
