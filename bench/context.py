@@ -33,7 +33,8 @@ class BenchContext:
 
     def billwatch_env(self, database_url: str, **extra: str) -> dict[str, str]:
         """billwatch's settings for a benchmark server: PostgreSQL, no scheduler, quiet logs."""
-        return {"BILLWATCH_DATABASE_URL": database_url,
+        return {"BILLWATCH_ENV": "development",  # the development audit keys, on purpose
+                "BILLWATCH_DATABASE_URL": database_url,
                 "BILLWATCH_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "BILLWATCH_TOKEN_SECRET": TOKEN_SECRET,
                 "BILLWATCH_STRIPE_API_KEY": "sk_test_billwatch_bench",

@@ -23,12 +23,14 @@ from billwatch.config import Settings, get_settings
 from billwatch.console.pages import router as console_router
 from billwatch.db import Database
 from billwatch.errors import BillwatchError
+from billwatch.hardening import SecurityHeadersMiddleware
 from billwatch.http import RequestContextMiddleware
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
 from billwatch.metrics.exposition import install_metrics
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.startup import require_secure_settings
 from billwatch.webhooks.endpoints import router as webhooks_router
 
 log = structlog.get_logger(__name__)
@@ -39,15 +41,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     """Build the app; tests pass their own database and settings, production reads the env."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    if settings.uses_development_token_secret:
-        log.warning("development_token_secret_in_use",
-                    hint="set BILLWATCH_TOKEN_SECRET before exposing billwatch")
+    require_secure_settings(settings)  # production refuses development secrets
     owns_database = database is None
     db = database or Database(settings.database_url)
     configure_alerts(settings)
-    if audit_crypto.install(audit_crypto.keys_for(settings)).development:
-        log.warning("development_audit_keys_in_use",
-                    hint="set BILLWATCH_AUDIT_ENCRYPTION_KEYS and BILLWATCH_AUDIT_HMAC_KEY")
+    audit_crypto.install(audit_crypto.keys_for(settings))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,13 +55,17 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         if owns_database:
             await db.dispose()
 
+    docs = settings.api_docs_enabled
     app = FastAPI(title="billwatch", version="0.1.0", lifespan=lifespan,
-                  description="Audited, measured and alerted billing on Stripe.")
+                  description="Audited, measured and alerted billing on Stripe.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.settings = settings
     app.state.db = db
     app.state.gateway = gateway or PaymentsGateway(settings)
 
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     install_metrics(app, settings, db)
     _add_error_handlers(app)
 

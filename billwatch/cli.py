@@ -7,8 +7,9 @@ by registering a Typer app in :data:`app` below.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,16 +17,33 @@ from rich.markup import escape
 
 from billwatch.accounts import service as accounts
 from billwatch.accounts.models import Role
-from billwatch.accounts.tokens import mint_token
+from billwatch.accounts.tokens import mint_token, read_token, revoke_token, revoke_user_tokens
+from billwatch.accounts.validation import checked_email, checked_name
 from billwatch.audit.cli import audit_app
-from billwatch.config import get_settings
 from billwatch.db import Database
 from billwatch.demo.cli import demo as demo_command
+from billwatch.errors import BillwatchError
 from billwatch.jobs import cli as jobs_cli
+from billwatch.startup import InsecureSettings, checked_settings
 from billwatch.webhooks.cli import app as webhooks_app
 
-app = typer.Typer(help="billwatch: audited, measured and alerted billing on Stripe.",
-                  no_args_is_help=True)
+
+class _Cli(typer.Typer):
+    """The command line, which turns refused settings and refused input into one clear line."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except InsecureSettings as refused:
+            sys.stderr.write(f"billwatch: {refused}\n")
+            raise SystemExit(2) from None
+        except BillwatchError as refused:
+            sys.stderr.write(f"billwatch: {refused.detail}\n")
+            raise SystemExit(1) from None
+
+
+app = _Cli(help="billwatch: audited, measured and alerted billing on Stripe.",
+           no_args_is_help=True)
 users_app = typer.Typer(help="Users of the platform.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.command("demo")(demo_command)
@@ -37,6 +55,7 @@ app.add_typer(console_app, name="console")
 app.command("worker")(jobs_cli.worker)
 app.command("beat")(jobs_cli.beat)
 console = Console()
+errors = Console(stderr=True)
 T = TypeVar("T")
 
 
@@ -44,7 +63,7 @@ def run_with_database(work: Callable[[Database], Awaitable[T]]) -> T:
     """Run ``work`` against the configured database, disposing the engine afterwards."""
 
     async def main() -> T:
-        db = Database(get_settings().database_url)
+        db = Database(checked_settings().database_url)
         try:
             return await work(db)
         finally:
@@ -58,7 +77,7 @@ def migrate() -> None:
     """Create or upgrade the database schema (SQLite or PostgreSQL)."""
     from billwatch.migrations import upgrade
 
-    upgrade(get_settings().database_url)
+    upgrade(checked_settings().database_url)
     console.print("[green]database is at the newest schema[/green]")
 
 
@@ -75,6 +94,7 @@ def serve(
 
     from billwatch.metrics.multiproc import prepared_for_workers
 
+    checked_settings()  # refuse here, in one line, before uvicorn imports the app
     with prepared_for_workers(workers):
         if migrate_first:
             migrate()
@@ -84,22 +104,59 @@ def serve(
 
 @app.command()
 def token(
-    email: str,
-    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds.")] = None,
+    email_or_revoke: Annotated[str, typer.Argument(
+        metavar="EMAIL | revoke", help="The user to mint a token for, or `revoke`.")],
+    jti: Annotated[str | None, typer.Argument(help="With revoke: the jti of the token.")] = None,
+    ttl: Annotated[int | None, typer.Option(
+        help="Lifetime in seconds (at most BILLWATCH_TOKEN_MAX_TTL_SECONDS).")] = None,
+    user: Annotated[str | None, typer.Option(
+        "--user", help="With revoke: revoke every token of the user with this e-mail.")] = None,
 ) -> None:
-    """Print a bearer token for the user with EMAIL."""
-    settings = get_settings()
+    """Print a bearer token for EMAIL; `token revoke JTI` or `token revoke --user EMAIL` revokes."""
+    if email_or_revoke == "revoke":
+        _revoke(jti, user)
+        return
+    if jti is not None or user is not None:
+        raise typer.BadParameter("JTI and --user go with `billwatch token revoke`")
+    settings = checked_settings()
+    email = checked_email(email_or_revoke)
 
     async def work(db: Database) -> str | None:
         async with db.unit_of_work() as session:
-            user = await accounts.find_user_by_email(session, email)
-            return mint_token(user, settings, ttl_seconds=ttl) if user else None
+            found = await accounts.find_user_by_email(session, email)
+            return mint_token(found, settings, ttl_seconds=ttl) if found else None
 
     minted = run_with_database(work)
     if minted is None:
-        console.print(f"[red]no user with e-mail {email}[/red]")
+        console.print(f"[red]no user with e-mail {escape(email)}[/red]")
         raise typer.Exit(1)
+    claims = read_token(minted, settings)
+    errors.print(f"token jti {claims.jti}, expires {claims.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+                 highlight=False)
     typer.echo(minted)
+
+
+def _revoke(jti: str | None, email: str | None) -> None:
+    if (jti is None) == (email is None):
+        raise typer.BadParameter("give either a JTI or --user EMAIL")
+    settings = checked_settings()
+
+    async def work(db: Database) -> str | None:
+        async with db.unit_of_work() as session:
+            if jti is not None:
+                await revoke_token(session, jti, settings)
+                return f"token {jti} revoked"
+            found = await accounts.find_user_by_email(session, checked_email(email or ""))
+            if found is None:
+                return None
+            cutoff = await revoke_user_tokens(session, found)
+            return f"every token of {found.email} issued before {cutoff.isoformat()} revoked"
+
+    done = run_with_database(work)
+    if done is None:
+        console.print(f"[red]no user with e-mail {escape(email or '')}[/red]")
+        raise typer.Exit(1)
+    console.print(escape(done), highlight=False)
 
 
 @users_app.command("create")
@@ -109,6 +166,7 @@ def create_user(
     role: Annotated[Role, typer.Option(help="admin, patient or proxy.")] = Role.PATIENT,
 ) -> None:
     """Create a user (admins are created this way)."""
+    email, name = checked_email(email), checked_name(name)  # before touching the database
 
     async def work(db: Database) -> str:
         async with db.unit_of_work() as session:
@@ -117,7 +175,7 @@ def create_user(
             user = await accounts.create_user(session, email=email, name=name, role=role)
             return str(user.id)
 
-    console.print(run_with_database(work))
+    console.print(run_with_database(work), highlight=False)
 
 
 @app.command("sync-plans")
@@ -125,7 +183,7 @@ def sync_plans() -> None:
     """Create the configured plans in Stripe where they are missing."""
     from billwatch.payments.gateway import PaymentsGateway
 
-    settings = get_settings()
+    settings = checked_settings()
     asyncio.run(PaymentsGateway(settings).ensure_catalogue(settings.plans))
     console.print(f"[green]{len(settings.plans)} plans present in Stripe[/green]")
 
@@ -141,7 +199,7 @@ def console_link(email: Annotated[str, typer.Argument(help="An admin's e-mail ad
     from billwatch.console.mail import sign_in_link
     from billwatch.errors import NotFound
 
-    settings = get_settings()
+    settings = checked_settings()
 
     async def work(db: Database) -> str:
         async with db.unit_of_work() as session:

@@ -49,7 +49,16 @@ DEFAULT_PLANS: list[Plan] = [
     for per in ("month", "year")
 ]
 
-_DEV_TOKEN_SECRET = "billwatch-development-token-secret-change-me-0000"
+DEVELOPMENT_TOKEN_SECRET = "billwatch-development-token-secret-change-me-0000"
+DEVELOPMENT_WEBHOOK_SECRET = "whsec_billwatch_local_development_secret"
+DEVELOPMENT_STRIPE_API_KEY = "sk_test_billwatch_local"
+
+
+class Environment(StrEnum):
+    """Production refuses development secrets at start; development keeps them, with a warning."""
+
+    PRODUCTION = "production"
+    DEVELOPMENT = "development"
 
 
 class Settings(BaseSettings):
@@ -59,13 +68,15 @@ class Settings(BaseSettings):
         env_prefix="BILLWATCH_", env_file=".env", extra="ignore", frozen=True
     )
 
+    env: Environment = Environment.PRODUCTION
+    """``BILLWATCH_ENV``: only ``development`` may run on the secrets that ship in the source."""
     database_url: str = "sqlite+aiosqlite:///./billwatch.db"
     """SQLAlchemy async URL; PostgreSQL via ``postgresql+asyncpg://user@host/db``."""
 
-    stripe_api_key: SecretStr = SecretStr("sk_test_billwatch_local")
+    stripe_api_key: SecretStr = SecretStr(DEVELOPMENT_STRIPE_API_KEY)
     stripe_api_base: str | None = None
     """Where the Stripe API lives; set to a local Stripe peer (localstripe) for tests and demo."""
-    stripe_webhook_secret: SecretStr = SecretStr("whsec_billwatch_local_development_secret")
+    stripe_webhook_secret: SecretStr = SecretStr(DEVELOPMENT_WEBHOOK_SECRET)
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     stripe_webhook_secrets_previous: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Older signing secrets still accepted during a rotation (comma-separated), then removed."""
@@ -76,10 +87,18 @@ class Settings(BaseSettings):
     refund_sweep_grace_seconds: float = Field(default=60.0, ge=0)
     """A refund intent pending longer than this is settled by the sweeper (keep it above the budget)."""
 
-    token_secret: SecretStr = SecretStr(_DEV_TOKEN_SECRET)
+    token_secret: SecretStr = SecretStr(DEVELOPMENT_TOKEN_SECRET)
     token_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+    token_max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    """The longest lifetime a minted token may have (``billwatch token --ttl`` included)."""
 
     public_base_url: str = "http://127.0.0.1:8000"
+    allowed_redirect_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins Checkout/portal may send a browser back to; empty = the public base URL's."""
+    enable_api_docs: bool | None = None
+    """Serve ``/docs`` and ``/openapi.json``; unset = on in development, off in production."""
+    metrics_token: SecretStr | None = None
+    """Bearer token ``/metrics`` demands; unset = open in development, refused in production."""
     plans: Annotated[list[Plan], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PLANS))
 
     billing_alert_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -155,6 +174,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("allowed_redirect_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("billing_alert_emails", mode="before")
     @classmethod
     def _split_emails(cls, value: Any) -> Any:
@@ -169,6 +195,20 @@ class Settings(BaseSettings):
             raise ValueError("plan codes must be unique")
         return self
 
+    @model_validator(mode="after")
+    def _ttl_within_maximum(self) -> Settings:
+        if self.token_ttl_seconds > self.token_max_ttl_seconds:
+            raise ValueError("token_ttl_seconds exceeds token_max_ttl_seconds")
+        return self
+
+    @property
+    def development(self) -> bool:
+        return self.env is Environment.DEVELOPMENT
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        return self.development if self.enable_api_docs is None else self.enable_api_docs
+
     @property
     def use_local_standins(self) -> bool:
         if self.stripe_local_standins is not None:
@@ -180,10 +220,6 @@ class Settings(BaseSettings):
         keys_from(self.audit_encryption_keys.get_secret_value(),
                   self.audit_hmac_key.get_secret_value())
         return self
-
-    @property
-    def uses_development_token_secret(self) -> bool:
-        return self.token_secret.get_secret_value() == _DEV_TOKEN_SECRET
 
     @property
     def console_url(self) -> str:

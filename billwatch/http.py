@@ -32,8 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billwatch import idempotency
 from billwatch.accounts.actor import Actor, OwnerRef
-from billwatch.accounts.models import Role, User
-from billwatch.accounts.tokens import read_token
+from billwatch.accounts.models import Role
+from billwatch.accounts.tokens import authenticated_user, read_token
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
 from billwatch.audit.redaction import redact_text
@@ -209,15 +209,13 @@ async def current_actor(
 ) -> Actor:
     if credentials is None:
         raise Unauthorized("missing bearer token", code="missing_token")
-    user_id, role = read_token(credentials.credentials, settings)
+    claims = read_token(credentials.credentials, settings)
     session: AsyncSession | None = getattr(request.state, "session", None)
     if session is not None:
-        user = await session.get(User, user_id)
+        user = await authenticated_user(session, claims)  # revoked, unknown, other role: 401
     else:  # a phased route: read the user in a transaction of its own, closed at once
         async with get_database(request).unit_of_work() as own:
-            user = await own.get(User, user_id)
-    if user is None or user.role is not role:
-        raise Unauthorized("token does not match a current user", code="unknown_user")
+            user = await authenticated_user(own, claims)
     actor = Actor(user.id, user.role)
     request.state.actor = actor
     return actor

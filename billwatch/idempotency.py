@@ -127,8 +127,7 @@ def _actor_key(request: Request, settings: Settings) -> str | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None  # the route's own authentication answers 401
-    user_id, _role = read_token(token.strip(), settings)
-    return str(user_id)
+    return str(read_token(token.strip(), settings).user_id)
 
 
 async def claim(session: AsyncSession, *, actor_key: str, method: str, route: str, key: str,

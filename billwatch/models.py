@@ -1,6 +1,12 @@
 """Every mapped table, imported in one place so Alembic and tests see the whole schema."""
 
-from billwatch.accounts.models import Organization, OrganizationMember, User
+from billwatch.accounts.models import (
+    Organization,
+    OrganizationMember,
+    RevokedToken,
+    User,
+    UserTokenCutoff,
+)
 from billwatch.alerts.models import Alert, AlertCooldown
 from billwatch.audit.models import AuditLog
 from billwatch.billing.models import (
@@ -32,9 +38,11 @@ __all__ = [
     "JobRun",
     "Organization",
     "OrganizationMember",
+    "RevokedToken",
     "StripeCustomer",
     "StripeEvent",
     "Subscription",
     "Transaction",
     "User",
+    "UserTokenCutoff",
 ]

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
+# a laptop: the development secrets that ship in the source are accepted (with a warning)
+export BILLWATCH_ENV="${BILLWATCH_ENV:-development}"
 mkdir -p var
 if [ -z "${BILLWATCH_STRIPE_API_BASE:-}" ] && [ -z "${BILLWATCH_STRIPE_API_KEY:-}" ]; then
   port="${BILLWATCH_LOCAL_STRIPE_PORT:-8420}"

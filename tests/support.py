@@ -124,6 +124,8 @@ async def reset_database(db: Database) -> None:
 
 def test_settings(database_url: str, stripe_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "env": "development",  # tests run on the development audit keys
+        "enable_api_docs": True,  # tests read /openapi.json
         "database_url": database_url,
         "stripe_api_base": stripe_url,
         "stripe_api_key": "sk_test_billwatch_tests",

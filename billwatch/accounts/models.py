@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint
@@ -52,3 +53,23 @@ class OwnerType(StrEnum):
 
     PATIENT = "patient"
     ORGANIZATION = "organization"
+
+
+class RevokedToken(Base):
+    """One bearer token refused before it expires (``billwatch token revoke JTI``)."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime]
+    """Revocation time plus the maximum token lifetime: past it the row may be pruned."""
+    revoked_at: Mapped[datetime]
+
+
+class UserTokenCutoff(Base):
+    """Every token of a user issued before ``not_before`` is refused (``token revoke --user``)."""
+
+    __tablename__ = "user_token_cutoffs"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    not_before: Mapped[datetime]

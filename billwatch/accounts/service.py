@@ -16,6 +16,7 @@ from billwatch.accounts.models import (
     Role,
     User,
 )
+from billwatch.accounts.validation import checked_email, checked_name
 from billwatch.errors import NotFound
 
 
@@ -32,7 +33,8 @@ async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
 
 
 async def create_user(session: AsyncSession, *, email: str, name: str, role: Role) -> User:
-    user = User(id=uuid.uuid4(), email=email.lower(), name=name, role=role)
+    """A new user; an e-mail or name that cannot be shown safely is refused (422)."""
+    user = User(id=uuid.uuid4(), email=checked_email(email), name=checked_name(name), role=role)
     session.add(user)
     await session.flush()
     return user
@@ -41,7 +43,7 @@ async def create_user(session: AsyncSession, *, email: str, name: str, role: Rol
 async def create_organization(session: AsyncSession, *, name: str,
                               billing_admins: list[User] = (),  # type: ignore[assignment]
                               members: list[User] = ()) -> Organization:  # type: ignore[assignment]
-    org = Organization(id=uuid.uuid4(), name=name)
+    org = Organization(id=uuid.uuid4(), name=checked_name(name))
     session.add(org)
     await session.flush()
     for user, role in [*((u, OrgRole.BILLING_ADMIN) for u in billing_admins),

@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from billwatch.audit import crypto
@@ -26,9 +27,10 @@ from billwatch.audit.roles import app_role_grants
 from billwatch.audit.rotation import rotate, rows_to_rotate
 from billwatch.audit.sealing import seal
 from billwatch.audit.verify import VerifyReport, verify
-from billwatch.config import Settings, get_settings
+from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database
+from billwatch.startup import checked_settings
 
 audit_app = typer.Typer(help="The audit trail: verify, seal, rotate keys, archive.",
                         no_args_is_help=True)
@@ -43,7 +45,7 @@ ArchiveDir = Annotated[Path | None, typer.Option(
 
 
 def _settings() -> tuple[Settings, crypto.AuditKeys]:
-    settings = get_settings()
+    settings = checked_settings()
     keys = crypto.install(crypto.keys_for(settings))
     if keys.development:
         errors.print("[yellow]warning: the development audit keys are in use; set "
@@ -103,12 +105,12 @@ def _print_report(report: VerifyReport) -> None:
                   f"checkpoints {report.checkpoints:,}; {report.seconds:.2f}s, "
                   f"{report.rows_per_second:,.0f} rows/s")
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     if report.problem is None:
         console.print("[green]audit trail intact[/green]")
     else:
         errors.print(f"[red]audit trail BROKEN ({report.problem.kind}): "
-                     f"{report.problem.message}[/red]")
+                     f"{escape(report.problem.message)}[/red]")
 
 
 @audit_app.command("checkpoint")
@@ -118,7 +120,7 @@ def checkpoint_command(checkpoint_dir: CheckpointDir = None) -> None:
     store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
     result = _run(settings, "checkpoint", lambda db: seal(db, keys=keys, store=store))
     console.print(f"sealed {result.sealed:,} rows; head seq {result.checkpoint.last_seq:,}; "
-                  f"checkpoint {result.path}")
+                  f"checkpoint {escape(str(result.path))}")
 
 
 @audit_app.command("rotate-key")
@@ -162,13 +164,14 @@ def archive_command(
         result = _run(settings, "archive", lambda db: archive(
             db, keys=keys, store=store, directory=directory, before=cutoff))
     except ArchiveRefused as refused:
-        errors.print(f"[red]{refused}[/red]")
+        errors.print(f"[red]{escape(str(refused))}[/red]")
         raise typer.Exit(1) from refused
     if result is None:
         console.print(f"nothing before {cutoff:%Y-%m-%d} to archive")
         return
     console.print(f"archived {result.rows:,} rows (seq {result.first_seq:,}..{result.last_seq:,}) "
-                  f"to {result.path}; verify with --archive-dir {directory}")
+                  f"to {escape(str(result.path))}; verify with --archive-dir "
+                  f"{escape(str(directory))}")
 
 
 @audit_app.command("keygen")

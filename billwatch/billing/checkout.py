@@ -15,6 +15,7 @@ from billwatch.billing.models import CheckoutSession, CheckoutStatus
 from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
 from billwatch.config import Settings
 from billwatch.db import after_commit
+from billwatch.hardening import check_redirect
 from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import PaymentsGateway, PortalSessionInfo
 
@@ -24,6 +25,8 @@ async def create_checkout(session: AsyncSession, gateway: PaymentsGateway, setti
                           success_url: str | None = None,
                           cancel_url: str | None = None) -> CheckoutSession:
     """Open a Stripe Checkout session for ``owner`` to subscribe to ``plan_code``."""
+    success_url = check_redirect(success_url, settings, field="success_url")  # 422: no open
+    cancel_url = check_redirect(cancel_url, settings, field="cancel_url")  # redirects
     plan = require_plan(settings, plan_code)
     await ensure_no_live_subscription(session, owner)
     customer, customer_created = await ensure_customer(session, gateway, owner=owner)
@@ -69,6 +72,7 @@ async def open_portal(session: AsyncSession, gateway: PaymentsGateway, settings:
                       actor: Actor, owner: OwnerRef,
                       return_url: str | None = None) -> PortalSessionInfo:
     """A customer-portal link where the owner manages cards and invoices on Stripe's side."""
+    return_url = check_redirect(return_url, settings, field="return_url")
     customer, customer_created = await ensure_customer(session, gateway, owner=owner)
     info = await gateway.create_portal_session(
         customer_id=customer.stripe_customer_id,

@@ -63,6 +63,8 @@ class DemoEnvironment:
     def values(self) -> dict[str, Any]:
         """Every setting the demo fixes, by field name."""
         return {
+            "env": "development",  # a local Stripe key and a laptop; the secrets are fresh
+            "enable_api_docs": "true",  # the summary links to /docs
             "database_url": f"sqlite+aiosqlite:///{self.database_path}",
             "stripe_api_base": self.stripe_url,
             "stripe_api_key": self.stripe_api_key,

@@ -10,9 +10,10 @@ With Redis, a message whose worker vanished entirely comes back after
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 
 from billwatch.config import Settings, get_settings
@@ -75,3 +76,18 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+
+def _refuse_development_secrets(**_: Any) -> None:
+    """A worker or beat started as ``celery -A`` refuses development secrets as the CLI does."""
+    from billwatch.startup import InsecureSettings, require_secure_settings
+
+    try:
+        require_secure_settings(get_settings(), log_warning=False)
+    except InsecureSettings as refused:
+        sys.stderr.write(f"billwatch: {refused}\n")
+        raise SystemExit(2) from None
+
+
+signals.worker_init.connect(_refuse_development_secrets, weak=False)
+signals.beat_init.connect(_refuse_development_secrets, weak=False)

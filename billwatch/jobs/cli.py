@@ -10,15 +10,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.raising import configure as configure_alerts
-from billwatch.config import Settings, get_settings
+from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database, utcnow
 from billwatch.jobs import daily_metrics, service
+from billwatch.startup import checked_settings
 
 jobs_app = typer.Typer(help="Billing jobs by hand: daily metrics, backfill, anomaly checks.",
                        no_args_is_help=True)
@@ -28,7 +30,7 @@ T = TypeVar("T")
 
 def _run(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
     """Run ``work`` with the configured database; afterwards deliver what it raised."""
-    settings = get_settings()
+    settings = checked_settings()
     configure_alerts(settings)
 
     async def main() -> T:
@@ -74,7 +76,7 @@ def daily_metrics_command(
     figures = _run(work)
     table = Table(title=f"billing on {target.isoformat()}", show_header=False)
     for key, value in (figures or {}).items():
-        table.add_row(key, str(value))
+        table.add_row(escape(key), escape(str(value)))
     console.print(table)
 
 
@@ -143,7 +145,7 @@ def worker(
 
     _require_broker()
     celery.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}",
-                        f"--loglevel={loglevel}", f"--queues={get_settings().celery_queue}",
+                        f"--loglevel={loglevel}", f"--queues={checked_settings().celery_queue}",
                         "--without-mingle", "--without-gossip"])
 
 
@@ -161,7 +163,7 @@ def beat(
 
 
 def _require_broker() -> None:
-    if not get_settings().broker_url:
+    if not checked_settings().broker_url:
         console.print("[red]BILLWATCH_BROKER_URL is empty: alerts and jobs run embedded in "
                       "`billwatch serve`; set a broker (redis://...) to run workers.[/red]")
         raise typer.Exit(2)

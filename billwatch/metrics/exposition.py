@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.hardening import require_metrics_token
 from billwatch.metrics import billing, multiproc
 from billwatch.metrics.gauges import GaugeCache, GaugeCollector
 from billwatch.metrics.middleware import HttpMetricsMiddleware
@@ -66,7 +67,7 @@ class MetricsExporter:
         return body, content_type
 
 
-@router.get("/metrics", response_class=Response,
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_metrics_token)],
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text."}})
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: counters and histograms of all workers, gauges from the database."""

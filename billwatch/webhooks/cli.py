@@ -9,13 +9,15 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from billwatch.config import Settings, get_settings
+from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.errors import NotFound
 from billwatch.logging import configure_logging
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.startup import checked_settings
 from billwatch.webhooks import service, store
 from billwatch.webhooks.models import EventStatus, StripeEvent
 from billwatch.webhooks.processing import ProcessOutcome, ProcessResult
@@ -29,7 +31,7 @@ _STYLE = {ProcessOutcome.PROCESSED: "green", ProcessOutcome.IGNORED: "yellow",
 
 
 def _run(work: Callable[[Database, PaymentsGateway, Settings], Awaitable[T]]) -> T:
-    settings = get_settings()
+    settings = checked_settings()
     configure_logging(settings.log_level, json=settings.log_json)
 
     async def main() -> T:
@@ -44,8 +46,9 @@ def _run(work: Callable[[Database, PaymentsGateway, Settings], Awaitable[T]]) ->
 
 def _print_result(result: ProcessResult) -> None:
     detail = result.error or result.note or ""
-    console.print(f"[{_STYLE[result.outcome]}]{result.outcome.value:<9}[/] {result.event_id} "
-                  f"{result.type} (attempts {result.attempts}) {detail}", highlight=False)
+    console.print(f"[{_STYLE[result.outcome]}]{result.outcome.value:<9}[/] "
+                  f"{escape(result.event_id)} {escape(result.type)} "
+                  f"(attempts {result.attempts}) {escape(detail)}", highlight=False)
 
 
 @app.command("list")
@@ -65,9 +68,12 @@ def list_events(
     table = Table("event id", "type", "status", "source", "attempts", "stripe created",
                   "received", "last error")
     for row in rows:
-        table.add_row(row.stripe_event_id, row.type, row.status.value, row.source.value,
-                      str(row.attempts), row.stripe_created.isoformat(timespec="seconds"),
-                      row.received_at.isoformat(timespec="seconds"), (row.last_error or "")[:80])
+        # signed by Stripe is not written by us: stored text is shown, never read as markup
+        table.add_row(escape(row.stripe_event_id), escape(row.type), row.status.value,
+                      row.source.value, str(row.attempts),
+                      row.stripe_created.isoformat(timespec="seconds"),
+                      row.received_at.isoformat(timespec="seconds"),
+                      escape((row.last_error or "")[:80]))
     console.print(table)
     console.print(f"{len(rows)} event(s)")
 
@@ -89,7 +95,7 @@ def replay(
     try:
         results = _run(work)
     except NotFound as error:
-        console.print(f"[red]{error.detail}[/red]")
+        console.print(f"[red]{escape(error.detail)}[/red]")
         raise typer.Exit(1) from error
     for result in results:
         _print_result(result)
@@ -122,7 +128,7 @@ def reconcile(
     for result in report.results:
         _print_result(result)
     for event_id in report.unreadable:
-        console.print(f"[red]unreadable[/red] {event_id}")
+        console.print(f"[red]unreadable[/red] {escape(event_id)}")
     console.print(f"Stripe listed {report.listed} event(s) since {start.isoformat()}; "
                   f"{report.missed} had not been delivered, {report.failed} failed.")
     if report.failed or report.unreadable:

@@ -61,22 +61,34 @@ class SignatureHeader:
 
 
 def parse_header(header: str | None) -> SignatureHeader:
-    """``t=...,v1=...[,v1=...]``; other schemes (``v0``) are ignored, as Stripe documents."""
+    """``t=...,v1=...[,v1=...]``, split exactly as the SDK splits it; other schemes are ignored.
+
+    The SDK takes the *first* ``t`` and we bound that same timestamp from the future, so the
+    two must read one header the same way: a header with more than one ``t`` is refused
+    outright (``t=<future>,v1=...,t=<now>`` would otherwise be signed with one and checked
+    against the other), as is any ``t`` or ``v1`` the SDK would fail to read.
+    """
     if not header:
         raise WebhookRejected(RejectReason.MISSING_SIGNATURE, "missing_signature",
                               "no Stripe-Signature header")
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
-            timestamp = int(value)
-        elif key == "v1" and value:
-            signatures.append(value)
-    if timestamp is None or not signatures:
+    items = [item.split("=", 2) for item in header.split(",")]
+    timestamps = [item for item in items if item[0] == "t"]
+    signatures = [item for item in items if item[0] == "v1"]
+    if len(timestamps) > 1:
         raise WebhookRejected(RejectReason.MALFORMED, "malformed_signature_header",
-                              "Stripe-Signature needs a t= timestamp and at least one v1= signature")
-    return SignatureHeader(timestamp, tuple(signatures))
+                              "Stripe-Signature carries more than one t= timestamp")
+    try:
+        if len(timestamps) != 1 or not signatures or any(len(i) < 2 for i in signatures):
+            raise ValueError("incomplete")
+        value = timestamps[0][1]
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError("not a plain number")
+        timestamp = int(value)
+    except (IndexError, ValueError) as error:
+        raise WebhookRejected(RejectReason.MALFORMED, "malformed_signature_header",
+                              "Stripe-Signature needs one t= timestamp and at least one v1= "
+                              "signature") from error
+    return SignatureHeader(timestamp, tuple(item[1] for item in signatures))
 
 
 def webhook_secrets(settings: Settings) -> list[str]:

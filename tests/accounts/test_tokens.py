@@ -24,10 +24,12 @@ class TestTokens:
         garbage = await client.get("/me", headers={"Authorization": "Bearer nonsense"})
         assert garbage.status_code == 401 and garbage.json()["error"] == "invalid_token"
         expired = jwt.encode({"sub": str(patient.id), "role": "patient", "aud": "billwatch",
+                              "jti": "expired-1", "iat": utcnow() - timedelta(hours=1),
                               "exp": utcnow() - timedelta(seconds=5)}, TEST_TOKEN_SECRET, "HS256")
         response = await client.get("/me", headers={"Authorization": f"Bearer {expired}"})
         assert response.status_code == 401 and response.json()["error"] == "token_expired"
         forged = jwt.encode({"sub": str(patient.id), "role": "admin", "aud": "billwatch",
+                             "jti": "forged-1", "iat": utcnow(),
                              "exp": utcnow() + timedelta(hours=1)},
                             "another-secret-of-32-bytes-or-more!", "HS256")
         response = await client.get("/me", headers={"Authorization": f"Bearer {forged}"})
@@ -37,6 +39,7 @@ class TestTokens:
             self, client: httpx.AsyncClient, factory: Factory) -> None:
         patient = await factory.user(Role.PATIENT)
         elevated = jwt.encode({"sub": str(patient.id), "role": "admin", "aud": "billwatch",
+                               "jti": "elevated-1", "iat": utcnow(),
                                "exp": utcnow() + timedelta(hours=1)}, TEST_TOKEN_SECRET, "HS256")
         response = await client.get("/me", headers={"Authorization": f"Bearer {elevated}"})
         assert response.status_code == 401 and response.json()["error"] == "unknown_user"
@@ -65,7 +68,8 @@ async def test_cli_migrates_creates_a_user_and_mints_a_token_the_api_accepts(
     from tests.support import test_settings
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-    env = {**os.environ, "BILLWATCH_DATABASE_URL": url, "BILLWATCH_TOKEN_SECRET": TEST_TOKEN_SECRET}
+    env = {**os.environ, "BILLWATCH_ENV": "development", "BILLWATCH_DATABASE_URL": url,
+           "BILLWATCH_TOKEN_SECRET": TEST_TOKEN_SECRET}
     assert _cli(["migrate"], env).returncode == 0
     created = _cli(["users", "create", "ada@example.test", "--name", "Ada", "--role", "admin"], env)
     assert created.returncode == 0, created.stderr

@@ -30,6 +30,7 @@ def ring_spec(keys: AuditKeys) -> str:
 def cli_env(database_url: str, keys: AuditKeys, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLWATCH_")}
     env.update({
+        "BILLWATCH_ENV": "development",
         "BILLWATCH_DATABASE_URL": database_url,
         "BILLWATCH_AUDIT_ENCRYPTION_KEYS": ring_spec(keys),
         "BILLWATCH_AUDIT_HMAC_KEY": keys.hmac_key.decode(),

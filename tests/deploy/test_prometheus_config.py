@@ -22,6 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+METRICS_TOKEN_FILE = "billwatch-metrics-token"
 RULES = DEPLOY / "prometheus" / "rules" / "billwatch.rules.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "tests" / "billwatch.rules.test.yml"
 GRAFANA = DEPLOY / "grafana"
@@ -207,10 +208,20 @@ def test_rule_unit_tests_pass() -> None:
     assert "SUCCESS" in result.stdout
 
 
+def deployed_copy(tmp_path: Path) -> Path:
+    """``deploy/prometheus`` as an operator installs it: with the metrics token file beside it."""
+    target = tmp_path / "prometheus"
+    shutil.copytree(PROMETHEUS_CONFIG.parent, target,
+                    ignore=shutil.ignore_patterns(METRICS_TOKEN_FILE))
+    (target / METRICS_TOKEN_FILE).write_text("a-metrics-token-of-32-bytes-or-more-0123\n")
+    return target / PROMETHEUS_CONFIG.name
+
+
 def test_prometheus_config_passes_promtool_check(tmp_path: Path) -> None:
     promtool = promtool_path()
     # Run from an unrelated directory: rule_files must resolve relative to the config.
-    result = run(promtool, "check", "config", PROMETHEUS_CONFIG, cwd=tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    result = run(promtool, "check", "config", deployed_copy(tmp_path), cwd=tmp_path / "elsewhere")
     assert_ok(result)
     assert "1 rule files found" in result.stdout
     assert str(RULES.relative_to(PROMETHEUS_CONFIG.parent)) in result.stdout
@@ -225,6 +236,17 @@ def test_prometheus_config_scrapes_billwatch() -> None:
     rule_files = [(PROMETHEUS_CONFIG.parent / path).resolve() for path in config["rule_files"]]
     assert rule_files == [RULES.resolve()]
     assert not any(Path(path).is_absolute() for path in config["rule_files"])
+
+
+def test_prometheus_scrapes_with_the_metrics_bearer_token_from_a_file(tmp_path: Path) -> None:
+    """/metrics refuses scrapes without BILLWATCH_METRICS_TOKEN; the token stays out of the YAML."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == "billwatch"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": METRICS_TOKEN_FILE}
+    assert "credentials" not in job["authorization"] and "bearer_token" not in job
+    missing = run(promtool_path(), "check", "config", PROMETHEUS_CONFIG, cwd=tmp_path)
+    if not (PROMETHEUS_CONFIG.parent / METRICS_TOKEN_FILE).exists():
+        assert missing.returncode != 0 and METRICS_TOKEN_FILE in missing.stdout + missing.stderr
 
 
 def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:

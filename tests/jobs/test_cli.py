@@ -19,7 +19,8 @@ from tests.jobs.workers import BIN
 def billwatch(*args: str, cwd: Path, database_url: str = "",
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BILLWATCH_")}
-    environment.update({"BILLWATCH_DATABASE_URL": database_url, "BILLWATCH_LOG_LEVEL": "WARNING",
+    environment.update({"BILLWATCH_ENV": "development",
+                        "BILLWATCH_DATABASE_URL": database_url, "BILLWATCH_LOG_LEVEL": "WARNING",
                         "COLUMNS": "160", **(env or {})})
     return subprocess.run([str(BIN / "billwatch"), *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=120, check=False)

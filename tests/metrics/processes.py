@@ -23,6 +23,7 @@ from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, Factory, free_
 from tests.support import test_settings as make_settings
 
 Condition = Callable[[], bool] | Callable[[], Awaitable[bool]]
+METRICS_TOKEN = "billwatch-test-metrics-token-0123456789abcdef"
 
 
 async def wait_until(condition: Condition, *, what: str, within: float = 60.0) -> None:
@@ -68,6 +69,11 @@ class Served:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def scrape_headers(self) -> dict[str, str]:
+        """What Prometheus sends: ``/metrics`` answers only to the configured bearer token."""
+        return {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
     def worker_pids(self) -> set[int]:
         """Live pids with metric files, other than the supervising parent."""
         pids = {multiproc.file_pid(f) for f in self.metrics_dir.glob("*.db")}
@@ -84,11 +90,13 @@ async def billwatch_served(workdir: Path, stripe_url: str, *, workers: int = 2,
     metrics_dir = workdir / "prometheus-multiproc"
     port = free_port()
     env = {**os.environ, multiproc.MULTIPROC_ENV: str(metrics_dir),
+           "BILLWATCH_ENV": "development",
            "BILLWATCH_DATABASE_URL": url, "BILLWATCH_STRIPE_API_BASE": stripe_url,
            "BILLWATCH_STRIPE_API_KEY": "sk_test_billwatch_tests",
            "BILLWATCH_TOKEN_SECRET": TEST_TOKEN_SECRET,
            "BILLWATCH_STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
            "BILLWATCH_LOG_LEVEL": "WARNING", "BILLWATCH_METRICS_CACHE_SECONDS": "0",
+           "BILLWATCH_METRICS_TOKEN": METRICS_TOKEN,
            **env_overrides}
     exe = Path(sys.executable).parent / "billwatch"
     log_path = workdir / "serve.log"

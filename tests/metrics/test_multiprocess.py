@@ -105,7 +105,10 @@ async def checkouts(served: Served, headers: dict[str, str], body: dict[str, str
 async def scrapes(served: Served, times: int) -> list[dict[tuple[str, frozenset[tuple[str, str]]], float]]:
     limits = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=served.url, limits=limits, timeout=60) as http:
-        bodies = [await http.get("/metrics") for _ in range(times)]
+        refused = await http.get("/metrics")  # no token, no figures
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"] == "invalid_metrics_token"
+        bodies = [await http.get("/metrics", headers=served.scrape_headers) for _ in range(times)]
     assert all(b.status_code == 200 for b in bodies)
     return [parse(b.text) for b in bodies]
 
@@ -115,7 +118,7 @@ async def promtool_accepts(served: Served) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: `make test` installs Debian's prometheus package"
     async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
-        body = (await http.get("/metrics")).content
+        body = (await http.get("/metrics", headers=served.scrape_headers)).content
     checked = await asyncio.create_subprocess_exec(
         promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)

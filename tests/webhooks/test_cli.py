@@ -38,7 +38,7 @@ async def asgi(client: httpx.AsyncClient) -> Server:
 
 async def billwatch(settings: Settings, *args: str, premium: bool = False) -> Result:
     """Run the console command in-process (its own event loop, in a thread) with our settings."""
-    env = {"BILLWATCH_DATABASE_URL": settings.database_url,
+    env = {"BILLWATCH_ENV": "development", "BILLWATCH_DATABASE_URL": settings.database_url,
            "BILLWATCH_STRIPE_API_BASE": settings.stripe_api_base or "",
            "BILLWATCH_STRIPE_API_KEY": "sk_test_billwatch_tests",
            "BILLWATCH_STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
