@@ -45,7 +45,9 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
-        cache_logger_on_first_use=True,
+        # Not cached: a logger bound once would ignore a later configure_logging() and
+        # structlog.testing.capture_logs(), so what a log line says would depend on import order.
+        cache_logger_on_first_use=False,
     )
 
 

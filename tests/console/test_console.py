@@ -69,7 +69,8 @@ class TestSignIn:
             await page.goto(f"{console.url}/console/sign-in")
             await page.get_by_label("Admin e-mail address").fill(email)
             await page.get_by_role("button", name="Send me a sign-in link").click()
-            answers.append(await page.locator("main").inner_text())
+            await page.get_by_text("a sign-in link is on its way").wait_for()
+            answers.append(await page.content())
         await console.sign_in(ada)  # its mail arriving shows the others would have too
         assert answers[0] == answers[1]
         assert [m.rcpt_tos for m in console.mail.messages()] == [[ada.email]]
