@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.models import AlertKind, AlertStatus
 from billwatch.alerts.raising import raise_alert
+from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from tests.alerts.helpers import alert_test_settings, alerts
 from tests.alerts.mailbox import Mailbox, wait_until_async
@@ -30,7 +32,8 @@ def slow_server() -> Iterator[Mailbox]:
 
 class TestSlowServer:
     async def test_a_server_that_answers_data_late_gets_at_most_two_copies(
-            self, db: Database, database_url: str, slow_server: Mailbox) -> None:
+            self, db: Database, database_url: str, slow_server: Mailbox,
+            alert_settings: Settings) -> None:  # alert_settings: alerts are switched on
         settings = alert_test_settings(
             database_url, slow_server.port, smtp_data_timeout_seconds=CLIENT_WAITS,
             alert_uncertain_resend_seconds=RESEND_AFTER, alert_retry_base_seconds=0.2)
@@ -60,7 +63,8 @@ class TestSlowServer:
             assert alert.last_error and "no reply" in alert.last_error
 
     async def test_an_uncertain_mail_that_is_answered_on_its_resend_is_sent(
-            self, db: Database, database_url: str, slow_server: Mailbox) -> None:
+            self, db: Database, database_url: str, slow_server: Mailbox,
+            alert_settings: Settings) -> None:  # alert_settings: alerts are switched on
         settings = alert_test_settings(
             database_url, slow_server.port, smtp_data_timeout_seconds=CLIENT_WAITS,
             alert_uncertain_resend_seconds=RESEND_AFTER)
@@ -81,3 +85,20 @@ class TestSlowServer:
         assert alert.status is AlertStatus.SENT and alert.copies == 2
         messages = slow_server.messages()
         assert len(messages) == 2 and len({str(m.message["Message-ID"]) for m in messages}) == 1
+
+
+class TestCrashes:
+    async def test_a_deliverer_that_died_with_two_copies_out_leaves_the_alert_uncertain(
+            self, db: Database, database_url: str, mailbox: Mailbox,
+            alert_settings: Settings) -> None:
+        settings = alert_test_settings(database_url, mailbox.port)
+        async with db.unit_of_work() as session:
+            alert = raise_alert(session, AlertKind.AUDIT_WRITE_FAILURE, dedup_key="crashed",
+                                subject="audit row not written", payload={})
+            assert alert is not None
+            alert.copies, alert.attempts = 2, 2  # two sends began; neither was recorded
+            alert.claimed_until = utcnow() - timedelta(seconds=1)  # and the lease lapsed
+        await deliver_due(db, settings)
+        [stored] = await alerts(db)
+        assert stored.status is AlertStatus.UNCERTAIN and stored.next_attempt_at is None
+        assert mailbox.messages() == []  # never a third copy
