@@ -139,6 +139,9 @@ class TestConcurrentAcknowledge:
         successes = await audit_rows(db, event_type=AuditEvent.ALERT_ACKNOWLEDGED.value,
                                      outcome=Outcome.SUCCESS)
         assert len(successes) == 1
+        refused = await audit_rows(db, event_type=AuditEvent.ALERT_ACKNOWLEDGED.value,
+                                   outcome=Outcome.FAILURE)
+        assert len(refused) == 1  # the loser's call is on record too
         async with db.sessionmaker() as session:
             stored = await session.get(Alert, newest.id)
         assert stored is not None
