@@ -144,6 +144,25 @@ class Settings(BaseSettings):
     console_sign_in_limit: int = Field(default=5, ge=1, le=100)
     """Sign-in requests accepted per e-mail address and per client address in a window."""
     console_sign_in_window_seconds: int = Field(default=900, ge=60, le=86400)
+    # --- alert incidents and mail delivery (docs/alerts.md explains each) ---
+    alert_group_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """How long a new non-critical incident waits for company before its first mail."""
+    alert_group_interval_critical_seconds: float = Field(default=300.0, ge=0)
+    alert_group_interval_error_seconds: float = Field(default=300.0, ge=0)
+    alert_group_interval_warning_seconds: float = Field(default=900.0, ge=0)
+    alert_group_interval_info_seconds: float = Field(default=3600.0, ge=0)
+    """After a mail, how long new occurrences of a firing incident wait for their summary."""
+    alert_resolve_seconds: float = Field(default=600.0, gt=0)
+    """An incident quiet this long is resolved; the key's next occurrence mails at once."""
+    smtp_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    smtp_data_timeout_seconds: float = Field(default=600.0, gt=0, le=1800)
+    """The final reply to DATA: RFC 5321 (4.5.3.2.6) lets a server take ten minutes."""
+    alert_uncertain_resend_seconds: float = Field(default=21600.0, gt=0)
+    """A transmitted but unanswered mail is sent once more after this long, never again."""
+    docs_base_url: str = Field(default="", max_length=500)
+    """Where docs/ is published; mails link each alert kind's runbook under it (empty: none)."""
+    alert_mail_owner_email: str = Field(default="masked", pattern="^(hidden|masked|full)$")
+    """How mails show an owner's e-mail address: not at all, as ``j***@example.com``, or whole."""
 
     log_level: str = "INFO"
     log_json: bool = True

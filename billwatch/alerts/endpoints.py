@@ -9,8 +9,14 @@ from fastapi import Query, Request
 from pydantic import AwareDatetime
 
 from billwatch.alerts import ledger
-from billwatch.alerts.models import AlertStatus, Severity
-from billwatch.alerts.schemas import AcknowledgeRequest, AlertOut, AlertPage
+from billwatch.alerts.models import AlertStatus, IncidentStatus, Severity
+from billwatch.alerts.schemas import (
+    AcknowledgeRequest,
+    AlertOut,
+    AlertPage,
+    IncidentOut,
+    IncidentPage,
+)
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
 from billwatch.http import AdminActor, AuditedRouter, SessionDep, audited
@@ -39,11 +45,27 @@ async def list_alerts(
                      offset=offset)
 
 
+@router.get("/incidents", response_model=IncidentPage,
+            openapi_extra=audited(AuditEvent.ALERTS_READ))
+async def list_incidents(
+    session: SessionDep, actor: AdminActor,
+    kind: Annotated[str | None, Query(max_length=40)] = None,
+    status: IncidentStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> IncidentPage:
+    """Incidents (first seen, last seen, occurrences, mails sent, acknowledged), newest first."""
+    rows = await ledger.list_incidents(session, actor=actor, kind=kind, status=status,
+                                       limit=limit, offset=offset)
+    return IncidentPage(items=[IncidentOut.model_validate(row) for row in rows], limit=limit,
+                        offset=offset)
+
+
 @router.post("/{alert_id}/acknowledge", response_model=AlertOut,
              openapi_extra=audited(AuditEvent.ALERT_ACKNOWLEDGED))
 async def acknowledge_alert(alert_id: uuid.UUID, request: Request, session: SessionDep,
                             actor: AdminActor, body: AcknowledgeRequest | None = None) -> AlertOut:
-    """Mark an alert as handled by the calling admin."""
+    """Mark an alert and its incident as handled by the calling admin (409 if already done)."""
     request.state.audit_resource = Resource("alert", alert_id)
     alert = await ledger.acknowledge(session, actor=actor, alert_id=alert_id,
                                      note=body.note if body else None)

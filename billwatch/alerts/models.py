@@ -1,7 +1,8 @@
-"""The alert ledger (an outbox of e-mails) and the cooldown window of each dedup key.
+"""The alert ledger (an outbox of e-mails), the incidents that group it, and each key's lock row.
 
-An alert row is written in the transaction of the event that raised it and delivered after
-commit; the row is the durable hand-off, so a crash between commit and delivery loses nothing.
+An alert row is one occurrence, written in the transaction of the event that raised it and
+delivered after commit; the row is the durable hand-off, so a crash between commit and delivery
+loses nothing. Occurrences of one key group into incidents, and the incident decides what mails.
 """
 
 from __future__ import annotations
@@ -41,7 +42,17 @@ class AlertStatus(StrEnum):
     FAILED = "failed"
     """Gave up after ``alert_max_attempts``; visible in the ledger, never mailed."""
     SUPPRESSED = "suppressed"
-    """Inside its key's cooldown window: counted into the key's next mail instead."""
+    """Not mailed on its own: counted into its incident's next mail (or held by an ack)."""
+    UNCERTAIN = "uncertain"
+    """The SMTP server got the whole message but its answer never came: probably delivered.
+    One re-send follows after ``alert_uncertain_resend_seconds``; after a second such copy the
+    alert stays ``uncertain`` for good (at most two copies of any mail)."""
+
+
+class IncidentStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+    """Quiet for ``alert_resolve_seconds``: the key's next occurrence opens a new incident."""
 
 
 class Alert(UUIDPrimaryKey, Timestamped, Base):
@@ -52,6 +63,7 @@ class Alert(UUIDPrimaryKey, Timestamped, Base):
         Index("ix_alerts_time", "created_at"),
         Index("ix_alerts_kind_time", "kind", "created_at"),
         Index("ix_alerts_counted_in", "counted_in_id"),
+        Index("ix_alerts_incident", "incident_id", "status"),
     )
 
     kind: Mapped[str] = mapped_column(String(40))
@@ -76,13 +88,52 @@ class Alert(UUIDPrimaryKey, Timestamped, Base):
     """For a suppressed alert: the mail that counted it; null until one does."""
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    incident_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("alert_incidents.id"))
+    """The incident this occurrence belongs to; set by the deliverer, null until then."""
+    copies: Mapped[int] = mapped_column(default=0)
+    """Attempts that may have put the message on the wire (counted before sending, given back
+    when the failure came before the DATA was transmitted): never more than two."""
+    uncertain_at: Mapped[datetime | None]
+    """When a transmitted copy went unanswered (timeout or dropped connection)."""
+
+
+class AlertIncident(UUIDPrimaryKey, Base):
+    """Occurrences of one key that belong together: opened by the first, resolved by quiet.
+
+    The deliverer keeps the counts under the key's lock row, so ``occurrences - mailed`` is
+    exactly what the next summary mail reports.
+    """
+
+    __tablename__ = "alert_incidents"
+    __table_args__ = (
+        Index("ix_alert_incidents_key", "dedup_key", "first_seen_at"),
+        Index("ix_alert_incidents_last_seen", "last_seen_at"),
+    )
+
+    dedup_key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[Severity] = mapped_column(enum_column(Severity, "incident_severity"))
+    subject: Mapped[str] = mapped_column(String(200))
+    """The subject of the occurrence that opened it."""
+    status: Mapped[IncidentStatus] = mapped_column(enum_column(IncidentStatus, "incident_status"),
+                                                   default=IncidentStatus.FIRING)
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    occurrences: Mapped[int] = mapped_column(default=1)
+    mailed_occurrences: Mapped[int] = mapped_column(default=0)
+    """Occurrences the mails so far reported (first mail plus summaries)."""
+    mails_sent: Mapped[int] = mapped_column(default=0)
+    last_mail_at: Mapped[datetime | None]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
 
 
 class AlertCooldown(Base):
-    """One row per dedup key: who holds its window and when it last mailed.
+    """One row per dedup key: its current incident, who is mailing it, when it last mailed.
 
-    Winning the window is one conditional UPDATE of this row, so two deliverers racing for the
-    same key cannot both mail, on PostgreSQL (row lock) or SQLite (single writer).
+    Every delivery step of a key starts with an UPDATE of this row, so two deliverers working
+    on the same key take turns, on PostgreSQL (row lock) or SQLite (single writer).
     """
 
     __tablename__ = "alert_cooldowns"
@@ -92,3 +143,5 @@ class AlertCooldown(Base):
     """The alert being mailed right now (between winning the window and the SMTP answer)."""
     last_sent_at: Mapped[datetime | None]
     last_alert_id: Mapped[uuid.UUID | None]
+    incident_id: Mapped[uuid.UUID | None]
+    """The key's newest incident (firing, or resolved until the next occurrence)."""

@@ -23,11 +23,12 @@ from billwatch.db import Database, after_commit, utcnow
 
 @dataclass(frozen=True, slots=True)
 class KindSpec:
-    """How a kind of alert is mailed: its severity, title, and whether its key mails only once.
+    """How a kind of alert is mailed: its severity, title, and whether its key names one fact.
 
-    ``once`` kinds carry their subject in the key (an invoice, a day, an hour): the key mails
-    once ever, later raises are suppressed and only counted. Other kinds mail once per cooldown
-    window and count the rest into the key's next mail.
+    ``once`` kinds carry their subject in the key (an invoice, a day, an hour): a later raise
+    within the incident is an identical repeat, mailed again only after the repeat interval.
+    For other kinds each raise is news, summarised at the group interval
+    (:mod:`billwatch.alerts.incidents`).
     """
 
     severity: Severity

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billwatch.alerts.models import AlertStatus, Severity
+from billwatch.alerts.models import AlertStatus, IncidentStatus, Severity
 
 
 class AlertOut(BaseModel):
@@ -32,6 +32,38 @@ class AlertOut(BaseModel):
                                                         "counted it.")
     acknowledged_at: datetime | None
     acknowledged_by_user_id: uuid.UUID | None
+    incident_id: uuid.UUID | None = Field(description="The incident this occurrence belongs to "
+                                                      "(null until a deliverer looked at it).")
+    copies: int = Field(description="Copies that may have reached the SMTP server (at most 2).")
+    uncertain_at: datetime | None = Field(description="When a transmitted copy went unanswered.")
+
+
+class IncidentOut(BaseModel):
+    """Occurrences of one key that belong together; what the mails reported of them."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    dedup_key: str
+    kind: str
+    severity: Severity
+    subject: str
+    status: IncidentStatus
+    first_seen_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+    occurrences: int
+    mailed_occurrences: int = Field(description="Occurrences the mails so far reported.")
+    mails_sent: int
+    last_mail_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by_user_id: uuid.UUID | None
+
+
+class IncidentPage(BaseModel):
+    items: list[IncidentOut]
+    limit: int
+    offset: int
 
 
 class AlertPage(BaseModel):

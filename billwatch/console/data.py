@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts.models import Organization, OwnerType, User
-from billwatch.alerts.models import Alert, AlertStatus
+from billwatch.alerts.models import Alert, AlertIncident, AlertStatus
 from billwatch.audit import service as audit_service
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
 from billwatch.audit.service import AuditFilters, Entry
@@ -202,3 +202,11 @@ def series(days: list[DailyBillingMetrics], field: str, *, scale: float = 1.0) -
         value = getattr(day, field)
         points.append((day.day, None if value is None else value / scale))
     return points
+
+
+async def alert(session: AsyncSession, alert_id: uuid.UUID) -> tuple[Alert, AlertIncident | None]:
+    found = await session.get(Alert, alert_id)
+    if found is None:
+        raise NotFound(f"alert {alert_id} not found", code="alert_not_found")
+    incident = await session.get(AlertIncident, found.incident_id) if found.incident_id else None
+    return found, incident

@@ -398,6 +398,18 @@ async def alerts(request: Request, status: str = "", severity: str = "", open: i
                   statuses=[s.value for s in AlertStatus], severities=[s.value for s in Severity])
 
 
+@router.get("/alerts/{alert_id}")
+async def alert_page(request: Request, alert_id: uuid.UUID) -> Response:
+    """One alert with its incident: what alert mails link to."""
+    async with _db(request).unit_of_work() as session:
+        who = await _who(request, session)
+        if who is None:
+            return to_sign_in(request)
+        alert, incident = await data.alert(session, alert_id)
+        _viewed(session, who, "alert", alert_id=str(alert.id))
+    return render(request, "alert.html.j2", who=who, alert=alert, incident=incident)
+
+
 @router.post("/alerts/{alert_id}/acknowledge", openapi_extra=audited(AuditEvent.ALERT_ACKNOWLEDGED))
 async def acknowledge(request: Request, alert_id: uuid.UUID) -> Response:
     fields = await form(request)

@@ -76,6 +76,7 @@ class DemoEnvironment:
             "smtp_port": str(self.smtp_port),
             "smtp_from": "billwatch-demo@clinic.test",
             "alert_poll_seconds": "1",
+            "alert_group_wait_seconds": "0",  # the demo shows each first mail as it happens
             "job_catch_up_days": "1",
             "log_level": "WARNING",
             "audit_encryption_keys": self.audit_encryption_keys,

@@ -76,3 +76,16 @@ class DailyBillingMetrics(Base):
     churn_mrr_lost_cents: Mapped[int] = mapped_column(BigInteger)
     revenue_churn_rate: Mapped[float | None] = mapped_column(Float)
 
+
+
+class Installation(Base):
+    """When this database was set up: one row, written by its migration (or the first catch-up).
+
+    The daily catch-up never reports a day before the installation's first day (or before the
+    first billing data, for a database that was filled with older history).
+    """
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    installed_at: Mapped[datetime] = mapped_column(default=utcnow)

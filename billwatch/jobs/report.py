@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billwatch.alerts.explain import format_money
 from billwatch.alerts.models import AlertKind
 from billwatch.alerts.raising import raise_alert
 from billwatch.jobs import daily_metrics
@@ -21,8 +22,18 @@ Formatter = Callable[[Any], str]
 
 def _money(currency: str) -> Formatter:
     def fmt(cents: Any) -> str:
-        return "-" if cents is None else f"{cents / 100:,.2f} {currency.upper()}"
+        return "-" if cents is None else format_money(cents, currency)
     return fmt
+
+
+ACTIVITY = ("active_subscriptions", "new_subscriptions", "cancelled_subscriptions",
+            "payments_succeeded", "payments_failed", "refunds_count", "gross_revenue_cents",
+            "churn_customers_start")
+"""Figures of which one is non-zero on any day that had billing data at all."""
+
+
+def has_data(figures: dict[str, Any]) -> bool:
+    return any(figures.get(name) for name in ACTIVITY)
 
 
 def _count(value: Any) -> str:
@@ -77,14 +88,17 @@ async def raise_daily_report(session: AsyncSession, figures: dict[str, Any]) -> 
     day = figures["day"]
     previous = _columns(await daily_metrics.load(session, day - timedelta(days=1)))
     money = _money(str(figures.get("currency", "usd")))
+    empty = not has_data(figures)
     report = {"day": day.isoformat(),
               "previous_day": (day - timedelta(days=1)).isoformat() if previous else None,
               "definition_version": figures["definition_version"],
               "churn_window_days": figures["churn_window_days"],
-              "rows": report_rows(figures, previous)}
-    raise_alert(
-        session, AlertKind.DAILY_REPORT, dedup_key=f"daily_report:{day.isoformat()}",
-        subject=(f"{day.isoformat()}: MRR {money(figures['mrr_cents'])}, "
-                 f"{figures['paying_customers']} paying customers, "
-                 f"churn {_percent(figures['customer_churn_rate'])}"),
-        payload={"day": day.isoformat(), "report": report})
+              "empty": empty,
+              "rows": [] if empty else report_rows(figures, previous)}
+    subject = (f"{day.isoformat()}: no billing data (no subscriptions, payments or refunds)"
+               if empty else
+               f"{day.isoformat()}: MRR {money(figures['mrr_cents'])}, "
+               f"{figures['paying_customers']} paying customers, "
+               f"churn {_percent(figures['customer_churn_rate'])}")
+    raise_alert(session, AlertKind.DAILY_REPORT, dedup_key=f"daily_report:{day.isoformat()}",
+                subject=subject, payload={"day": day.isoformat(), "report": report})

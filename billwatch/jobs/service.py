@@ -8,13 +8,15 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billwatch.billing.models import Subscription, Transaction
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import anomaly, daily_metrics, report
-from billwatch.jobs.models import JobRun, RunStatus
+from billwatch.jobs.models import Installation, JobRun, RunStatus
 from billwatch.jobs.runs import RunOutcome, run_claimed, run_once
 
 DAILY_METRICS = "daily_metrics"
@@ -52,9 +54,32 @@ async def daily_metrics_job(db: Database, settings: Settings, day: date, *, forc
                           force=force, task_id=task_id)
 
 
-def catch_up_days(settings: Settings, today: date) -> list[date]:
-    """The complete days the daily job makes sure of, oldest first (so a report can compare)."""
-    return [today - timedelta(days=back) for back in range(settings.job_catch_up_days, 0, -1)]
+def catch_up_days(settings: Settings, today: date, first_day: date | None = None) -> list[date]:
+    """The complete days the daily job makes sure of, oldest first (so a report can compare),
+    none before the installation's ``first_day``."""
+    days = [today - timedelta(days=back) for back in range(settings.job_catch_up_days, 0, -1)]
+    return [day for day in days if first_day is None or day >= first_day]
+
+
+async def installation_first_day(db: Database, *, now: datetime | None = None) -> date:
+    """The first day billwatch existed: its recorded set-up, or its first billing data if older.
+
+    The set-up time is written by the migration that created ``installation`` (from the
+    earliest job run or stored figure, else the migration's own time); a database that lost
+    the row starts now. Older billing data (an import, a restored history) counts as existing.
+    """
+    moment = now or utcnow()
+    async with db.unit_of_work() as session:
+        insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
+                  else sqlite.insert)
+        await session.execute(insert(Installation).values(id=1, installed_at=moment)
+                              .on_conflict_do_nothing(index_elements=["id"]))
+        installed = await session.scalar(select(Installation.installed_at)
+                                         .where(Installation.id == 1))
+        earliest = [installed,
+                    await session.scalar(select(func.min(Subscription.created_at))),
+                    await session.scalar(select(func.min(Transaction.created_at)))]
+    return min(found for found in earliest if found is not None).astimezone(UTC).date()
 
 
 async def daily_catch_up(db: Database, settings: Settings, *, now: datetime | None = None,
@@ -62,13 +87,14 @@ async def daily_catch_up(db: Database, settings: Settings, *, now: datetime | No
     """The 00:00 job: every recent complete day that has no successful run gets one.
 
     Catching up (rather than computing "yesterday" only) means a beat that fired late, or a
-    worker that was down at midnight, still produces each day once.
+    worker that was down at midnight, still produces each day once; a day before the
+    installation existed is never reported.
     """
     today = (now or utcnow()).astimezone(UTC).date()
-    done = await succeeded_periods(db, DAILY_METRICS,
-                                   [d.isoformat() for d in catch_up_days(settings, today)])
+    days = catch_up_days(settings, today, await installation_first_day(db, now=now))
+    done = await succeeded_periods(db, DAILY_METRICS, [d.isoformat() for d in days])
     ran: dict[str, bool] = {}
-    for day in catch_up_days(settings, today):
+    for day in days:
         if day.isoformat() not in done:
             outcome = await daily_metrics_job(db, settings, day, task_id=task_id)
             ran[day.isoformat()] = outcome.ran

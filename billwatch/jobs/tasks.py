@@ -20,7 +20,7 @@ from celery import Celery, Task
 from celery.signals import worker_init, worker_process_init
 
 from billwatch.alerts import handoff
-from billwatch.alerts.delivery import deliver_one, due_alert_ids, flush_ended_windows
+from billwatch.alerts.delivery import deliver_one, due_alert_ids, promote_due
 from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.billing.refund_sweeper import sweep_pending_refunds
@@ -135,12 +135,12 @@ def deliver_alert(self: Task, alert_id: str) -> str:
 
 @task(name=SWEEP_TASK)
 def sweep_alerts() -> int:
-    """Mail the counts of ended cooldown windows and re-send alerts whose hand-off was lost."""
+    """Mail the incident summaries that are due and re-send alerts whose hand-off was lost."""
 
     async def work(db: Database, settings: Settings) -> list[uuid.UUID]:
         if not settings.enable_billing_alerts:
             return []
-        promoted = await flush_ended_windows(db, settings)
+        promoted = await promote_due(db, settings)
         stale = await due_alert_ids(db, now=utcnow(), older_than=utcnow() - SWEEP_GRACE)
         return [*promoted, *[alert_id for alert_id in stale if alert_id not in promoted]]
 

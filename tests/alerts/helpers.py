@@ -28,7 +28,8 @@ def alert_test_settings(database_url: str, smtp_port: int, **overrides: Any) -> 
         "billing_alert_emails": ",".join(RECIPIENTS), "smtp_host": "127.0.0.1",
         "smtp_port": smtp_port, "smtp_from": "billwatch@example.test",
         "smtp_timeout_seconds": 5, "alert_retry_base_seconds": 0.2,
-        "alert_retry_max_seconds": 1.0, "alert_poll_seconds": 0.2, "embedded_scheduler": False}
+        "alert_retry_max_seconds": 1.0, "alert_poll_seconds": 0.2, "embedded_scheduler": False,
+        "alert_group_wait_seconds": 0}
     values.update(overrides)
     return test_settings(database_url, "http://127.0.0.1:9", **values)
 

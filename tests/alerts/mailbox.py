@@ -45,15 +45,18 @@ class _Handler:
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
-        with self.box.lock:
+        with self.box.lock:  # the whole message is here: it counts as a copy received
             self.box.received.append(Received(list(envelope.rcpt_tos), message))
+        if self.box.reply_delay:  # a slow server: it holds the final reply to DATA back
+            await asyncio.sleep(self.box.reply_delay)
         return "250 OK"
 
 
 class Mailbox:
     """Collects what the SMTP server accepted; ``stop()`` makes the port refuse connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reply_delay: float = 0.0) -> None:
+        self.reply_delay = reply_delay
         self.port = free_port()
         self.lock = threading.Lock()
         self.received: list[Received] = []

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from billwatch.alerts import mail
-from billwatch.alerts.delivery import backoff_seconds, deliver_due, flush_ended_windows
+from billwatch.alerts.delivery import backoff_seconds, deliver_due
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
 from billwatch.alerts.raising import raise_alert
 from billwatch.config import Settings
@@ -27,48 +27,6 @@ from tests.alerts.helpers import (
 from tests.alerts.mailbox import Mailbox, wait_until, wait_until_async
 
 
-class TestCooldown:
-    async def test_a_hundred_failures_mail_once_and_the_next_mail_counts_the_rest(
-            self, db: Database, alert_settings: Settings, mailbox: Mailbox) -> None:
-        await webhook_failures(db, 100)
-        await deliver_due(db, alert_settings)
-        assert await statuses(db) == {AlertStatus.SENT: 1, AlertStatus.SUPPRESSED: 99}
-        [first] = mailbox.messages()
-        assert "more" not in first.subject
-
-        later = utcnow() + timedelta(seconds=alert_settings.alert_cooldown_seconds + 1)
-        await webhook_failures(db, 1)  # the window has ended by ``later``
-        await deliver_due(db, alert_settings, now=later)
-        mails = mailbox.messages()
-        assert len(mails) == 2
-        second = mails[1]
-        assert "(+99 more)" in second.subject
-        assert "and 99 more since" in second.text and "and 99 more since" in second.html
-        [counted] = await alerts(db, status=AlertStatus.SENT, suppressed_count=99)
-        assert len(await alerts(db, counted_in_id=counted.id)) == 99
-
-    async def test_an_ended_window_mails_its_count_without_a_new_alert(
-            self, db: Database, alert_settings: Settings, mailbox: Mailbox) -> None:
-        await webhook_failures(db, 5)
-        await deliver_due(db, alert_settings)
-        assert len(mailbox.messages()) == 1
-        later = utcnow() + timedelta(seconds=alert_settings.alert_cooldown_seconds + 1)
-        assert await flush_ended_windows(db, alert_settings, now=utcnow()) == []  # not yet
-        await deliver_due(db, alert_settings, now=later)
-        mails = mailbox.messages()
-        assert len(mails) == 2 and "(+3 more)" in mails[1].subject
-        assert await statuses(db) == {AlertStatus.SENT: 2, AlertStatus.SUPPRESSED: 3}
-        await deliver_due(db, alert_settings, now=later + timedelta(hours=3))
-        assert len(mailbox.messages()) == 2  # every suppressed alert is counted exactly once
-
-    async def test_keys_have_separate_windows(self, db: Database, alert_settings: Settings,
-                                              mailbox: Mailbox) -> None:
-        await webhook_failures(db, 3, event_type="invoice.paid")
-        await webhook_failures(db, 3, event_type="charge.refunded")
-        await deliver_due(db, alert_settings)
-        assert len(mailbox.messages()) == 2
-
-
 class TestSmtpOutage:
     async def test_smtp_down_then_up_sends_once_and_loses_nothing(
             self, db: Database, alert_settings: Settings, mailbox: Mailbox) -> None:
@@ -77,6 +35,7 @@ class TestSmtpOutage:
         await deliver_due(db, alert_settings)
         [alert] = await alerts(db)
         assert alert.status is AlertStatus.PENDING and alert.attempts == 1
+        assert alert.copies == 0  # refused before anything was sent: not a copy
         assert alert.last_error and alert.next_attempt_at is not None
         await deliver_due(db, alert_settings, now=alert.next_attempt_at)
         [alert] = await alerts(db)
@@ -86,6 +45,7 @@ class TestSmtpOutage:
         await deliver_due(db, alert_settings, now=alert.next_attempt_at)
         [alert] = await alerts(db)
         assert alert.status is AlertStatus.SENT and alert.attempts == 3 and alert.last_error is None
+        assert alert.copies == 1
         await deliver_due(db, alert_settings, now=utcnow() + timedelta(hours=1))
         assert len(mailbox.messages()) == 1
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
 import httpx
 
 from billwatch.accounts.models import Role
+from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
 from billwatch.audit.events import AuditEvent, Outcome
+from billwatch.config import Settings
 from billwatch.db import Database, utcnow
+from tests.alerts.helpers import alerts, webhook_failures
 from tests.support import Factory, audit_rows
 
 
@@ -117,3 +121,64 @@ class TestAcknowledge:
         assert len(failures) == 2
         async with db.sessionmaker() as session:
             assert (await session.get(Alert, newest.id)).acknowledged_at is None  # type: ignore[union-attr]
+
+
+class TestConcurrentAcknowledge:
+    async def test_two_at_once_give_one_success_and_one_conflict(
+            self, client: httpx.AsyncClient, factory: Factory, db: Database) -> None:
+        _, _, newest = await seed(db)
+        first, second = await factory.user(Role.ADMIN), await factory.user(Role.ADMIN)
+        url = f"/admin/alerts/{newest.id}/acknowledge"
+        answers = await asyncio.gather(
+            client.post(url, headers=factory.headers(first), json={"note": "mine"}),
+            client.post(url, headers=factory.headers(second), json={"note": "mine too"}))
+        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+        [won] = [a for a in answers if a.status_code == 200]
+        [lost] = [a for a in answers if a.status_code == 409]
+        assert lost.json()["error"] == "already_acknowledged"
+        successes = await audit_rows(db, event_type=AuditEvent.ALERT_ACKNOWLEDGED.value,
+                                     outcome=Outcome.SUCCESS)
+        assert len(successes) == 1
+        refused = await audit_rows(db, event_type=AuditEvent.ALERT_ACKNOWLEDGED.value,
+                                   outcome=Outcome.FAILURE)
+        assert len(refused) == 1  # the loser's call is on record too
+        async with db.sessionmaker() as session:
+            stored = await session.get(Alert, newest.id)
+        assert stored is not None
+        assert str(stored.acknowledged_by_user_id) == won.json()["acknowledged_by_user_id"]
+
+
+class TestIncidents:
+    async def test_the_ledger_shows_incidents_and_acknowledging_an_alert_acknowledges_its_incident(
+            self, client: httpx.AsyncClient, factory: Factory, db: Database,
+            alert_settings: Settings) -> None:
+        await webhook_failures(db, 3)
+        await deliver_due(db, alert_settings)
+        admin = await factory.user(Role.ADMIN)
+        listed = await client.get("/admin/alerts/incidents", headers=factory.headers(admin))
+        assert listed.status_code == 200, listed.text
+        [incident] = listed.json()["items"]
+        assert incident["occurrences"] == 3 and incident["mails_sent"] == 1
+        assert incident["mailed_occurrences"] == 1 and incident["status"] == "firing"
+        assert incident["first_seen_at"] <= incident["last_seen_at"]
+        assert incident["acknowledged_at"] is None
+
+        [sent] = await alerts(db, status=AlertStatus.SENT)
+        done = await client.post(f"/admin/alerts/{sent.id}/acknowledge",
+                                 headers=factory.headers(admin))
+        assert done.status_code == 200 and done.json()["incident_id"] == incident["id"]
+        listed = await client.get("/admin/alerts/incidents", headers=factory.headers(admin),
+                                  params={"status": "firing"})
+        [incident] = listed.json()["items"]
+        assert incident["acknowledged_by_user_id"] == str(admin.id)
+        reads = await audit_rows(db, event_type=AuditEvent.ALERTS_READ.value)
+        assert len(reads) == 2 and all(r.data["view"] == "incidents" for r in reads)
+
+    async def test_incidents_are_admin_only_and_filters_are_checked(
+            self, client: httpx.AsyncClient, factory: Factory) -> None:
+        proxy, admin = await factory.user(Role.PROXY), await factory.user(Role.ADMIN)
+        forbidden = await client.get("/admin/alerts/incidents", headers=factory.headers(proxy))
+        assert forbidden.status_code == 403
+        bad = await client.get("/admin/alerts/incidents", headers=factory.headers(admin),
+                               params={"status": "burning"})
+        assert bad.status_code == 422

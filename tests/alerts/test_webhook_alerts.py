@@ -61,3 +61,48 @@ class TestFinalPaymentFailureFromStripe:
         [sent] = await alerts(db, status=AlertStatus.SENT)
         assert sent.payload["stripe_customer_id"] == customer
         assert sent.payload["owner_id"] == str(patient.id)
+
+
+class TestAMailAPersonCanActOn:
+    async def test_a_final_failure_mail_shows_money_the_owner_and_the_next_step(
+            self, client: httpx.AsyncClient, factory: Factory, db: Database,
+            alert_settings: Settings, mailbox: Mailbox) -> None:
+        patient = await factory.user(Role.PATIENT, name="Ada Lovelace")
+        customer = se.new_id("cus")
+        async with db.unit_of_work() as session:
+            session.add(StripeCustomer(id=uuid.uuid4(), owner_type=OwnerType.PATIENT,
+                                       owner_id=patient.id, stripe_customer_id=customer,
+                                       idempotency_key=f"test:{customer}"))
+        intent = se.declined_payment_intent(pi_id=se.new_id("pi"), customer=customer, amount=1500)
+        event = se.event("invoice.payment_failed", se.invoice(
+            invoice_id=se.new_id("in"), customer=customer, subscription_id=None,
+            price="billwatch_basic_monthly", amount=1500, paid=False, attempt_count=3,
+            payment_intent=intent))
+        assert (await post(client, event)).status_code == 200
+        settings = alert_settings.model_copy(update={
+            "docs_base_url": "https://docs.example.test/billwatch/",
+            "console_base_url": "https://console.example.test"})
+        await deliver_due(db, settings)
+
+        [mail] = mailbox.messages()
+        [alert] = await alerts(db, status=AlertStatus.SENT)
+        masked = patient.email[0] + "***@example.test"
+        for body in (mail.text, mail.html):
+            assert "15.00 USD" in body and "1500" not in body  # money, not minor units
+            assert "Ada Lovelace" in body and masked in body and patient.email not in body
+            assert "What happens next" in body and "Stripe makes no further automatic attempt" in body
+            assert "https://docs.example.test/billwatch/alerts.md#payment-final-failure" in body
+            assert f"https://console.example.test/console/alerts/{alert.id}" in body
+            assert f"https://console.example.test/console/owners/patient/{patient.id}" in body
+            assert_no_card(body)
+
+    async def test_without_base_urls_there_are_no_links(
+            self, db: Database, alert_settings: Settings, mailbox: Mailbox) -> None:
+        from tests.alerts.helpers import payment_failed
+
+        await payment_failed(db, invoice="in_nolinks", attempt=3, amount_cents=123456)
+        await deliver_due(db, alert_settings)
+        [mail] = mailbox.messages()
+        for body in (mail.text, mail.html):
+            assert "1,234.56 USD" in body and "http" not in body.replace("http-equiv", "")
+            assert "an unknown customer" not in body  # the Stripe customer is named instead

@@ -135,6 +135,10 @@ async def list_alerts(w: World) -> Call:
     return lambda: w.client.get("/admin/alerts", headers=w.as_(w.admin))
 
 
+async def list_incidents(w: World) -> Call:
+    return lambda: w.client.get("/admin/alerts/incidents", headers=w.as_(w.admin))
+
+
 async def acknowledge_alert(w: World) -> Call:
     async with w.db.unit_of_work() as session:
         alert = raise_alert(session, AlertKind.AUDIT_WRITE_FAILURE, dedup_key=uuid.uuid4().hex,
@@ -173,6 +177,7 @@ SCENARIOS: dict[tuple[str, str], Callable[[World], Awaitable[Call]]] = {
     ("DELETE", "/patients/{patient_id}/billing-managers/{proxy_id}"): remove_manager,
     ("GET", "/admin/alerts"): list_alerts,
     ("POST", "/admin/alerts/{alert_id}/acknowledge"): acknowledge_alert,
+    ("GET", "/admin/alerts/incidents"): list_incidents,
     ("GET", "/admin/audit-logs"): list_audit,
     ("GET", "/admin/audit-logs/export"): export_audit,
     ("GET", "/admin/audit-logs/{audit_log_id}"): read_audit,

@@ -168,6 +168,11 @@ class TestActions:
         await page.wait_for_url("**/console/alerts?acknowledged=1")
         assert (await reload(console.db, Alert, alert.id)).acknowledged_at is not None
         await console.screenshot("alerts")
+        await page.get_by_role("link", name="invoice.paid failed twice").click()  # what mails link
+        await page.get_by_role("heading", name="Critical: invoice.paid failed twice").wait_for()
+        assert await page.get_by_role("button", name="Acknowledge").count() == 0
+        findings = no_serious_violations(await Axe().run(page))
+        assert findings == []
 
     async def test_replay_a_failed_event(self, console: Console) -> None:
         await console.sign_in(await admin(console))

@@ -20,6 +20,7 @@ from billwatch.jobs.models import JobRun, RunStatus
 from tests.alerts.helpers import alerts
 from tests.alerts.mailbox import Mailbox, wait_until_async
 from tests.jobs.month import seed_month, transaction
+from tests.jobs.reports import installed
 
 NOW = datetime(2026, 7, 1, 15, 30, tzinfo=UTC)
 HOUR = datetime(2026, 7, 1, 14, tzinfo=UTC)  # the hour checked at 15:00
@@ -120,6 +121,7 @@ class TestSchedule:
 
     async def test_the_runner_runs_the_schedule(self, db: Database, alert_settings: Settings,
                                                 mailbox: Mailbox) -> None:
+        await installed(db, datetime.now(UTC) - timedelta(days=10))  # days to catch up exist
         runner = EmbeddedRunner(db, alert_settings, schedule=True)
         await runner.start()
         try:

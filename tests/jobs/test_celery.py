@@ -19,7 +19,7 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from billwatch.alerts import handoff, raising
-from billwatch.alerts.models import AlertCooldown, AlertKind, AlertStatus
+from billwatch.alerts.models import AlertIncident, AlertKind, AlertStatus
 from billwatch.audit.models import AuditLog
 from billwatch.config import Settings
 from billwatch.db import Database
@@ -93,11 +93,12 @@ class TestDedupThroughTheWorker:
             AlertStatus.SENT: 1, AlertStatus.SUPPRESSED: 2}
         assert len(mailbox.messages()) == 2
 
-        async with db.unit_of_work() as session:  # as if an hour passed: the cooldown is over
-            for window in (await session.scalars(select(AlertCooldown))).all():
-                assert window.last_sent_at is not None
-                window.last_sent_at -= timedelta(seconds=settings.alert_cooldown_seconds + 1)
-        await webhook_failures(db, 1)
+        async with db.unit_of_work() as session:  # as if the group interval had passed
+            for incident in (await session.scalars(select(AlertIncident))).all():
+                assert incident.last_mail_at is not None
+                incident.last_mail_at -= timedelta(
+                    seconds=settings.alert_group_interval_error_seconds + 1)
+        await webhook_failures(db, 1)  # its delivery finds the summary due and carries it
         [latest] = await mailbox.wait_for(1, lambda m: "more)" in m.subject)
         assert "(+99 more)" in latest.subject and "and 99 more since" in latest.text
         assert latest.message["X-Billwatch-Severity"] == "error"

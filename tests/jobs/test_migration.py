@@ -10,7 +10,8 @@ from sqlalchemy import inspect
 from billwatch.db import Database
 from billwatch.migrations import alembic_config, upgrade
 
-MINE = {"alerts", "alert_cooldowns", "job_runs", "daily_billing_metrics"}
+MINE = {"alerts", "alert_cooldowns", "job_runs", "daily_billing_metrics", "alert_incidents",
+        "installation"}
 
 
 
@@ -26,7 +27,7 @@ async def tables(url: str) -> set[str]:
 async def test_down_and_up_again(fresh_url: str) -> None:
     await asyncio.to_thread(upgrade, fresh_url)
     assert await tables(fresh_url) >= MINE
-    await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "alerts_jobs@-1")
+    await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "alerts_jobs@-2")
     remaining = await tables(fresh_url)
     assert not MINE & remaining and {"audit_logs", "subscriptions"} <= remaining
     await asyncio.to_thread(upgrade, fresh_url)

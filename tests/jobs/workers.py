@@ -41,6 +41,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "ALERT_RETRY_BASE_SECONDS": settings.alert_retry_base_seconds,
         "ALERT_RETRY_MAX_SECONDS": settings.alert_retry_max_seconds,
         "ALERT_COOLDOWN_SECONDS": settings.alert_cooldown_seconds,
+        "ALERT_GROUP_WAIT_SECONDS": settings.alert_group_wait_seconds,
         "ENABLE_BILLING_METRICS": "false", "LOG_LEVEL": "WARNING", "ENV": "development",
     }
     env.update({f"BILLWATCH_{key}": str(value) for key, value in values.items()})
