@@ -8,6 +8,7 @@ line breaks, so nothing can inject a header.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -149,8 +150,11 @@ def wire_bytes(message: EmailMessage) -> bytes:
     return _LEADING_DOT.sub(b"..", raw) + (b"" if raw.endswith(b"\r\n") else b"\r\n") + b".\r\n"
 
 
-async def send(settings: Settings, message: EmailMessage) -> None:
+async def send(settings: Settings, message: EmailMessage,
+               recipients: Sequence[str] | None = None) -> None:
     """Hand ``message`` to the SMTP server in steps, each with its own timeout.
+
+    It goes to the alert recipients unless ``recipients`` names others (a sign-in link).
 
     Connecting, every command and the reply to DATA have separate limits; once the final dot
     is written, a timeout or a dropped connection raises :class:`UncertainDelivery`.
@@ -162,7 +166,7 @@ async def send(settings: Settings, message: EmailMessage) -> None:
     await client.connect(timeout=settings.smtp_connect_timeout_seconds)
     try:
         await client.mail(_address(settings.smtp_from))
-        for recipient in settings.billing_alert_emails:
+        for recipient in settings.billing_alert_emails if recipients is None else recipients:
             await client.rcpt(_address(recipient))
         start = await client.execute_command(b"DATA")
         if start.code != 354:

@@ -120,7 +120,8 @@ async def ask_for_link(request: Request) -> Response:
         asked = await auth.request_link(session, settings, email=email, client_ip=client)
     if asked.token is not None:  # after the commit: no mail for a link that was not stored
         try:
-            await send_mail(settings, mail.sign_in_message(settings, asked.email, asked.token))
+            await send_mail(settings, mail.sign_in_message(settings, asked.email, asked.token),
+                            [asked.email])
         except Exception as error:  # the same answer either way; the operator sees the log
             log.warning("console_sign_in_mail_failed", error=type(error).__name__)
     return render(request, "sign_in.html.j2", expired=False, sent=True)
