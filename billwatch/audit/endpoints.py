@@ -29,6 +29,7 @@ from billwatch.audit.service import AuditFilters, Entry
 from billwatch.db import Database
 from billwatch.errors import Forbidden, Unauthorized
 from billwatch.http import AdminActor, AuditedRoute, SessionDep, audited
+from billwatch.schema_types import Line, UtcDatetime
 
 
 class AuditReadRoute(AuditedRoute):
@@ -95,33 +96,27 @@ class ExportFormat(StrEnum):
     JSONL = "jsonl"
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def audit_filters(
-    event_type: Annotated[str | None, Query(
+    event_type: Annotated[Line | None, Query(
         max_length=80, description="Exact event, or a prefix ending in '.' (billing.proxy.)")] = None,
     actor_user_id: uuid.UUID | None = None,
     actor_role: Role | None = None,
-    actor_name: Annotated[str | None, Query(max_length=80)] = None,
+    actor_name: Annotated[Line | None, Query(max_length=80)] = None,
     manager_assignment_id: uuid.UUID | None = None,
     owner_type: OwnerType | None = None,
     owner_id: uuid.UUID | None = None,
-    resource_type: Annotated[str | None, Query(max_length=40)] = None,
-    resource_id: Annotated[str | None, Query(max_length=80)] = None,
+    resource_type: Annotated[Line | None, Query(max_length=40)] = None,
+    resource_id: Annotated[Line | None, Query(max_length=80)] = None,
     outcome: Outcome | None = None,
-    occurred_from: Annotated[datetime | None, Query(alias="from", description="Inclusive, UTC")] = None,
-    occurred_to: Annotated[datetime | None, Query(alias="to", description="Exclusive, UTC")] = None,
+    occurred_from: Annotated[UtcDatetime | None, Query(alias="from", description="Inclusive, UTC")] = None,
+    occurred_to: Annotated[UtcDatetime | None, Query(alias="to", description="Exclusive, UTC")] = None,
 ) -> AuditFilters:
     return AuditFilters(
         event_type=event_type, actor_user_id=actor_user_id, actor_role=actor_role,
         actor_name=actor_name, manager_assignment_id=manager_assignment_id,
         owner_type=owner_type, owner_id=owner_id, resource_type=resource_type,
-        resource_id=resource_id, outcome=outcome, occurred_from=_utc(occurred_from),
-        occurred_to=_utc(occurred_to))
+        resource_id=resource_id, outcome=outcome, occurred_from=occurred_from,
+        occurred_to=occurred_to)
 
 
 Filters = Annotated[AuditFilters, Depends(audit_filters)]
@@ -131,7 +126,7 @@ Filters = Annotated[AuditFilters, Depends(audit_filters)]
 async def list_audit_logs(
     session: SessionDep, actor: AdminActor, filters: Filters,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[Line | None, Query(max_length=200)] = None,
 ) -> Response:
     """Audit rows matching the filters, newest first, one keyset page at a time."""
     found = await service.page(session, filters, limit=limit, cursor=cursor)
