@@ -137,7 +137,7 @@ class FreeGrantRequest(OwnerBody):
 class OverrideRequest(OwnerBody):
     kind: OverrideKind
     reason: Text = Reason
-    percent_off: Int64 | None = Field(default=None, ge=1, le=100)
+    percent_off: Int64 | None = None
     plan_code: Line | None = Field(default=None, max_length=40)
     ends_at: BoundedDatetime | None = None
 
