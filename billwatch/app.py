@@ -21,7 +21,7 @@ from billwatch.billing.endpoints import router as billing_router
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database
 from billwatch.errors import BillwatchError
-from billwatch.http import RequestContextMiddleware
+from billwatch.http import PlainServerErrors, RequestContextMiddleware, malformed_body
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.db = db
     app.state.gateway = gateway or PaymentsGateway(settings)
 
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(PlainServerErrors)  # innermost: the 500 still gets the request's id
+    app.add_middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies)
     install_metrics(app, settings, db)
     _add_error_handlers(app)
 
@@ -88,15 +89,11 @@ def _add_error_handlers(app: FastAPI) -> None:
                             status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        malformed = malformed_body(error)
+        if malformed is not None:
+            return await domain_error(request, malformed)
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
                    for e in error.errors()]
         return JSONResponse({"error": "validation_error", "detail": redact(details)},
                             status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(_request: Request, error: Exception) -> JSONResponse:
-        log.error("unhandled_error", error_type=type(error).__name__,
-                  error=redact_text(str(error)))
-        return JSONResponse({"error": "internal_error", "detail": "internal error"},
-                            status_code=500)

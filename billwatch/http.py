@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billwatch.accounts.actor import Actor, OwnerRef
@@ -36,8 +38,9 @@ from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database
-from billwatch.errors import BillwatchError, Forbidden, Unauthorized
+from billwatch.errors import BadRequest, BillwatchError, Forbidden, Unauthorized
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.request_origin import IPNetwork, client_ip, safe_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -55,12 +58,38 @@ def phased(event: AuditEvent) -> dict[str, Any]:
     return {AUDIT_EVENT_KEY: event.value, PHASED_KEY: True}
 
 
+def malformed_body(error: RequestValidationError) -> BadRequest | None:
+    """The 400 for a body that is not JSON at all, which FastAPI reports as a validation error."""
+    for problem in error.errors():
+        if problem.get("type") == "json_invalid":
+            why = (problem.get("ctx") or {}).get("error", "invalid JSON")
+            return BadRequest(f"body is not valid JSON: {why}", code="malformed_json")
+        if tuple(problem.get("loc", ())) == ("body",) and isinstance(problem.get("input"),
+                                                                     (str, bytes)):
+            return BadRequest("body must be a JSON object sent as application/json",
+                              code="malformed_json")
+    return None
+
+
+def as_domain_error(error: Exception) -> Exception:
+    """``error`` as the domain error it is answered with, when FastAPI raised it for us."""
+    if isinstance(error, RequestValidationError):
+        return malformed_body(error) or error
+    if isinstance(error, StarletteHTTPException) and error.status_code == 400:
+        return BadRequest("body is not valid JSON: it cannot be decoded as text",
+                          code="malformed_json")  # FastAPI's answer to an undecodable body
+    return error
+
+
 def failure_reason(error: Exception) -> tuple[int, str]:
+    error = as_domain_error(error)
     if isinstance(error, BillwatchError):
         return error.status_code, f"{error.code}: {error.detail}"
     if isinstance(error, RequestValidationError):
         fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in error.errors()})
         return 422, f"validation_error: {', '.join(fields)}"
+    if isinstance(error, StarletteHTTPException):
+        return error.status_code, f"http_error: {error.detail}"
     return 500, f"internal_error: {type(error).__name__}"
 
 
@@ -110,11 +139,14 @@ class AuditedRoute(APIRoute):
                 async with db.unit_of_work() as session:
                     request.state.session = session
                     return await handler(request)
-            except Exception as error:
+            except Exception as raised:
+                error = as_domain_error(raised)
                 event = self.failure_event(error)
                 if event is not None:
                     await record_failure(request, event, error)
-                raise
+                if error is raised:
+                    raise
+                raise error from raised
 
         return unit_of_work_handler
 
@@ -189,20 +221,28 @@ AdminActor = Annotated[Actor, Depends(admin_actor)]
 # --- request origin -----------------------------------------------------------------------
 
 class RequestContextMiddleware:
-    """Binds request id and client IP for the request and logs one line when it ends."""
+    """Binds request id and client IP for the request and logs one line when it ends.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Both are checked first (:mod:`billwatch.request_origin`): the IP is parsed, forwarded
+    addresses count only from ``trusted_proxies``, and an unsafe request id is replaced.
+    """
+
+    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork] = ()) -> None:
         self.app = app
+        self.trusted_proxies = tuple(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = supplied if _valid_request_id(supplied) else uuid.uuid4().hex
+        raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
+        supplied = next((v for k, v in raw_headers if k == b"x-request-id"), b"")
+        request_id = safe_request_id(supplied.decode("latin-1")) or uuid.uuid4().hex
         client = scope.get("client")
-        origin = Origin(request_id=request_id, client_ip=client[0] if client else None)
+        forwarded = [v.decode("latin-1") for k, v in raw_headers if k == b"x-forwarded-for"]
+        origin = Origin(request_id=request_id,
+                        client_ip=client_ip(client[0] if client else None, forwarded,
+                                            self.trusted_proxies))
         status_holder: dict[str, int] = {}
         started = time.perf_counter()
 
@@ -225,5 +265,36 @@ class RequestContextMiddleware:
                          duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def _valid_request_id(value: str) -> bool:
-    return 0 < len(value) <= 64 and all(c.isalnum() or c in "-_." for c in value)
+class PlainServerErrors:
+    """Answers an unhandled error with the 500 envelope and keeps the keep-alive connection.
+
+    Starlette's own last-resort handler re-raises after answering, and the server then closes
+    the connection, so the client's next request on it gets no answer. Here the error ends with
+    the answer. Once a response has started (a stream failing midway) there is nothing honest
+    left to send: the error goes on and the server cuts the stream, visibly unfinished.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            if started:
+                raise
+            log.error("unhandled_error", error_type=type(error).__name__,
+                      error=redact_text(str(error)))
+            response = JSONResponse({"error": "internal_error", "detail": "internal error"},
+                                    status_code=500)
+            await response(scope, receive, send)
