@@ -27,8 +27,8 @@ from billwatch.audit.models import AuditLog
 from billwatch.audit.recorder import Resource
 from billwatch.audit.service import AuditFilters, Entry
 from billwatch.db import Database
-from billwatch.errors import Forbidden, Unauthorized
-from billwatch.http import AdminActor, AuditedRoute, SessionDep, audited
+from billwatch.errors import BillwatchError, Forbidden, Unauthorized
+from billwatch.http import AdminActor, AuditedRoute, SessionDep, audited, record_failure
 from billwatch.schema_types import Line, UtcDatetime
 
 
@@ -148,7 +148,8 @@ async def export_audit_logs(request: Request, session: SessionDep, actor: AdminA
     recorder.record(session, AuditEvent.AUDIT_READ, actor=actor,
                     data={"view": "export", "format": format.value, "filters": filters.applied()})
     db: Database = request.app.state.db
-    body = _jsonl(db, filters) if format is ExportFormat.JSONL else _csv(db, filters)
+    body = _failure_audited(request, _jsonl(db, filters) if format is ExportFormat.JSONL
+                            else _csv(db, filters))
     media = "application/x-ndjson" if format is ExportFormat.JSONL else "text/csv"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(body, media_type=media, headers={
@@ -173,6 +174,31 @@ def _json(model: BaseModel) -> Response:
 
 
 # --- export bodies --------------------------------------------------------------------------
+
+class ExportInterrupted(BillwatchError):
+    """The export's query failed after the response began: audited, and the stream is cut."""
+
+    code = "export_failed"
+
+
+async def _failure_audited(request: Request, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body``, plus one ``audit.read`` failure row if it stops midway.
+
+    The success row was committed when the export began; what the admin received is only known
+    once the stream ends. On failure the error is raised again, so the server cuts the
+    response instead of ending it as if complete.
+    """
+    chunks = 0
+    try:
+        async for chunk in body:
+            chunks += 1
+            yield chunk
+    except Exception as error:
+        interrupted = ExportInterrupted(
+            f"export stopped after {chunks} chunks: {type(error).__name__}")
+        await record_failure(request, AuditEvent.AUDIT_READ, interrupted)
+        raise interrupted from error
+
 
 async def _jsonl(db: Database, filters: AuditFilters) -> AsyncIterator[bytes]:
     async for entry in service.stream(db, filters):
