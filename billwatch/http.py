@@ -21,6 +21,8 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -39,6 +41,7 @@ from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database
 from billwatch.errors import BadRequest, BillwatchError, Forbidden, Unauthorized
+from billwatch.openapi_errors import error_responses
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.request_origin import IPNetwork, client_ip, safe_request_id
 
@@ -116,7 +119,62 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
         log.exception("audit_failure_row_not_written", audit_event=event.value)
 
 
+def _dependency_calls(dependant: Dependant) -> set[Any]:
+    calls: set[Any] = set()
+    for sub in dependant.dependencies:
+        calls.add(sub.call)
+        calls |= _dependency_calls(sub)
+    return calls
+
+
+def _has_params(dependant: Dependant) -> bool:
+    return bool(dependant.path_params or dependant.query_params or dependant.header_params
+                or dependant.body_params) or any(_has_params(d) for d in dependant.dependencies)
+
+
+def documented_errors(path: str, endpoint: Callable[..., Any], *, methods: Any,
+                      openapi_extra: dict[str, Any] | None) -> set[int]:
+    """The error statuses a route can answer, read from what it depends on.
+
+    Every route can fail (500); parameters can be invalid (422); a body can be malformed (400);
+    a token can be missing (401); an audited operation checks the caller's rights (403) and a
+    route naming a resource, in its path or body, can find none (404); a write can meet a
+    state that refuses it (409); a route holding the gateway can meet Stripe failing (502) or
+    not answering (504).
+    """
+    dependant = get_dependant(path=path, call=endpoint)
+    calls = _dependency_calls(dependant)
+    has_body = bool(dependant.body_params)
+    statuses = {500}
+    if _has_params(dependant):
+        statuses.add(422)
+    if has_body:
+        statuses.add(400)
+    if current_actor in calls or admin_actor in calls:
+        statuses.add(401)
+        if admin_actor in calls or AUDIT_EVENT_KEY in (openapi_extra or {}):
+            statuses.add(403)
+    if dependant.path_params or has_body:
+        statuses.add(404)
+    if {m.upper() for m in methods or ("GET",)} - {"GET", "HEAD"}:
+        statuses.add(409)
+    if get_gateway in calls:
+        statuses |= {502, 504}
+    return statuses
+
+
 class AuditedRoute(APIRoute):
+    """A route with one unit of work per request, failure auditing and documented errors."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        declared: dict[int | str, dict[str, Any]] = kwargs.pop("responses", None) or {}
+        derived = error_responses(documented_errors(
+            path, endpoint, methods=kwargs.get("methods"),
+            openapi_extra=kwargs.get("openapi_extra")))
+        merged = {code: {**derived.get(code, {}), **declared.get(code, {})}
+                  for code in {*derived, *declared}}
+        super().__init__(path, endpoint, responses=merged, **kwargs)
+
     def failure_event(self, error: Exception) -> AuditEvent | None:
         """The event of the failure row for ``error``: the route's own, by default."""
         name = (self.openapi_extra or {}).get(AUDIT_EVENT_KEY)
