@@ -9,6 +9,7 @@ failure row. Bodies are sent as raw JSON so lone surrogates travel as ``\\ud800`
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass
@@ -153,6 +154,20 @@ class TestRefusedAtTheBoundary:
         charge = await PaymentsGateway(settings).client.v1.charges.retrieve_async(
             payment.stripe_charge_id or "")
         assert charge.amount_refunded == 0
+
+
+class TestCursor:
+    @pytest.mark.parametrize("moment", [OVERFLOWING_DATETIME, "2026-01-01T00:00:00"])
+    async def test_a_forged_cursor_with_an_unusable_time_is_422_bad_cursor(
+            self, moment: str, client: httpx.AsyncClient, db: Database, factory: Factory,
+            people: People) -> None:
+        raw = f"{moment}|{uuid.uuid4()}".encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        before = await business_state(db)
+        response = await client.get("/admin/audit-logs", params={"cursor": cursor},
+                                    headers=factory.headers(people.admin))
+        await assert_refused(db, response, status=422, error="bad_cursor", event="audit.read",
+                             before=before)
 
 
 class TestStillAccepted:
