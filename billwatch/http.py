@@ -61,14 +61,17 @@ def phased(event: AuditEvent) -> dict[str, Any]:
     return {AUDIT_EVENT_KEY: event.value, PHASED_KEY: True}
 
 
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
+
+
 def malformed_body(error: RequestValidationError) -> BadRequest | None:
     """The 400 for a body that is not JSON at all, which FastAPI reports as a validation error."""
     for problem in error.errors():
         if problem.get("type") == "json_invalid":
             why = (problem.get("ctx") or {}).get("error", "invalid JSON")
             return BadRequest(f"body is not valid JSON: {why}", code="malformed_json")
-        if tuple(problem.get("loc", ())) == ("body",) and isinstance(problem.get("input"),
-                                                                     (str, bytes)):
+        if (tuple(problem.get("loc", ())) == ("body",) and problem.get("type") in _NOT_AN_OBJECT
+                and isinstance(problem.get("input"), str | bytes)):  # raw text, not parsed JSON
             return BadRequest("body must be a JSON object sent as application/json",
                               code="malformed_json")
     return None

@@ -156,6 +156,19 @@ class TestRefusedAtTheBoundary:
         assert charge.amount_refunded == 0
 
 
+class TestUnstorableKeys:
+    @pytest.mark.parametrize("key", ["\\ud800", "a\\u0000b", "\\u202e"])
+    async def test_an_unknown_key_that_cannot_be_stored_is_a_safe_422(
+            self, key: str, client: httpx.AsyncClient, db: Database, factory: Factory,
+            people: People) -> None:
+        before = await business_state(db)
+        body = b'{"reason": "long enough", "' + key.encode() + b'": 1}'
+        response = await client.post(f"/admin/overrides/{SOME_ID}/revoke", content=body, headers={
+            **factory.headers(people.admin), "Content-Type": "application/json"})
+        await assert_refused(db, response, status=422, error="validation_error",
+                             event="billing.override.revoked", before=before)
+
+
 class TestCursor:
     @pytest.mark.parametrize("moment", [OVERFLOWING_DATETIME, "2026-01-01T00:00:00"])
     async def test_a_forged_cursor_with_an_unusable_time_is_422_bad_cursor(
