@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billwatch.accounts.endpoints import router as accounts_router
 from billwatch.alerts.endpoints import router as alerts_router
@@ -21,7 +23,12 @@ from billwatch.billing.endpoints import router as billing_router
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database
 from billwatch.errors import BillwatchError
-from billwatch.http import PlainServerErrors, RequestContextMiddleware, malformed_body
+from billwatch.http import (
+    PlainServerErrors,
+    RequestContextMiddleware,
+    as_domain_error,
+    malformed_body,
+)
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
@@ -87,6 +94,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def domain_error(_request: Request, error: BillwatchError) -> JSONResponse:
         return JSONResponse({"error": error.code, "detail": redact_text(error.detail)},
                             status_code=error.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        answered = as_domain_error(error)  # an undecodable body is malformed_json
+        if isinstance(answered, BillwatchError):
+            return await domain_error(request, answered)
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -122,6 +122,55 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
         log.exception("audit_failure_row_not_written", audit_event=event.value)
 
 
+class AuditedRoute(APIRoute):
+    def failure_event(self, error: Exception) -> AuditEvent | None:
+        """The event of the failure row for ``error``: the route's own, by default."""
+        name = (self.openapi_extra or {}).get(AUDIT_EVENT_KEY)
+        return AuditEvent(name) if name else None
+
+    @property
+    def is_phased(self) -> bool:
+        return bool((self.openapi_extra or {}).get(PHASED_KEY))
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        is_phased = self.is_phased
+
+        async def unit_of_work_handler(request: Request) -> Response:
+            db: Database = request.app.state.db
+            try:
+                if is_phased:
+                    request.state.session = None
+                    return await handler(request)
+                async with db.unit_of_work() as session:
+                    request.state.session = session
+                    return await handler(request)
+            except Exception as error:
+                event = self.failure_event(error)
+                if event is not None:
+                    await record_failure(request, event, error)
+                raise
+
+        return unit_of_work_handler
+
+
+class AuditedRouter(APIRouter):
+    def __init__(self, *, route_class: type[AuditedRoute] = AuditedRoute, **kwargs: Any) -> None:
+        super().__init__(route_class=route_class, **kwargs)
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        """Every route lists the error statuses it can answer (see :func:`documented_errors`)."""
+        declared: dict[int | str, dict[str, Any]] = kwargs.pop("responses", None) or {}
+        derived = error_responses(documented_errors(
+            self.prefix + path, endpoint, methods=kwargs.get("methods"),
+            openapi_extra=kwargs.get("openapi_extra")))
+        merged = {code: {**derived.get(code, {}), **declared.get(code, {})}
+                  for code in {*derived, *declared}}
+        super().add_api_route(path, endpoint, responses=merged, **kwargs)
+
+
+# --- documented errors --------------------------------------------------------------------
+
 def _dependency_calls(dependant: Dependant) -> set[Any]:
     calls: set[Any] = set()
     for sub in dependant.dependencies:
@@ -164,57 +213,6 @@ def documented_errors(path: str, endpoint: Callable[..., Any], *, methods: Any,
     if get_gateway in calls:
         statuses |= {502, 504}
     return statuses
-
-
-class AuditedRoute(APIRoute):
-    """A route with one unit of work per request, failure auditing and documented errors."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        declared: dict[int | str, dict[str, Any]] = kwargs.pop("responses", None) or {}
-        derived = error_responses(documented_errors(
-            path, endpoint, methods=kwargs.get("methods"),
-            openapi_extra=kwargs.get("openapi_extra")))
-        merged = {code: {**derived.get(code, {}), **declared.get(code, {})}
-                  for code in {*derived, *declared}}
-        super().__init__(path, endpoint, responses=merged, **kwargs)
-
-    def failure_event(self, error: Exception) -> AuditEvent | None:
-        """The event of the failure row for ``error``: the route's own, by default."""
-        name = (self.openapi_extra or {}).get(AUDIT_EVENT_KEY)
-        return AuditEvent(name) if name else None
-
-    @property
-    def is_phased(self) -> bool:
-        return bool((self.openapi_extra or {}).get(PHASED_KEY))
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        is_phased = self.is_phased
-
-        async def unit_of_work_handler(request: Request) -> Response:
-            db: Database = request.app.state.db
-            try:
-                if is_phased:
-                    request.state.session = None
-                    return await handler(request)
-                async with db.unit_of_work() as session:
-                    request.state.session = session
-                    return await handler(request)
-            except Exception as raised:
-                error = as_domain_error(raised)
-                event = self.failure_event(error)
-                if event is not None:
-                    await record_failure(request, event, error)
-                if error is raised:
-                    raise
-                raise error from raised
-
-        return unit_of_work_handler
-
-
-class AuditedRouter(APIRouter):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(route_class=AuditedRoute, **kwargs)
 
 
 # --- dependencies -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -28,7 +28,14 @@ from billwatch.audit.recorder import Resource
 from billwatch.audit.service import AuditFilters, Entry
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Forbidden, Unauthorized
-from billwatch.http import AdminActor, AuditedRoute, SessionDep, audited, record_failure
+from billwatch.http import (
+    AdminActor,
+    AuditedRoute,
+    AuditedRouter,
+    SessionDep,
+    audited,
+    record_failure,
+)
 from billwatch.schema_types import Line, UtcDatetime
 
 
@@ -40,7 +47,7 @@ class AuditReadRoute(AuditedRoute):
         return AuditEvent.AUDIT_ACCESS_DENIED if denied else AuditEvent.AUDIT_READ
 
 
-router = APIRouter(prefix="/admin/audit-logs", tags=["audit"], route_class=AuditReadRoute)
+router = AuditedRouter(prefix="/admin/audit-logs", tags=["audit"], route_class=AuditReadRoute)
 
 
 class AuditLogOut(BaseModel):
