@@ -32,12 +32,16 @@ EXPECTED_AT_LEAST = {
 
 
 def audited_operations(app: FastAPI) -> list[tuple[str, str]]:
-    """(method, path) of every audited route, including those of included routers."""
+    """(method, path) of every audited API route, including those of included routers.
+
+    Routes left out of the document (server-rendered pages) answer HTML and are not API.
+    """
     routes = list(app.routes)
     for included in app.routes:
         router = getattr(included, "original_router", None)
         routes += list(router.routes) if router is not None else []
-    return sorted({(method, route.path) for route in routes if isinstance(route, AuditedRoute)
+    return sorted({(method, route.path) for route in routes
+                   if isinstance(route, AuditedRoute) and route.include_in_schema
                    for method in route.methods})
 
 
