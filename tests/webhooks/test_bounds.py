@@ -18,6 +18,7 @@ import pytest
 
 from billwatch.db import Database
 from billwatch.webhooks.bounds import MAX_TIMESTAMP, OutOfBounds, check_bounds
+from billwatch.webhooks.signature import WebhookRejected, checked_event
 from tests.support import SHARED_STRIPE_FIXTURES, audit_rows
 from tests.webhooks import stripe_events as se
 from tests.webhooks.test_verification import assert_rejected, baseline, post
@@ -126,3 +127,12 @@ class TestAccepted:
             except OutOfBounds as error:
                 refused[name] = str(error)
         assert len(published) > 100 and refused == {}
+
+    def test_the_check_reconcile_applies_to_listed_events_refuses_them_too(self) -> None:
+        event = failed_invoice_event()
+        obj(event)["customer"] = "cus_\x00"
+        with pytest.raises(WebhookRejected) as refused:
+            checked_event(event)  # what reconcile calls on each event Stripe lists
+        assert refused.value.code == "invalid_event_field"
+        assert checked_event(failed_invoice_event())["type"] == "invoice.payment_failed"
+
