@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from billwatch.audit.crypto import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, keys_from
@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     """Serve ``/docs`` and ``/openapi.json``; unset = on in development, off in production."""
     metrics_token: SecretStr | None = None
     """Bearer token ``/metrics`` demands; unset = open in development, refused in production."""
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+    """Proxies whose ``X-Forwarded-For`` names the client (comma-separated CIDRs); none by default."""
     plans: Annotated[list[Plan], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PLANS))
 
     billing_alert_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -186,23 +188,11 @@ class Settings(BaseSettings):
             return json.loads(value)
         return value
 
-    @field_validator("stripe_webhook_secrets_previous", mode="before")
+    @field_validator("stripe_webhook_secrets_previous", "allowed_redirect_origins",
+                     "trusted_proxies", "billing_alert_emails", mode="before")
     @classmethod
-    def _split_secrets(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("allowed_redirect_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("billing_alert_emails", mode="before")
-    @classmethod
-    def _split_emails(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
+        """List settings are written comma-separated in the environment."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

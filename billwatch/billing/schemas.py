@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from billwatch.accounts.models import OwnerType
 from billwatch.billing.models import (
@@ -16,6 +16,7 @@ from billwatch.billing.models import (
     TransactionStatus,
 )
 from billwatch.billing.refunds import RefundReason
+from billwatch.schema_types import BoundedDatetime, Int64, Line, StrictBool, Text
 
 Reason = Field(min_length=3, max_length=500, description="Why; kept in the audit trail.")
 
@@ -28,7 +29,7 @@ class OwnerBody(BaseModel):
 
 
 class CheckoutRequest(OwnerBody):
-    plan_code: str = Field(min_length=1, max_length=40)
+    plan_code: Line = Field(min_length=1, max_length=40)
     success_url: HttpUrl | None = None
     cancel_url: HttpUrl | None = None
 
@@ -57,8 +58,8 @@ class PortalOut(BaseModel):
 class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    at_period_end: bool = Field(default=True, description="False cancels immediately.")
-    reason: str | None = Field(default=None, max_length=500)
+    at_period_end: StrictBool = Field(default=True, description="False cancels immediately.")
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class SubscriptionOut(BaseModel):
@@ -122,26 +123,26 @@ class AccountOut(BaseModel):
 class RefundRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_cents: int | None = Field(default=None, gt=0, description="Omit to refund the rest.")
+    amount_cents: Int64 | None = Field(default=None, gt=0, description="Omit to refund the rest.")
     reason: RefundReason
-    note: str | None = Field(default=None, max_length=500)
+    note: Text | None = Field(default=None, max_length=500)
 
 
 class FreeGrantRequest(OwnerBody):
-    plan_code: str = Field(min_length=1, max_length=40)
-    months: int | None = Field(default=None, ge=1, le=120, description="Omit for no end.")
-    reason: str = Reason
+    plan_code: Line = Field(min_length=1, max_length=40)
+    months: Int64 | None = Field(default=None, ge=1, le=120, description="Omit for no end.")
+    reason: Text = Reason
 
 
 class OverrideRequest(OwnerBody):
     kind: OverrideKind
-    reason: str = Reason
-    percent_off: int | None = None
-    plan_code: str | None = Field(default=None, max_length=40)
-    ends_at: AwareDatetime | None = None
+    reason: Text = Reason
+    percent_off: Int64 | None = None
+    plan_code: Line | None = Field(default=None, max_length=40)
+    ends_at: BoundedDatetime | None = None
 
 
 class RevokeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Reason
+    reason: Text = Reason

@@ -20,6 +20,7 @@ from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.config import Settings
 from billwatch.db import Database, after_commit
 from billwatch.metrics import billing as billing_metrics
+from billwatch.openapi_errors import ErrorOut
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.webhooks.processing import ProcessOutcome, process_event
 from billwatch.webhooks.signature import (
@@ -37,9 +38,11 @@ router = APIRouter(tags=["webhooks"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Processed, ignored (a type billwatch does not handle) or a duplicate."},
-    400: {"description": "Missing, forged or stale signature, or a body that is not an event."},
-    413: {"description": "Body over 1 MiB."},
-    500: {"description": "The handler failed; the event is stored as failed and Stripe retries."},
+    400: {"model": ErrorOut, "description": "Missing, forged or stale signature, a body that is "
+          "not an event, or a field no column can hold (`invalid_event_field`)."},
+    413: {"model": ErrorOut, "description": "Body over 1 MiB."},
+    500: {"model": ErrorOut,
+          "description": "The handler failed; the event is stored as failed and Stripe retries."},
 }
 
 
