@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.db import Base, Timestamped, UUIDPrimaryKey, enum_column
+from billwatch.redacted import RedactedString
 
 
 class Role(StrEnum):
@@ -27,15 +28,15 @@ class OrgRole(StrEnum):
 class User(UUIDPrimaryKey, Timestamped, Base):
     __tablename__ = "users"
 
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(RedactedString(320), unique=True)
+    name: Mapped[str] = mapped_column(RedactedString(200))
     role: Mapped[Role] = mapped_column(enum_column(Role, "user_role"))
 
 
 class Organization(UUIDPrimaryKey, Timestamped, Base):
     __tablename__ = "organizations"
 
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(RedactedString(200))
 
 
 class OrganizationMember(UUIDPrimaryKey, Timestamped, Base):
