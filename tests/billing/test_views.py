@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 
 import httpx
 from sqlalchemy import text
@@ -10,6 +12,7 @@ from sqlalchemy import text
 from billwatch.accounts.models import Role
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.migrations import upgrade
 from billwatch.redacted import clean
 from tests.support import Factory, People, paid_subscription
 
@@ -115,3 +118,33 @@ class TestStoredText:
         [override] = view.json()["overrides"]
         assert override["id"] == created.json()["id"] and override["reason"] == clean(CANARY_REASON)
         assert_clean(view.text)
+
+
+class TestMigration:
+    async def test_text_stored_before_is_redacted_in_place(self, fresh_url: str) -> None:
+        await asyncio.to_thread(upgrade, fresh_url, "0001_foundation")
+        db = Database(fresh_url)
+        try:
+            user_id = uuid.uuid4()
+            ids = {"user": user_id.hex if db.dialect == "sqlite" else str(user_id)}
+            cast = "CAST(:{} AS uuid)" if db.dialect == "postgresql" else ":{}"
+            async with db.engine.begin() as connection:
+                await connection.execute(text(
+                    "INSERT INTO users (id, email, name, role, created_at) VALUES "
+                    f"({cast.format('user')}, 'old@example.test', :name, 'admin', CURRENT_TIMESTAMP)"),
+                    {**ids, "name": "Ada 4242 4242 4242 4242"})
+                await connection.execute(text(
+                    "INSERT INTO billing_overrides (id, owner_type, owner_id, kind, starts_at, reason,"
+                    f" created_by_user_id, created_at) VALUES ({cast.format('id')}, 'patient', "
+                    f"{cast.format('user')}, 'payment_exemption', CURRENT_TIMESTAMP, :reason, "
+                    f"{cast.format('user')}, CURRENT_TIMESTAMP)"),
+                    {**ids, "id": uuid.uuid4().hex, "reason": CANARY_REASON})
+            await asyncio.to_thread(upgrade, fresh_url)
+            async with db.engine.connect() as connection:
+                [(name,)] = (await connection.execute(text("SELECT name FROM users"))).all()
+                [(reason,)] = (await connection.execute(text(
+                    "SELECT reason FROM billing_overrides"))).all()
+            assert name == "Ada **** **** **** 4242"
+            assert reason == clean(CANARY_REASON)
+        finally:
+            await db.dispose()
