@@ -223,15 +223,8 @@ def redact_text(text: str, *, with_card_data: bool = False) -> str:
                                or not (_WORTH_A_LOOK.search(canonical) or "%" in canonical)):
         return text
     cleaned = _apply_rules(canonical, with_card_data)
-    current = cleaned
-    for _level in range(_DECODE_LEVELS):
-        if not _URL_ESCAPE.search(current):
-            break
-        decoded = canonical_text(unquote(current))
-        redacted = _apply_rules(decoded, with_card_data)
-        if redacted != decoded:
-            cleaned = redacted
-        current = redacted
+    if _URL_ESCAPE.search(canonical):
+        cleaned = _decoded_rules(canonical, cleaned, with_card_data)
     out = escape_control(text if cleaned == canonical else cleaned)
     for _round in range(_DECODE_LEVELS):  # an escape's digits ("\\u2028") may complete a match
         if out == text or "\\" not in out:
@@ -241,6 +234,32 @@ def redact_text(text: str, *, with_card_data: bool = False) -> str:
             break
         out = again
     return out
+
+
+def _decoded_rules(canonical: str, raw_cleaned: str, with_card_data: bool) -> str:
+    """The rules on percent-decoded text, so neither reading (raw or decoded) shows a match.
+
+    When the fully decoded text holds a match, its redacted form is the answer (masking the raw
+    form would count an escape's own digits, ``%20``, as part of the number). When only the raw
+    form does (``%42`` decodes to a letter inside a number), the raw redaction is decoded and
+    checked again.
+    """
+    decoded = canonical
+    for _level in range(_DECODE_LEVELS):
+        if not _URL_ESCAPE.search(decoded):
+            break
+        decoded = canonical_text(unquote(decoded))
+    redacted = _apply_rules(decoded, with_card_data)
+    if redacted != decoded:
+        return redacted
+    if raw_cleaned == canonical:
+        return canonical
+    current = raw_cleaned
+    for _level in range(_DECODE_LEVELS):
+        if not _URL_ESCAPE.search(current):
+            break
+        current = _apply_rules(canonical_text(unquote(current)), with_card_data)
+    return current
 
 
 def _apply_rules(text: str, with_card_data: bool) -> str:

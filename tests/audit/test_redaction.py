@@ -57,9 +57,13 @@ def formatted(draw: st.DrawFn, pan: str) -> str:
     return "".join(out)
 
 
+ESCAPES = re.compile(r"\\\\x[0-9a-f]{2}|\\\\u[0-9a-f]{4}|\\x[0-9a-f]{2}|\\u[0-9a-f]{4}")
+"""The redactor's own escapes of control characters (as text, and once more JSON-encoded)."""
+
+
 def digits_of(value: Any) -> str:
     """Every digit a reader could recover: in any script, percent-decoded, invisibles ignored."""
-    text = json.dumps(value, ensure_ascii=False)
+    text = ESCAPES.sub("", json.dumps(value, ensure_ascii=False))
     for _ in range(4):
         text = unquote(text)
     return re.sub(r"[^0-9]", "", canonical_text(text))
