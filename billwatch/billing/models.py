@@ -10,11 +10,12 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.accounts.models import OwnerType
 from billwatch.db import Base, Timestamped, UUIDPrimaryKey, enum_column, utcnow
+from billwatch.redacted import RedactedString, RedactedText
 
 
 class SubscriptionStatus(StrEnum):
@@ -64,8 +65,8 @@ class StripeCustomer(UUIDPrimaryKey, Timestamped, Base):
 
     owner_type: Mapped[OwnerType] = mapped_column(enum_column(OwnerType, "customer_owner_type"))
     owner_id: Mapped[uuid.UUID]
-    stripe_customer_id: Mapped[str] = mapped_column(String(255), unique=True)
-    idempotency_key: Mapped[str] = mapped_column(String(255))
+    stripe_customer_id: Mapped[str] = mapped_column(RedactedString(255), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(RedactedString(255))
 
 
 class Subscription(UUIDPrimaryKey, Timestamped, Base):
@@ -81,8 +82,8 @@ class Subscription(UUIDPrimaryKey, Timestamped, Base):
     status: Mapped[SubscriptionStatus] = mapped_column(enum_column(SubscriptionStatus, "sub_status"))
     source: Mapped[SubscriptionSource] = mapped_column(
         enum_column(SubscriptionSource, "sub_source"), default=SubscriptionSource.STRIPE)
-    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255), unique=True)
-    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(RedactedString(255), unique=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(RedactedString(255))
     current_period_start: Mapped[datetime | None]
     current_period_end: Mapped[datetime | None]
     cancel_at_period_end: Mapped[bool] = mapped_column(default=False)
@@ -103,12 +104,12 @@ class CheckoutSession(UUIDPrimaryKey, Timestamped, Base):
     owner_id: Mapped[uuid.UUID]
     plan_code: Mapped[str] = mapped_column(String(40))
     status: Mapped[CheckoutStatus] = mapped_column(enum_column(CheckoutStatus, "checkout_status"))
-    stripe_session_id: Mapped[str] = mapped_column(String(255), unique=True)
-    stripe_customer_id: Mapped[str] = mapped_column(String(255))
-    url: Mapped[str] = mapped_column(Text)
+    stripe_session_id: Mapped[str] = mapped_column(RedactedString(255), unique=True)
+    stripe_customer_id: Mapped[str] = mapped_column(RedactedString(255))
+    url: Mapped[str] = mapped_column(RedactedText())
     created_by_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     manager_assignment_id: Mapped[uuid.UUID | None]
-    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(RedactedString(255), unique=True)
 
 
 class Transaction(UUIDPrimaryKey, Timestamped, Base):
@@ -132,17 +133,17 @@ class Transaction(UUIDPrimaryKey, Timestamped, Base):
     """For a payment: how much of it has been refunded so far."""
     refund_of_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("transactions.id"))
     plan_code: Mapped[str | None] = mapped_column(String(40))
-    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255), index=True)
-    stripe_charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
-    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
-    stripe_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
-    reason: Mapped[str | None] = mapped_column(String(40))
+    stripe_invoice_id: Mapped[str | None] = mapped_column(RedactedString(255), index=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(RedactedString(255), index=True)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(RedactedString(255))
+    stripe_refund_id: Mapped[str | None] = mapped_column(RedactedString(255), unique=True)
+    reason: Mapped[str | None] = mapped_column(RedactedString(40))
     """Refund reason category, or payment failure category."""
-    note: Mapped[str | None] = mapped_column(Text)
-    failure_code: Mapped[str | None] = mapped_column(String(80))
+    note: Mapped[str | None] = mapped_column(RedactedText())
+    failure_code: Mapped[str | None] = mapped_column(RedactedString(80))
     attempt_count: Mapped[int | None]
     created_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(RedactedString(255), unique=True)
 
     @property
     def refundable_cents(self) -> int:
@@ -164,12 +165,12 @@ class BillingOverride(UUIDPrimaryKey, Timestamped, Base):
     percent_off: Mapped[int | None]
     starts_at: Mapped[datetime] = mapped_column(default=utcnow)
     ends_at: Mapped[datetime | None]
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(RedactedText())
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("subscriptions.id"))
     created_by_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     revoked_at: Mapped[datetime | None]
     revoked_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-    revoke_reason: Mapped[str | None] = mapped_column(Text)
+    revoke_reason: Mapped[str | None] = mapped_column(RedactedText())
 
     @property
     def is_active(self) -> bool:

@@ -80,6 +80,8 @@ class SubscriptionOut(BaseModel):
 
 
 class TransactionOut(BaseModel):
+    """A payment or refund as its owner sees it: what happened, not the admins' why."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
@@ -90,12 +92,22 @@ class TransactionOut(BaseModel):
     refunded_cents: int
     refund_of_id: uuid.UUID | None
     plan_code: str | None
-    reason: str | None
     stripe_invoice_id: str | None
     created_at: datetime
 
 
+class TransactionAdminOut(TransactionOut):
+    """The same transaction for admins, with the internal reason, note and acting admin."""
+
+    reason: str | None
+    note: str | None
+    failure_code: str | None
+    created_by_user_id: uuid.UUID | None
+
+
 class OverrideOut(BaseModel):
+    """A billing override as its owner sees it: what was decided and for how long."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
@@ -106,18 +118,37 @@ class OverrideOut(BaseModel):
     percent_off: int | None
     starts_at: datetime
     ends_at: datetime | None
-    reason: str
     subscription_id: uuid.UUID | None
     revoked_at: datetime | None
+
+
+class OverrideAdminOut(OverrideOut):
+    """The same override for admins, with why it was made and revoked, and by whom."""
+
+    reason: str
     revoke_reason: str | None
+    created_by_user_id: uuid.UUID
+    revoked_by_user_id: uuid.UUID | None
 
 
-class AccountOut(BaseModel):
+class _Account(BaseModel):
     owner_type: OwnerType
     owner_id: uuid.UUID
     subscriptions: list[SubscriptionOut]
+
+
+class AccountOut(_Account):
+    """An owner's billing as the owner, its proxies and its organization's members see it."""
+
     transactions: list[TransactionOut]
     overrides: list[OverrideOut]
+
+
+class AccountAdminOut(_Account):
+    """An owner's billing as an admin sees it: the internal fields of each row included."""
+
+    transactions: list[TransactionAdminOut]
+    overrides: list[OverrideAdminOut]
 
 
 class RefundRequest(BaseModel):

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
+from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.db import Database, after_commit
 from billwatch.metrics import billing as billing_metrics
@@ -79,9 +80,9 @@ async def stripe_webhook(request: Request) -> JSONResponse:
                             status_code=rejection.status_code)
     result = await process_event(db, gateway, settings, event, body=body)
     if result.outcome is ProcessOutcome.FAILED:
-        return JSONResponse({"error": "webhook_handler_failed", "event_id": result.event_id,
+        return JSONResponse({"error": "webhook_handler_failed", "event_id": redact_text(result.event_id),
                              "detail": result.error}, status_code=500)
-    return JSONResponse({"received": True, "event_id": result.event_id,
+    return JSONResponse({"received": True, "event_id": redact_text(result.event_id),
                          "status": result.outcome.value})
 
 
