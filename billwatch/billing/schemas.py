@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 from billwatch.accounts.models import OwnerType
 from billwatch.billing.models import (
     OverrideKind,
+    OverrideState,
     SubscriptionSource,
     SubscriptionStatus,
     TransactionKind,
@@ -109,6 +110,11 @@ class OverrideOut(BaseModel):
     subscription_id: uuid.UUID | None
     revoked_at: datetime | None
     revoke_reason: str | None
+    state: OverrideState
+    amount_off_cents: int | None
+    currency: str | None
+    applied_at: datetime | None
+    expired_at: datetime | None
 
 
 class AccountOut(BaseModel):
@@ -137,6 +143,8 @@ class OverrideRequest(OwnerBody):
     kind: OverrideKind
     reason: str = Reason
     percent_off: int | None = None
+    amount_off_cents: int | None = Field(default=None, gt=0, le=2**53)
+    """A fixed amount off each invoice, in the catalogue's currency (instead of percent_off)."""
     plan_code: str | None = Field(default=None, max_length=40)
     ends_at: AwareDatetime | None = None
 
