@@ -11,6 +11,8 @@ import pytest
 import stripe
 from sqlalchemy import select
 
+from billwatch.accounts.actor import OwnerRef
+from billwatch.accounts.models import OwnerType, Role
 from billwatch.audit.events import Outcome
 from billwatch.billing.models import (
     BillingOverride,
@@ -22,6 +24,8 @@ from billwatch.billing.models import (
 from billwatch.billing.overrides import add_months
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.jobs import daily_metrics
+from billwatch.metrics.gauges import query_snapshot
 from billwatch.payments.gateway import PaymentsGateway
 from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
@@ -303,3 +307,59 @@ class TestValidation:
         assert response.status_code == 422, response.text
         assert response.json()["error"] == error
         assert await snapshot(db) == before
+
+
+class TestMrrCountsWhatIsCharged:
+    async def test_job_and_gauge_agree_on_discounted_and_exempted_subscriptions(
+            self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
+            settings: Settings) -> None:
+        yearly_owner = await factory.user(Role.PATIENT)
+        exempt_owner = await factory.user(Role.PATIENT)
+        owners = {"monthly": people.owner,
+                  "yearly": OwnerRef(OwnerType.PATIENT, yearly_owner.id),
+                  "exempt": OwnerRef(OwnerType.PATIENT, exempt_owner.id)}
+        await paid_subscription(db, settings, owners["monthly"], plan_code="basic_monthly")
+        await paid_subscription(db, settings, owners["yearly"], plan_code="plus_yearly")
+        await paid_subscription(db, settings, owners["exempt"], plan_code="basic_monthly")
+        headers = factory.headers(people.admin)
+        terms = {"monthly": {"kind": "discount", "percent_off": 25},
+                 "yearly": {"kind": "discount", "amount_off_cents": 1000},
+                 "exempt": {"kind": "payment_exemption"}}
+        created = {}
+        for name, owner in owners.items():
+            response = await client.post("/admin/overrides", headers=headers, json={
+                "owner_type": "patient", "owner_id": str(owner.id), "reason": "programme",
+                **terms[name]})
+            assert response.status_code == 201, response.text
+            created[name] = response.json()["id"]
+        # 1500 - 25 % = 1125; (30000 - 1000) / 12 = 2416.67 -> 2417; the exempted one pays 0
+        assert await mrr_figures(client, db, settings) == {
+            "gauge": (3542, 2, 1771), "scrape": (3542, 2, 1771), "job": (3542, 2, 1771)}
+
+        assert (await revoke(client, factory, people, created["monthly"])).status_code == 200
+        assert (await revoke(client, factory, people, created["exempt"])).status_code == 200
+        figures = await mrr_figures(client, db, settings, scrape=False)
+        assert figures == {"gauge": (5417, 3, 1806), "job": (5417, 3, 1806)}
+
+
+async def mrr_figures(client: httpx.AsyncClient, db: Database, settings: Settings, *,
+                      scrape: bool = True) -> dict[str, tuple[int, int, int | None]]:
+    """(MRR, paying customers, ARPU) from the live gauge query, /metrics and the daily job."""
+    snapshot_ = await query_snapshot(db, settings.plans)
+    result: dict[str, tuple[int, int, int | None]] = {"gauge": (
+        snapshot_.mrr_cents["patient"], snapshot_.paying_customers["patient"],
+        snapshot_.arpu_cents)}
+    if scrape:
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        samples = {line.split(" ")[0]: float(line.split(" ")[1])
+                   for line in response.text.splitlines()
+                   if line.startswith(("billing_mrr_cents", "billing_paying_customers",
+                                       "billing_arpu_cents"))}
+        result["scrape"] = (int(samples['billing_mrr_cents{owner_type="patient"}']),
+                            int(samples['billing_paying_customers{owner_type="patient"}']),
+                            int(samples["billing_arpu_cents"]))
+    async with db.unit_of_work() as session:
+        figures = await daily_metrics.compute(session, settings, datetime.now(UTC).date())
+    result["job"] = (figures["mrr_cents"], figures["paying_customers"], figures["arpu_cents"])
+    return result
