@@ -23,6 +23,7 @@ from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_one, due_alert_ids, flush_ended_windows
 from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.alerts.raising import raise_audit_write_failure
+from billwatch.billing.expiry import expire_due_overrides
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import service
@@ -33,6 +34,7 @@ from billwatch.jobs.celery_app import (
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
+    OVERRIDES_EXPIRE_TASK,
     SWEEP_TASK,
     WEBHOOKS_RECONCILE_TASK,
     app,
@@ -205,3 +207,9 @@ def webhooks_reconcile(self: Task) -> dict[str, Any]:
     outcome = run_async(lambda db, settings: service.webhooks_reconcile_job(db, settings,
                                                                             task_id=task_id))
     return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=OVERRIDES_EXPIRE_TASK, **JOB_RETRY)
+def expire_overrides(self: Task) -> dict[str, Any]:
+    """Every minute: end free grants and timed overrides whose end date has passed (once each)."""
+    return run_async(lambda db, settings: expire_due_overrides(db, settings))
