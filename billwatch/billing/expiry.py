@@ -1,4 +1,5 @@
-"""Overrides that end on their own: free grants and timed discounts or exemptions.
+"""Overrides that end on their own (free grants, timed discounts or exemptions) and the sweeper
+of overrides left half done.
 
 Run by the scheduler (the embedded runner's tick and a Celery beat task). Each override is
 claimed by the conditional UPDATE of :func:`~billwatch.billing.overrides.claim_active`, in a
@@ -8,13 +9,14 @@ twice: the loser's UPDATE matches no row and it moves on.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import select
 
-from billwatch.accounts.actor import SystemActor
+from billwatch.accounts.actor import Actor, SystemActor
+from billwatch.accounts.models import Role
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
@@ -81,7 +83,8 @@ async def expire_due_adjustments(db: Database, settings: Settings, *,
         assert gateway is not None
         async with db.unit_of_work() as session:
             if not await overrides.claim_active(session, override_id,
-                                                target=OverrideState.REVOKING, values={}):
+                                                target=OverrideState.REVOKING,
+                                                values={"state_changed_at": now}):
                 continue
             override = await overrides.get_override(session, override_id)
         try:
@@ -95,10 +98,51 @@ async def expire_due_adjustments(db: Database, settings: Settings, *,
     return expired
 
 
+STALE_GRACE = timedelta(minutes=5)
+"""An override ``pending`` or ``revoking`` for longer than this lost its process between the
+Stripe call and the settlement (a request's Stripe budget is far shorter)."""
+
+
+async def resume_stale(db: Database, settings: Settings, *, gateway: PaymentsGateway | None = None,
+                       now: datetime | None = None) -> int:
+    """Finish what a dead process left half done: repeat its Stripe call with the same
+    idempotency key and settle it, attributed to the admin who asked (settlements are
+    conditional, so two sweepers settle and audit it once)."""
+    cutoff = (now or utcnow()) - STALE_GRACE
+    async with db.unit_of_work() as session:
+        stale = list((await session.scalars(select(BillingOverride).where(
+            BillingOverride.kind.in_(ADJUSTMENT_KINDS),
+            BillingOverride.state.in_((OverrideState.PENDING, OverrideState.REVOKING)),
+            BillingOverride.state_changed_at < cutoff))).all())
+    resumed = 0
+    for override in stale:
+        gateway = gateway or PaymentsGateway(settings)
+        try:
+            if override.state is OverrideState.PENDING:
+                await overrides.apply_pending(db, gateway, override, actor=Actor(
+                    override.created_by_user_id, Role.ADMIN))
+            elif override.revoked_by_user_id is not None:
+                await overrides.remove_at_stripe(
+                    db, gateway, override, actor=Actor(override.revoked_by_user_id, Role.ADMIN),
+                    reason=override.revoke_reason or "", event=AuditEvent.OVERRIDE_REVOKED)
+            else:
+                await overrides.remove_at_stripe(db, gateway, override, actor=SCHEDULER,
+                                                 reason="ends_at reached",
+                                                 event=AuditEvent.OVERRIDE_EXPIRED)
+        except PaymentProviderError as error:
+            log.warning("override_resume_failed", override_id=str(override.id), code=error.code)
+            continue
+        resumed += 1
+    return resumed
+
+
 async def expire_due_overrides(db: Database, settings: Settings, *, now: datetime | None = None,
                                gateway: PaymentsGateway | None = None) -> dict[str, Any]:
-    """One scheduler pass: expire due free grants, then remove due discounts and exemptions."""
+    """One scheduler pass: expire due free grants, remove due discounts and exemptions, and
+    finish overrides a dead process left between its Stripe call and its settlement."""
     now = now or utcnow()
     grants = await expire_free_grants(db, now=now)
     adjustments = await expire_due_adjustments(db, settings, gateway=gateway, now=now)
-    return {"free_grants_expired": grants, "adjustments_expired": adjustments}
+    resumed = await resume_stale(db, settings, gateway=gateway, now=now)
+    return {"free_grants_expired": grants, "adjustments_expired": adjustments,
+            "intents_resumed": resumed}

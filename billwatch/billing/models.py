@@ -211,6 +211,9 @@ class BillingOverride(UUIDPrimaryKey, Timestamped, Base):
     applied_at: Mapped[datetime | None]
     """When Stripe confirmed the discount or pause; MRR counts it from here to ``revoked_at``."""
     expired_at: Mapped[datetime | None]
+    state_changed_at: Mapped[datetime | None]
+    """When the state last moved; a ``pending`` or ``revoking`` one older than the sweeper's
+    grace was left by a process that died between its Stripe call and its settlement."""
     failure_code: Mapped[str | None] = mapped_column(String(80))
 
     @property

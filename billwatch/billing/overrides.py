@@ -42,7 +42,7 @@ from billwatch.billing.subscriptions import (
 from billwatch.config import Settings
 from billwatch.db import Database, UTCDateTime, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError, Unprocessable
-from billwatch.payments.gateway import Coupon, DiscountInfo, PaymentsGateway
+from billwatch.payments.gateway import Coupon, DiscountInfo, PaymentsGateway, outcome_unknown
 
 log = structlog.get_logger(__name__)
 
@@ -177,7 +177,7 @@ async def reserve_override(session: AsyncSession, settings: Settings, *, actor: 
         currency=settings.plans[0].currency if amount_off_cents is not None else None,
         starts_at=now, ends_at=ends_at, reason=reason, subscription_id=subscription.id,
         stripe_subscription_id=subscription.stripe_subscription_id,
-        created_by_user_id=actor.user_id, state=OverrideState.PENDING)
+        created_by_user_id=actor.user_id, state=OverrideState.PENDING, state_changed_at=now)
     session.add(override)
     try:
         await session.flush()
@@ -208,7 +208,7 @@ def coupon_id(override_id: uuid.UUID) -> str:
     return f"billwatch_override_{override_id.hex}"
 
 
-async def _apply_at_stripe(gateway: PaymentsGateway, override: BillingOverride) -> DiscountInfo | None:
+async def apply_at_stripe(gateway: PaymentsGateway, override: BillingOverride) -> DiscountInfo | None:
     assert override.stripe_subscription_id is not None
     if override.kind is OverrideKind.PAYMENT_EXEMPTION:
         await gateway.pause_collection(override.stripe_subscription_id,
@@ -225,29 +225,41 @@ async def _apply_at_stripe(gateway: PaymentsGateway, override: BillingOverride) 
         idempotency_key=apply_key(override.id))
 
 
+async def _settle(session: AsyncSession, override_id: uuid.UUID, *, expected: OverrideState,
+                  values: dict[str, Any]) -> bool:
+    """Move the override out of ``expected`` with one conditional UPDATE (the transaction's
+    first statement); False when another settlement got there first."""
+    result = await session.execute(
+        update(BillingOverride)
+        .where(BillingOverride.id == override_id, BillingOverride.state == expected)
+        .values(state_changed_at=utcnow(), **values)
+        .execution_options(synchronize_session=False))
+    return bool(getattr(result, "rowcount", 0))
+
+
 async def settle_applied(session: AsyncSession, *, actor: OverrideActor, override_id: uuid.UUID,
                          discount: DiscountInfo | None) -> BillingOverride:
-    """Mark the intent ``active`` with its Stripe ids; the audit row names them."""
+    """Mark the intent ``active`` with its Stripe ids, once; the audit row names them."""
+    ids = ({"stripe_coupon_id": discount.coupon_id, "stripe_discount_id": discount.discount_id}
+           if discount is not None else {})
+    settled = await _settle(session, override_id, expected=OverrideState.PENDING,
+                            values={"state": OverrideState.ACTIVE, "applied_at": utcnow(), **ids})
     override = await get_override(session, override_id)
-    override.state = OverrideState.ACTIVE
-    override.applied_at = utcnow()
-    if discount is not None:
-        override.stripe_coupon_id, override.stripe_discount_id = (discount.coupon_id,
-                                                                  discount.discount_id)
-    recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=actor, owner=owner_of(override),
-                    resource=Resource("billing_override", override.id),
-                    stripe=_stripe_refs(override), idempotency_key=apply_key(override.id),
-                    data={**_terms(override), **_stripe_ids(override),
-                          "pause_behavior": EXEMPTION_BEHAVIOR
-                          if override.kind is OverrideKind.PAYMENT_EXEMPTION else None})
+    if settled:
+        recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=actor,
+                        owner=owner_of(override),
+                        resource=Resource("billing_override", override.id),
+                        stripe=_stripe_refs(override), idempotency_key=apply_key(override.id),
+                        data={**_terms(override), **_stripe_ids(override),
+                              "pause_behavior": EXEMPTION_BEHAVIOR
+                              if override.kind is OverrideKind.PAYMENT_EXEMPTION else None})
     return override
 
 
 async def settle_failed(session: AsyncSession, *, override_id: uuid.UUID, code: str) -> None:
     """Stripe refused: the intent ends ``failed`` and frees the owner's slot."""
-    override = await get_override(session, override_id)
-    override.state = OverrideState.FAILED
-    override.failure_code = code[:80]
+    await _settle(session, override_id, expected=OverrideState.PENDING,
+                  values={"state": OverrideState.FAILED, "failure_code": code[:80]})
 
 
 async def create_override(db: Database, gateway: PaymentsGateway, settings: Settings, *,
@@ -268,10 +280,12 @@ async def apply_pending(db: Database, gateway: PaymentsGateway, override: Billin
                         actor: OverrideActor) -> BillingOverride:
     """The Stripe call and settlement of a committed intent (also how a retry resumes one)."""
     try:
-        discount = await _apply_at_stripe(gateway, override)
+        discount = await apply_at_stripe(gateway, override)
     except PaymentProviderError as error:
-        async with db.unit_of_work() as session:
-            await settle_failed(session, override_id=override.id, code=error.code)
+        if not outcome_unknown(error):  # a refusal: nothing changed at Stripe
+            async with db.unit_of_work() as session:
+                await settle_failed(session, override_id=override.id, code=error.code)
+        # no answer: Stripe may have applied it; it stays pending for the sweeper's retry
         raise
     async with db.unit_of_work() as session:
         return await settle_applied(session, actor=actor, override_id=override.id,
@@ -336,6 +350,7 @@ async def revoke_override(db: Database, gateway: PaymentsGateway, *, actor: Over
             target=case((is_free, OverrideState.REVOKED.value),
                         else_=OverrideState.REVOKING.value),
             values={"revoked_by_user_id": user_id, "revoke_reason": reason,
+                    "state_changed_at": now,
                     "revoked_at": case((is_free, literal(now, UTCDateTime())), else_=None)})
         override = await get_override(session, override_id)
         if not claimed:
@@ -365,26 +380,26 @@ async def remove_at_stripe(db: Database, gateway: PaymentsGateway, override: Bil
                                           coupon_id=override.stripe_coupon_id or
                                           coupon_id(override.id),
                                           idempotency_key=revoke_key(override.id))
-    except PaymentProviderError:
-        async with db.unit_of_work() as session:  # still in effect at Stripe: still active here
-            await session.execute(
-                update(BillingOverride)
-                .where(BillingOverride.id == override.id,
-                       BillingOverride.state == OverrideState.REVOKING)
-                .values(state=OverrideState.ACTIVE, revoked_by_user_id=None, revoke_reason=None)
-                .execution_options(synchronize_session=False))
-        raise
+    except PaymentProviderError as error:
+        if not outcome_unknown(error):  # refused: still in effect at Stripe, so active here
+            async with db.unit_of_work() as session:
+                await _settle(session, override.id, expected=OverrideState.REVOKING,
+                              values={"state": OverrideState.ACTIVE, "revoked_by_user_id": None,
+                                      "revoke_reason": None})
+        raise  # no answer: it stays revoking, and the sweeper retries with the same key
+    expired = event is AuditEvent.OVERRIDE_EXPIRED
+    now = utcnow()
     async with db.unit_of_work() as session:
+        settled = await _settle(
+            session, override.id, expected=OverrideState.REVOKING,
+            values={"state": OverrideState.EXPIRED, "expired_at": now} if expired else
+            {"state": OverrideState.REVOKED, "revoked_at": now})
         override = await get_override(session, override.id)
-        override.state = (OverrideState.EXPIRED if event is AuditEvent.OVERRIDE_EXPIRED
-                          else OverrideState.REVOKED)
-        if override.state is OverrideState.EXPIRED:
-            override.expired_at = utcnow()
-        else:
-            override.revoked_at = utcnow()
-        recorder.record(session, event, actor=actor, owner=owner_of(override),
-                        resource=Resource("billing_override", override.id),
-                        stripe=_stripe_refs(override), idempotency_key=revoke_key(override.id),
-                        data={"kind": override.kind.value, "reason": reason,
-                              "ended_subscription_id": None, **_stripe_ids(override)})
+        if settled:
+            recorder.record(session, event, actor=actor, owner=owner_of(override),
+                            resource=Resource("billing_override", override.id),
+                            stripe=_stripe_refs(override),
+                            idempotency_key=revoke_key(override.id),
+                            data={"kind": override.kind.value, "reason": reason,
+                                  "ended_subscription_id": None, **_stripe_ids(override)})
     return override

@@ -87,6 +87,15 @@ def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProvide
                                 code=f"stripe_{getattr(error, 'code', None) or 'error'}")
 
 
+def outcome_unknown(error: PaymentProviderError) -> bool:
+    """True when Stripe may have done what was asked: no answer, or a 5xx. A retry with the same
+    idempotency key settles it; only a definite refusal (4xx) means nothing changed."""
+    cause = error.__cause__
+    if isinstance(cause, stripe.APIConnectionError):
+        return True
+    return isinstance(cause, stripe.StripeError) and (cause.http_status or 500) >= 500
+
+
 class PaymentsGateway:
     """Async Stripe access; one per process, shared by every request."""
 

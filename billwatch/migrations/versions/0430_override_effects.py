@@ -37,6 +37,8 @@ def upgrade() -> None:
                                       nullable=True))
         batch_op.add_column(sa.Column('expired_at', billwatch.db.UTCDateTime(timezone=True),
                                       nullable=True))
+        batch_op.add_column(sa.Column('state_changed_at', billwatch.db.UTCDateTime(timezone=True),
+                                      nullable=True))
         batch_op.add_column(sa.Column('failure_code', sa.String(length=80), nullable=True))
         batch_op.create_check_constraint(
             'override_state', sa.column('state').in_(STATES))
@@ -61,7 +63,7 @@ def downgrade() -> None:
     with op.batch_alter_table('billing_overrides', schema=None) as batch_op:
         batch_op.drop_index('ix_billing_overrides_subscription')
         batch_op.drop_constraint('override_state', type_='check')
-        for column in ('failure_code', 'expired_at', 'applied_at', 'stripe_discount_id',
+        for column in ('failure_code', 'state_changed_at', 'expired_at', 'applied_at', 'stripe_discount_id',
                        'stripe_coupon_id', 'stripe_subscription_id', 'currency',
                        'amount_off_cents', 'state'):
             batch_op.drop_column(column)
