@@ -178,6 +178,18 @@ class TestDiscountAtStripe:
         third = await discount(client, factory, people, percent_off=20)
         assert third.status_code == 201, third.text
 
+    async def test_concurrent_creates_give_one_override(
+            self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
+            settings: Settings) -> None:
+        await paid_subscription(db, settings, people.owner)
+        answers = await asyncio.gather(*(discount(client, factory, people, percent_off=10)
+                                         for _ in range(3)))
+        assert sorted(a.status_code for a in answers) == [201, 409, 409]
+        assert {a.json().get("error") for a in answers if a.status_code == 409} == {
+            "override_exists"}
+        async with db.sessionmaker() as session:
+            assert len((await session.scalars(select(BillingOverride))).all()) == 1
+
     async def test_without_a_stripe_subscription_nothing_is_stored(
             self, client: httpx.AsyncClient, db: Database, factory: Factory,
             people: People) -> None:
