@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 import stripe
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billwatch.accounts.actor import Actor
 from billwatch.accounts.models import Role
@@ -32,6 +33,7 @@ from billwatch.jobs import tasks
 from billwatch.jobs.celery_app import OVERRIDES_EXPIRE_TASK, beat_schedule
 from billwatch.jobs.embedded import EmbeddedRunner
 from billwatch.payments.gateway import PaymentsGateway, outcome_unknown
+from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
 from tests.support import Factory, People, audit_rows, free_port, paid_subscription, reload
 
 
@@ -223,3 +225,26 @@ class TestHalfDoneOverrides:
         result = await expire_due_overrides(db, settings, now=later)
         assert result["intents_resumed"] == 1
         assert (await reload(db, BillingOverride, override.id)).state is OverrideState.ACTIVE
+
+
+class TestThroughCeleryWorkers:
+    async def test_two_beat_firings_on_real_workers_expire_a_grant_once(
+            self, client: httpx.AsyncClient, db: Database, database_url: str, factory: Factory,
+            people: People, tmp_path: Path) -> None:
+        grant = await free_grant(client, factory, people)
+        async with db.unit_of_work() as session:  # its end date has passed
+            await session.execute(update(BillingOverride)
+                                  .where(BillingOverride.id == uuid.UUID(grant["id"]))
+                                  .values(ends_at=datetime.now(UTC) - timedelta(minutes=1)))
+        settings = worker_settings(database_url, free_port(), new_queue())
+        celery = publisher(settings)
+        worker = Worker(settings, tmp_path / "workers", concurrency=2)
+        try:
+            sent = [celery.send_task(OVERRIDES_EXPIRE_TASK) for _beat in range(2)]
+            results = [await asyncio.to_thread(task.get, timeout=60) for task in sent]
+        finally:
+            worker.stop()
+            celery.close()
+        assert sorted(r["free_grants_expired"] for r in results) == [0, 1]
+        assert (await reload(db, BillingOverride, grant["id"])).state is OverrideState.EXPIRED
+        assert len(await audit_rows(db, event_type="billing.free_subscription.expired")) == 1
