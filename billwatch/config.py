@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from billwatch import money
 from billwatch.audit.crypto import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, keys_from
 
 
@@ -35,10 +36,14 @@ class Plan(BaseModel):
 
     @property
     def monthly_cents(self) -> int:
-        """The price normalised to one month, as MRR counts it (yearly / 12, rounded)."""
-        if self.interval is BillingInterval.YEAR:
-            return round(self.amount_cents / 12)
-        return self.amount_cents
+        """The price normalised to one month, as MRR counts it (yearly / 12, half up)."""
+        return money.monthly_cents(self.amount_cents,
+                                   yearly=self.interval is BillingInterval.YEAR)
+
+    @property
+    def months_per_invoice(self) -> int:
+        """How many months one invoice of this plan pays for (the MRR divisor)."""
+        return money.MONTHS_PER_YEAR if self.interval is BillingInterval.YEAR else 1
 
 
 DEFAULT_PLANS: list[Plan] = [
@@ -217,6 +222,17 @@ class Settings(BaseSettings):
     @property
     def api_docs_enabled(self) -> bool:
         return self.development if self.enable_api_docs is None else self.enable_api_docs
+
+    @model_validator(mode="after")
+    def _one_currency(self) -> Settings:
+        """MRR, ARPU and revenue add plan prices together, so the catalogue has one currency."""
+        currencies = sorted({plan.currency for plan in self.plans})
+        if len(currencies) > 1:
+            by_currency = "; ".join(
+                f"{currency}: {', '.join(p.code for p in self.plans if p.currency == currency)}"
+                for currency in currencies)
+            raise ValueError(f"plans must share one currency, found {by_currency}")
+        return self
 
     @property
     def use_local_standins(self) -> bool:

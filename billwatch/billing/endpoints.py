@@ -147,24 +147,27 @@ async def grant_free(body: FreeGrantRequest, request: Request, session: SessionD
 
 
 @admin_router.post("/overrides", status_code=status.HTTP_201_CREATED, response_model=OverrideAdminOut,
-                   openapi_extra=audited(AuditEvent.OVERRIDE_CREATED))
-async def create_override(body: OverrideRequest, request: Request, session: SessionDep,
-                          actor: AdminActor) -> OverrideAdminOut:
-    """Create a discount or payment exemption."""
+                   openapi_extra=phased(AuditEvent.OVERRIDE_CREATED))
+async def create_override(body: OverrideRequest, request: Request, db: DatabaseDep,
+                          actor: AdminActor, gateway: GatewayDep,
+                          settings: SettingsDep) -> OverrideAdminOut:
+    """Create a discount or payment exemption, applied at Stripe before it is answered."""
     owner = OwnerRef(body.owner_type, body.owner_id)
     request.state.audit_owner = owner
     override = await overrides.create_override(
-        session, actor=actor, owner=owner, kind=body.kind, reason=body.reason,
-        percent_off=body.percent_off, plan_code=body.plan_code, ends_at=body.ends_at)
+        db, gateway, settings, actor=actor, owner=owner, kind=body.kind, reason=body.reason,
+        percent_off=body.percent_off, amount_off_cents=body.amount_off_cents,
+        plan_code=body.plan_code, ends_at=body.ends_at)
     return OverrideAdminOut.model_validate(override)
 
 
 @admin_router.post("/overrides/{override_id}/revoke", response_model=OverrideAdminOut,
-                   openapi_extra=audited(AuditEvent.OVERRIDE_REVOKED))
+                   openapi_extra=phased(AuditEvent.OVERRIDE_REVOKED))
 async def revoke_override(override_id: uuid.UUID, body: RevokeRequest, request: Request,
-                          session: SessionDep, actor: AdminActor) -> OverrideAdminOut:
-    """Revoke an override now."""
+                          db: DatabaseDep, actor: AdminActor,
+                          gateway: GatewayDep) -> OverrideAdminOut:
+    """Revoke an override now (removed at Stripe first); a concurrent second revoke is 409."""
     request.state.audit_resource = Resource("billing_override", override_id)
-    override = await overrides.revoke_override(session, actor=actor, override_id=override_id,
+    override = await overrides.revoke_override(db, gateway, actor=actor, override_id=override_id,
                                                reason=body.reason)
     return OverrideAdminOut.model_validate(override)

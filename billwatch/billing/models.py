@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.accounts.models import OwnerType
@@ -55,6 +55,31 @@ class OverrideKind(StrEnum):
     FREE_SUBSCRIPTION = "free_subscription"
     DISCOUNT = "discount"
     PAYMENT_EXEMPTION = "payment_exemption"
+
+
+class OverrideState(StrEnum):
+    """Where an override stands; discounts and exemptions pass through Stripe first.
+
+    ``pending`` (intent written, Stripe not yet answered) -> ``active`` (in effect at Stripe)
+    or ``failed`` (Stripe refused; nothing changed); ``active`` -> ``revoking`` (one revoke
+    claimed it) -> ``revoked``, or back to ``active`` when Stripe refused the removal. A free
+    grant is ``active`` from its creation and ends ``revoked`` or ``expired``.
+    """
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    FAILED = "failed"
+    REVOKING = "revoking"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+LIVE_OVERRIDE_STATES = (OverrideState.PENDING, OverrideState.ACTIVE, OverrideState.REVOKING)
+"""States in which an override holds its owner's slot: a second one of its kind waits."""
+ADJUSTMENT_KINDS = (OverrideKind.DISCOUNT, OverrideKind.PAYMENT_EXEMPTION)
+"""Overrides applied at Stripe to an existing subscription (free grants are billwatch-only)."""
+_LIVE_ADJUSTMENT = ("kind IN ('discount', 'payment_exemption') "
+                    "AND state IN ('pending', 'active', 'revoking')")
 
 
 class StripeCustomer(UUIDPrimaryKey, Timestamped, Base):
@@ -156,7 +181,13 @@ class BillingOverride(UUIDPrimaryKey, Timestamped, Base):
     """An admin's exception to normal billing: a free grant, a discount, an exemption."""
 
     __tablename__ = "billing_overrides"
-    __table_args__ = (Index("ix_billing_overrides_owner", "owner_type", "owner_id"),)
+    __table_args__ = (
+        Index("ix_billing_overrides_owner", "owner_type", "owner_id"),
+        Index("ix_billing_overrides_subscription", "subscription_id"),
+        Index("uq_billing_overrides_live_adjustment", "owner_type", "owner_id", "kind",
+              unique=True, postgresql_where=text(_LIVE_ADJUSTMENT),
+              sqlite_where=text(_LIVE_ADJUSTMENT)),
+    )
 
     owner_type: Mapped[OwnerType] = mapped_column(enum_column(OwnerType, "override_owner_type"))
     owner_id: Mapped[uuid.UUID]
@@ -171,7 +202,22 @@ class BillingOverride(UUIDPrimaryKey, Timestamped, Base):
     revoked_at: Mapped[datetime | None]
     revoked_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     revoke_reason: Mapped[str | None] = mapped_column(RedactedText())
+    state: Mapped[OverrideState] = mapped_column(enum_column(OverrideState, "override_state"),
+                                                 default=OverrideState.ACTIVE)
+    amount_off_cents: Mapped[int | None] = mapped_column(BigInteger)
+    """A fixed discount per invoice, in ``currency`` (the catalogue's); or ``percent_off``."""
+    currency: Mapped[str | None] = mapped_column(String(3))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_coupon_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_discount_id: Mapped[str | None] = mapped_column(String(255))
+    applied_at: Mapped[datetime | None]
+    """When Stripe confirmed the discount or pause; MRR counts it from here to ``revoked_at``."""
+    expired_at: Mapped[datetime | None]
+    state_changed_at: Mapped[datetime | None]
+    """When the state last moved; a ``pending`` or ``revoking`` one older than the sweeper's
+    grace was left by a process that died between its Stripe call and its settlement."""
+    failure_code: Mapped[str | None] = mapped_column(String(80))
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.state is OverrideState.ACTIVE

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from billwatch.accounts.models import OwnerType
 from billwatch.billing.models import (
     OverrideKind,
+    OverrideState,
     SubscriptionSource,
     SubscriptionStatus,
     TransactionKind,
@@ -129,6 +130,11 @@ class OverrideAdminOut(OverrideOut):
     revoke_reason: str | None
     created_by_user_id: uuid.UUID
     revoked_by_user_id: uuid.UUID | None
+    state: OverrideState
+    amount_off_cents: int | None
+    currency: str | None
+    applied_at: datetime | None
+    expired_at: datetime | None
 
 
 class _Account(BaseModel):
@@ -169,6 +175,8 @@ class OverrideRequest(OwnerBody):
     kind: OverrideKind
     reason: Text = Reason
     percent_off: Int64 | None = None
+    amount_off_cents: Int64 | None = Field(default=None, gt=0, le=2**53)
+    """A fixed amount off each invoice, in the catalogue's currency (instead of percent_off)."""
     plan_code: Line | None = Field(default=None, max_length=40)
     ends_at: BoundedDatetime | None = None
 
