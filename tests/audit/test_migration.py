@@ -66,7 +66,7 @@ class TestMigration:
         db = await foundation_with_a_plaintext_row(fresh_url)
         try:
             await asyncio.to_thread(upgrade, fresh_url)
-            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "audit@-1")
+            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "0200_audit-1")
             async with db.engine.connect() as conn:
                 metadata = (await conn.execute(text("SELECT metadata FROM audit_logs"))).scalar_one()
             loaded = json.loads(metadata) if isinstance(metadata, str) else metadata
