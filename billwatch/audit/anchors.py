@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email import message_from_string, policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ log = structlog.get_logger(__name__)
 BEGIN = "-----BEGIN BILLWATCH AUDIT CHECKPOINT-----"
 END = "-----END BILLWATCH AUDIT CHECKPOINT-----"
 _ARMOURED = re.compile(re.escape(BEGIN) + r"\s*(\{.*?\})\s*" + re.escape(END), re.DOTALL)
+_HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9-]*: ")
 MAX_ANCHOR_BYTES = 16 * 1024 * 1024
 
 ANCHOR_FAILURES = Counter("audit_anchor_failures_total",
@@ -172,8 +174,17 @@ def _read_file(source: str) -> str:
         raise AnchorUnreadable(f"anchor file {source} unreadable: {error.strerror}") from error
 
 
+def _mail_text(text: str) -> str:
+    """The plain-text body of a saved mail (transfer encodings undone), else nothing."""
+    if not _HEADER.match(text):
+        return ""
+    body = message_from_string(text, policy=policy.default).get_body(preferencelist=("plain",))
+    return str(body.get_content()) if isinstance(body, EmailMessage) else ""
+
+
 def parse_anchor(text: str) -> list[Checkpoint]:
     """Every checkpoint in ``text``, in whichever of the accepted shapes it came."""
+    text = _mail_text(text) or text
     armoured = _ARMOURED.findall(text)
     if armoured:
         return [Checkpoint.from_json(body) for body in armoured]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -140,12 +140,6 @@ def seal_period(moment: datetime, interval_seconds: int) -> str:
     epoch = int(moment.timestamp())
     start = datetime.fromtimestamp(epoch - epoch % interval_seconds, tz=moment.tzinfo)
     return start.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def next_period_after(moment: datetime, interval_seconds: int) -> datetime:
-    epoch = int(moment.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % interval_seconds, tz=moment.tzinfo) + timedelta(
-        seconds=interval_seconds)
 
 
 async def newest_checkpoint(session: AsyncSession) -> Checkpoint | None:
