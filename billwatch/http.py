@@ -30,11 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import Role, User
 from billwatch.accounts.tokens import read_token
-from billwatch.audit import recorder
+from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
-from billwatch.context import Origin, bound_origin
+from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Forbidden, Unauthorized
 from billwatch.payments.gateway import PaymentsGateway
@@ -75,6 +75,11 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
         event = for_actor(event, via_assignment=actor.via_assignment_id is not None)
     route = request.scope.get("route")
     db: Database = request.app.state.db
+    if actor is None and await anonymous.absorbed(  # no identity: aggregated, not one row each
+            request.app.state, db, source="http", event=event, route=getattr(route, "path", None),
+            method=request.method, status_code=status, reason=reason,
+            client_ip=current_origin().client_ip):
+        return
     try:
         async with db.unit_of_work() as session:
             recorder.record(
