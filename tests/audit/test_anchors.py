@@ -96,6 +96,17 @@ class TestEmbeddedSealer:
         assert report.problem is not None and report.problem.seq == 1
         assert str(ids[0]) in report.problem.message
 
+    async def test_the_scheduled_seal_goes_to_the_configured_anchor(
+            self, db: Database, sealing_settings: Settings, anchor_server: AnchorServer) -> None:
+        configured = sealing_settings.model_copy(update={
+            "audit_anchor_url": anchor_server.url,
+            "audit_anchor_token": SecretStr("anchor-test-token")})
+        await write_rows(db, 3)
+        await EmbeddedRunner(db, configured).tick(now=T0)
+        [received] = anchor_server.received
+        assert received["last_seq"] == 3 and received["version"] == 2
+        assert Checkpoint.from_fields(received).valid(crypto.current().hmac_key)
+
     async def test_without_the_schedule_nothing_is_sealed(
             self, db: Database, sealing_settings: Settings) -> None:
         await write_rows(db, 2)
