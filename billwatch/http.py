@@ -77,7 +77,7 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
     db: Database = request.app.state.db
     if actor is None and await anonymous.absorbed(  # no identity: aggregated, not one row each
             request.app.state, db, source="http", event=event, route=getattr(route, "path", None),
-            method=request.method, status_code=status, reason=reason,
+            method=request.method, status_code=status, reason=reason.partition(":")[0],
             client_ip=current_origin().client_ip):
         return
     try:

@@ -2,8 +2,9 @@
 
 A request with no or an invalid token, or a webhook with a missing or forged signature, proves
 nothing about who sent it; writing one undeletable row each let one client add hundreds of rows
-a second. Such refusals are bucketed per (event, route, reason, client network — /24 for IPv4,
-/64 for IPv6 — minute):
+a second. Such refusals are bucketed per (event, route template, reason code — never the
+free-text detail, which a caller could vary — client network — /24 for IPv4, /64 for IPv6 —
+minute):
 
 * the **first** refusal of a bucket writes its ordinary failure row at once (so a single
   refusal reads exactly as before, and alert rules still see it);
@@ -39,8 +40,9 @@ REFUSALS = Counter("audit_anonymous_refusals_total",
                    "Requests refused to callers with no valid identity (every one is counted).",
                    ["source"])
 SOURCES = ("http", "webhook")
-MAX_BUCKETS = 2000
-"""Distinct buckets one process keeps per minute before folding new networks into ``other``."""
+MAX_BUCKETS = 256
+"""Distinct buckets one process keeps per minute before folding new networks into ``other``:
+the most first rows a minute can add, however many networks send."""
 
 
 def client_network(client_ip: str | None) -> str:

@@ -92,7 +92,7 @@ async def record_rejection(db: Database, request: Request,
     if await anonymous.absorbed(  # unsigned or forged: aggregated, not one row (and alert) each
             request.app.state, db, source="webhook", event=AuditEvent.WEBHOOK_FAILED,
             route=request.url.path, method=request.method, status_code=rejection.status_code,
-            reason=f"{rejection.code}: {rejection.detail}", client_ip=current_origin().client_ip):
+            reason=rejection.code, client_ip=current_origin().client_ip):
         billing_metrics.WEBHOOKS_REJECTED.labels(reason=reason).inc()  # nothing to commit
         return
     try:
