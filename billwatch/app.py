@@ -17,6 +17,7 @@ from billwatch.accounts.endpoints import router as accounts_router
 from billwatch.alerts.endpoints import router as alerts_router
 from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.audit import crypto as audit_crypto
+from billwatch.audit.anonymous import refusals_of
 from billwatch.audit.endpoints import router as audit_router
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.billing.endpoints import admin_router as billing_admin_router
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         stop_delivery = await start_delivery(db, settings)  # alerts leave after commit
         yield
+        await refusals_of(_app.state).flush(db, everything=True)  # the last minute's counts
         await stop_delivery()
         if owns_database:
             await db.dispose()

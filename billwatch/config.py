@@ -185,6 +185,17 @@ class Settings(BaseSettings):
     """Where ``billwatch audit archive`` writes compressed, verifiable JSONL archives."""
     audit_retention_days: int = Field(default=365, ge=90)
     """Days of audit rows kept online; never fewer than 90."""
+    audit_seal_interval_seconds: int = Field(default=300, ge=10, le=86400)
+    """How often the embedded scheduler seals new audit rows (and checkpoints them)."""
+    audit_sealer_database_url: SecretStr | None = None
+    """The sealing job's own connection (a role that may insert seals); default: database_url."""
+    audit_anchor_url: str | None = Field(default=None, pattern=r"^https?://")
+    """An HTTP(S) endpoint off the database host that receives a POST of every checkpoint."""
+    audit_anchor_token: SecretStr | None = None
+    """Bearer token sent to ``audit_anchor_url`` (and used by ``verify --anchor URL``)."""
+    audit_anchor_mail: bool = False
+    """Also mail every new checkpoint to ``billing_alert_emails`` through the SMTP settings."""
+    audit_anchor_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
 
     @field_validator("plans", mode="before")
     @classmethod

@@ -38,11 +38,11 @@ from billwatch import idempotency
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import Role
 from billwatch.accounts.tokens import authenticated_user, read_token
-from billwatch.audit import recorder
+from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
-from billwatch.context import Origin, bound_origin
+from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database
 from billwatch.errors import BadRequest, BillwatchError, Forbidden, Unauthorized
 from billwatch.openapi_errors import error_responses
@@ -118,6 +118,11 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
         event = for_actor(event, via_assignment=actor.via_assignment_id is not None)
     route = request.scope.get("route")
     db: Database = request.app.state.db
+    if actor is None and await anonymous.absorbed(  # no identity: aggregated, not one row each
+            request.app.state, db, source="http", event=event, route=getattr(route, "path", None),
+            method=request.method, status_code=status, reason=reason.partition(":")[0],
+            client_ip=current_origin().client_ip):
+        return
     try:
         async with db.unit_of_work() as session:
             recorder.record(

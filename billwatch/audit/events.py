@@ -52,6 +52,8 @@ class AuditEvent(StrEnum):
     AUDIT_ACCESS_DENIED = "audit.access_denied"
     AUDIT_ARCHIVED = "audit.archived"
     AUDIT_KEY_ROTATED = "audit.key_rotated"
+    ANONYMOUS_REFUSALS = "audit.anonymous_refusals"
+    """Refusals of callers with no valid identity after their bucket's first, as one count."""
     ALERTS_READ = "alerts.read"
     ALERT_ACKNOWLEDGED = "alerts.acknowledged"
     # the admin console

@@ -123,6 +123,9 @@ class AuditCheckpoint(UUIDPrimaryKey, Base):
     created_at: Mapped[datetime]
     signature: Mapped[bytes] = mapped_column(LargeBinary(32))
     file_name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(default=1, server_default="1")
+    prev_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    """The previous checkpoint's digest, signed by this one (version 2: the checkpoint chain)."""
 
 
 class AuditArchive(UUIDPrimaryKey, Base):

@@ -102,6 +102,7 @@ class EmbeddedRunner:
             await service.refunds_check(self.db, self.settings, now=now)
         if self.schedule:
             await service.run_due_schedule(self.db, self.settings, now=now)
+            await service.audit_seal_due(self.db, self.settings, now=now)
             await expiry.expire_due_overrides(self.db, self.settings, now=now)
         await sweep_pending_refunds(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)

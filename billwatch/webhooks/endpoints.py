@@ -15,10 +15,11 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from billwatch.audit import recorder
+from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
+from billwatch.context import current_origin
 from billwatch.db import Database, after_commit
 from billwatch.metrics import billing as billing_metrics
 from billwatch.openapi_errors import ErrorOut
@@ -92,6 +93,12 @@ async def record_rejection(db: Database, request: Request,
     reason = rejection.reason.value
     log.warning("stripe_webhook_rejected", reason=reason, code=rejection.code,
                 status=rejection.status_code)
+    if await anonymous.absorbed(  # unsigned or forged: aggregated, not one row (and alert) each
+            request.app.state, db, source="webhook", event=AuditEvent.WEBHOOK_FAILED,
+            route=request.url.path, method=request.method, status_code=rejection.status_code,
+            reason=rejection.code, client_ip=current_origin().client_ip):
+        billing_metrics.WEBHOOKS_REJECTED.labels(reason=reason).inc()  # nothing to commit
+        return
     try:
         async with db.unit_of_work() as session:
             recorder.record(
