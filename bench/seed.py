@@ -26,8 +26,10 @@ class Seeded:
     """``(stripe_subscription_id, stripe_customer_id)`` of each patient's live subscription."""
 
 
-async def seed_subscribers(url: str, count: int, plan: Plan) -> Seeded:
-    """One admin and ``count`` patients, each with a Stripe customer and an active subscription."""
+async def seed_subscribers(url: str, count: int, plan: Plan, *,
+                           subscribed: bool = True) -> Seeded:
+    """One admin and ``count`` patients, each with a Stripe customer and an active subscription
+    (or, ``subscribed=False``, with neither: owners a free grant can be given to)."""
     db = Database(url)
     now = utcnow()
     admin_id = uuid.uuid4()
@@ -38,6 +40,8 @@ async def seed_subscribers(url: str, count: int, plan: Plan) -> Seeded:
                 {"id": admin_id, "email": "admin@bench.test", "name": "Bench Admin", "role": Role.ADMIN},
                 *({"id": pid, "email": f"p{n}@bench.test", "name": f"Patient {n}", "role": Role.PATIENT}
                   for n, pid in enumerate(patients))])
+            if not subscribed:
+                return Seeded(admin_id, patients, [])
             await session.execute(insert(StripeCustomer), [
                 {"id": uuid.uuid4(), "owner_type": OwnerType.PATIENT, "owner_id": pid,
                  "stripe_customer_id": f"cus_bench{n}", "idempotency_key": f"bench:{n}"}

@@ -7,14 +7,17 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billwatch.accounts.endpoints import router as accounts_router
 from billwatch.alerts.endpoints import router as alerts_router
 from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.audit import crypto as audit_crypto
+from billwatch.audit.anonymous import refusals_of
 from billwatch.audit.endpoints import router as audit_router
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.billing.endpoints import admin_router as billing_admin_router
@@ -24,7 +27,12 @@ from billwatch.console.pages import router as console_router
 from billwatch.db import Database
 from billwatch.errors import BillwatchError
 from billwatch.hardening import SecurityHeadersMiddleware
-from billwatch.http import RequestContextMiddleware
+from billwatch.http import (
+    PlainServerErrors,
+    RequestContextMiddleware,
+    as_domain_error,
+    malformed_body,
+)
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
@@ -51,6 +59,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         stop_delivery = await start_delivery(db, settings)  # alerts leave after commit
         yield
+        await refusals_of(_app.state).flush(db, everything=True)  # the last minute's counts
         await stop_delivery()
         if owns_database:
             await db.dispose()
@@ -64,7 +73,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.db = db
     app.state.gateway = gateway or PaymentsGateway(settings)
 
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(PlainServerErrors)  # innermost: the 500 still gets the request's id
+    app.add_middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies)
     app.add_middleware(SecurityHeadersMiddleware)
     install_metrics(app, settings, db)
     _add_error_handlers(app)
@@ -93,16 +103,19 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": error.code, "detail": redact_text(error.detail)},
                             status_code=error.status_code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        answered = as_domain_error(error)  # an undecodable body is malformed_json
+        if isinstance(answered, BillwatchError):
+            return await domain_error(request, answered)
+        return await http_exception_handler(request, error)
+
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        malformed = malformed_body(error)
+        if malformed is not None:
+            return await domain_error(request, malformed)
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
                    for e in error.errors()]
         return JSONResponse({"error": "validation_error", "detail": redact(details)},
                             status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(_request: Request, error: Exception) -> JSONResponse:
-        log.error("unhandled_error", error_type=type(error).__name__,
-                  error=redact_text(str(error)))
-        return JSONResponse({"error": "internal_error", "detail": "internal error"},
-                            status_code=500)

@@ -12,9 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from billwatch import money
 from billwatch.audit.crypto import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, keys_from
 
 
@@ -35,10 +36,14 @@ class Plan(BaseModel):
 
     @property
     def monthly_cents(self) -> int:
-        """The price normalised to one month, as MRR counts it (yearly / 12, rounded)."""
-        if self.interval is BillingInterval.YEAR:
-            return round(self.amount_cents / 12)
-        return self.amount_cents
+        """The price normalised to one month, as MRR counts it (yearly / 12, half up)."""
+        return money.monthly_cents(self.amount_cents,
+                                   yearly=self.interval is BillingInterval.YEAR)
+
+    @property
+    def months_per_invoice(self) -> int:
+        """How many months one invoice of this plan pays for (the MRR divisor)."""
+        return money.MONTHS_PER_YEAR if self.interval is BillingInterval.YEAR else 1
 
 
 DEFAULT_PLANS: list[Plan] = [
@@ -99,6 +104,8 @@ class Settings(BaseSettings):
     """Serve ``/docs`` and ``/openapi.json``; unset = on in development, off in production."""
     metrics_token: SecretStr | None = None
     """Bearer token ``/metrics`` demands; unset = open in development, refused in production."""
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+    """Proxies whose ``X-Forwarded-For`` names the client (comma-separated CIDRs); none by default."""
     plans: Annotated[list[Plan], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PLANS))
 
     billing_alert_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -178,6 +185,17 @@ class Settings(BaseSettings):
     """Where ``billwatch audit archive`` writes compressed, verifiable JSONL archives."""
     audit_retention_days: int = Field(default=365, ge=90)
     """Days of audit rows kept online; never fewer than 90."""
+    audit_seal_interval_seconds: int = Field(default=300, ge=10, le=86400)
+    """How often the embedded scheduler seals new audit rows (and checkpoints them)."""
+    audit_sealer_database_url: SecretStr | None = None
+    """The sealing job's own connection (a role that may insert seals); default: database_url."""
+    audit_anchor_url: str | None = Field(default=None, pattern=r"^https?://")
+    """An HTTP(S) endpoint off the database host that receives a POST of every checkpoint."""
+    audit_anchor_token: SecretStr | None = None
+    """Bearer token sent to ``audit_anchor_url`` (and used by ``verify --anchor URL``)."""
+    audit_anchor_mail: bool = False
+    """Also mail every new checkpoint to ``billing_alert_emails`` through the SMTP settings."""
+    audit_anchor_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
 
     @field_validator("plans", mode="before")
     @classmethod
@@ -186,23 +204,11 @@ class Settings(BaseSettings):
             return json.loads(value)
         return value
 
-    @field_validator("stripe_webhook_secrets_previous", mode="before")
+    @field_validator("stripe_webhook_secrets_previous", "allowed_redirect_origins",
+                     "trusted_proxies", "billing_alert_emails", mode="before")
     @classmethod
-    def _split_secrets(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("allowed_redirect_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("billing_alert_emails", mode="before")
-    @classmethod
-    def _split_emails(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
+        """List settings are written comma-separated in the environment."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -227,6 +233,17 @@ class Settings(BaseSettings):
     @property
     def api_docs_enabled(self) -> bool:
         return self.development if self.enable_api_docs is None else self.enable_api_docs
+
+    @model_validator(mode="after")
+    def _one_currency(self) -> Settings:
+        """MRR, ARPU and revenue add plan prices together, so the catalogue has one currency."""
+        currencies = sorted({plan.currency for plan in self.plans})
+        if len(currencies) > 1:
+            by_currency = "; ".join(
+                f"{currency}: {', '.join(p.code for p in self.plans if p.currency == currency)}"
+                for currency in currencies)
+            raise ValueError(f"plans must share one currency, found {by_currency}")
+        return self
 
     @property
     def use_local_standins(self) -> bool:

@@ -7,6 +7,7 @@ the transaction rolls back.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -132,7 +133,10 @@ class Database:
             engine_kwargs.setdefault("pool_size", 10)
             engine_kwargs.setdefault("max_overflow", 20)
             engine_kwargs.setdefault("pool_recycle", POOL_RECYCLE_SECONDS)
-        self.engine: AsyncEngine = create_async_engine(url, echo=echo, **engine_kwargs)
+        engine_kwargs.setdefault("hide_parameters", True)  # errors and echo never log values
+        self.engine: AsyncEngine = create_async_engine(url, **engine_kwargs)
+        if echo:  # SQL through the redacting log handlers, not SQLAlchemy's own stdout one
+            logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.INFO)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:

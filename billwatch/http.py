@@ -19,29 +19,35 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request, Response, params
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billwatch import idempotency
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import Role
 from billwatch.accounts.tokens import authenticated_user, read_token
-from billwatch.audit import recorder
+from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
-from billwatch.context import Origin, bound_origin
+from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database
-from billwatch.errors import BillwatchError, Forbidden, Unauthorized
+from billwatch.errors import BadRequest, BillwatchError, Forbidden, Unauthorized
+from billwatch.openapi_errors import error_responses
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.request_origin import IPNetwork, client_ip, safe_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -63,12 +69,41 @@ def phased(event: AuditEvent, *, idempotency_key_required: bool = False) -> dict
     return extra
 
 
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type", "dict_type"})
+
+
+def malformed_body(error: RequestValidationError) -> BadRequest | None:
+    """The 400 for a body that is not JSON at all, which FastAPI reports as a validation error."""
+    for problem in error.errors():
+        if problem.get("type") == "json_invalid":
+            why = (problem.get("ctx") or {}).get("error", "invalid JSON")
+            return BadRequest(f"body is not valid JSON: {why}", code="malformed_json")
+        if (tuple(problem.get("loc", ())) == ("body",) and problem.get("type") in _NOT_AN_OBJECT
+                and isinstance(problem.get("input"), str | bytes)):  # raw text, not parsed JSON
+            return BadRequest("body must be a JSON object sent as application/json",
+                              code="malformed_json")
+    return None
+
+
+def as_domain_error(error: Exception) -> Exception:
+    """``error`` as the domain error it is answered with, when FastAPI raised it for us."""
+    if isinstance(error, RequestValidationError):
+        return malformed_body(error) or error
+    if isinstance(error, StarletteHTTPException) and error.status_code == 400:
+        return BadRequest("body is not valid JSON: it cannot be decoded as text",
+                          code="malformed_json")  # FastAPI's answer to an undecodable body
+    return error
+
+
 def failure_reason(error: Exception) -> tuple[int, str]:
+    error = as_domain_error(error)
     if isinstance(error, BillwatchError):
         return error.status_code, f"{error.code}: {error.detail}"
     if isinstance(error, RequestValidationError):
         fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in error.errors()})
         return 422, f"validation_error: {', '.join(fields)}"
+    if isinstance(error, StarletteHTTPException):
+        return error.status_code, f"http_error: {error.detail}"
     return 500, f"internal_error: {type(error).__name__}"
 
 
@@ -83,6 +118,11 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
         event = for_actor(event, via_assignment=actor.via_assignment_id is not None)
     route = request.scope.get("route")
     db: Database = request.app.state.db
+    if actor is None and await anonymous.absorbed(  # no identity: aggregated, not one row each
+            request.app.state, db, source="http", event=event, route=getattr(route, "path", None),
+            method=request.method, status_code=status, reason=reason.partition(":")[0],
+            client_ip=current_origin().client_ip):
+        return
     try:
         async with db.unit_of_work() as session:
             recorder.record(
@@ -171,8 +211,64 @@ async def _release_quietly(db: Database, held: idempotency.Claim) -> None:
 
 
 class AuditedRouter(APIRouter):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(route_class=AuditedRoute, **kwargs)
+    def __init__(self, *, route_class: type[AuditedRoute] = AuditedRoute, **kwargs: Any) -> None:
+        super().__init__(route_class=route_class, **kwargs)
+
+    def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        """Every route lists the error statuses it can answer (see :func:`documented_errors`)."""
+        declared: dict[int | str, dict[str, Any]] = kwargs.pop("responses", None) or {}
+        derived = error_responses(documented_errors(
+            self.prefix + path, endpoint, methods=kwargs.get("methods"),
+            openapi_extra=kwargs.get("openapi_extra")))
+        merged = {code: {**derived.get(code, {}), **declared.get(code, {})}
+                  for code in {*derived, *declared}}
+        super().add_api_route(path, endpoint, responses=merged, **kwargs)
+
+
+# --- documented errors --------------------------------------------------------------------
+
+def _dependency_calls(dependant: Dependant) -> set[Any]:
+    calls: set[Any] = set()
+    for sub in dependant.dependencies:
+        calls.add(sub.call)
+        calls |= _dependency_calls(sub)
+    return calls
+
+
+def _has_params(dependant: Dependant) -> bool:
+    return bool(dependant.path_params or dependant.query_params or dependant.header_params
+                or dependant.body_params) or any(_has_params(d) for d in dependant.dependencies)
+
+
+def documented_errors(path: str, endpoint: Callable[..., Any], *, methods: Any,
+                      openapi_extra: dict[str, Any] | None) -> set[int]:
+    """The error statuses a route can answer, read from what it depends on.
+
+    Every route can fail (500); parameters can be invalid (422); a body can be malformed (400);
+    a token can be missing (401); an audited operation checks the caller's rights (403) and a
+    route naming a resource, in its path or body, can find none (404); a write can meet a
+    state that refuses it (409); a route holding the gateway can meet Stripe failing (502) or
+    not answering (504).
+    """
+    dependant = get_dependant(path=path, call=endpoint)
+    calls = _dependency_calls(dependant)
+    has_body = bool(dependant.body_params)
+    statuses = {500}
+    if _has_params(dependant):
+        statuses.add(422)
+    if has_body:
+        statuses.add(400)
+    if current_actor in calls or admin_actor in calls:
+        statuses.add(401)
+        if admin_actor in calls or AUDIT_EVENT_KEY in (openapi_extra or {}):
+            statuses.add(403)
+    if dependant.path_params or has_body:
+        statuses.add(404)
+    if {m.upper() for m in methods or ("GET",)} - {"GET", "HEAD"}:
+        statuses.add(409)
+    if get_gateway in calls:
+        statuses |= {502, 504}
+    return statuses
 
 
 # --- dependencies -------------------------------------------------------------------------
@@ -238,20 +334,28 @@ AdminActor = Annotated[Actor, Depends(admin_actor)]
 # --- request origin -----------------------------------------------------------------------
 
 class RequestContextMiddleware:
-    """Binds request id and client IP for the request and logs one line when it ends."""
+    """Binds request id and client IP for the request and logs one line when it ends.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Both are checked first (:mod:`billwatch.request_origin`): the IP is parsed, forwarded
+    addresses count only from ``trusted_proxies``, and an unsafe request id is replaced.
+    """
+
+    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork] = ()) -> None:
         self.app = app
+        self.trusted_proxies = tuple(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = supplied if _valid_request_id(supplied) else uuid.uuid4().hex
+        raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
+        supplied = next((v for k, v in raw_headers if k == b"x-request-id"), b"")
+        request_id = safe_request_id(supplied.decode("latin-1")) or uuid.uuid4().hex
         client = scope.get("client")
-        origin = Origin(request_id=request_id, client_ip=client[0] if client else None)
+        forwarded = [v.decode("latin-1") for k, v in raw_headers if k == b"x-forwarded-for"]
+        origin = Origin(request_id=request_id,
+                        client_ip=client_ip(client[0] if client else None, forwarded,
+                                            self.trusted_proxies))
         status_holder: dict[str, int] = {}
         started = time.perf_counter()
 
@@ -274,5 +378,36 @@ class RequestContextMiddleware:
                          duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def _valid_request_id(value: str) -> bool:
-    return 0 < len(value) <= 64 and all(c.isalnum() or c in "-_." for c in value)
+class PlainServerErrors:
+    """Answers an unhandled error with the 500 envelope and keeps the keep-alive connection.
+
+    Starlette's own last-resort handler re-raises after answering, and the server then closes
+    the connection, so the client's next request on it gets no answer. Here the error ends with
+    the answer. Once a response has started (a stream failing midway) there is nothing honest
+    left to send: the error goes on and the server cuts the stream, visibly unfinished.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            if started:
+                raise
+            log.error("unhandled_error", error_type=type(error).__name__,
+                      error=redact_text(str(error)))
+            response = JSONResponse({"error": "internal_error", "detail": "internal error"},
+                                    status_code=500)
+            await response(scope, receive, send)

@@ -23,7 +23,14 @@ def redact_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
     return redact(dict(event_dict))
 
 
-_STDLIB_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "sqlalchemy", "celery")
+_STDLIB_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "sqlalchemy", "sqlalchemy.engine",
+                   "sqlalchemy.pool", "celery", "stripe", "httpx", "httpcore", "aiosmtplib",
+                   "asyncio")
+"""Libraries that may log request bodies, headers or SQL at DEBUG: their lines go through ours."""
+_PARAMETER_LOGGERS = ("aiosqlite",)
+"""Drivers whose DEBUG lines are every statement with all its parameters: kept at INFO or above,
+as ``hide_parameters`` keeps SQLAlchemy's own lines, since a value need not look like card data
+to be private."""
 
 
 class _RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -34,6 +41,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     renderer: Any = (structlog.processors.JSONRenderer() if json
                      else structlog.dev.ConsoleRenderer(colors=False))
     _route_stdlib(level, renderer)
+    _silence_stripe_console()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -49,6 +57,19 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         # structlog.testing.capture_logs(), so what a log line says would depend on import order.
         cache_logger_on_first_use=False,
     )
+
+
+def _silence_stripe_console() -> None:
+    """The Stripe SDK prints to stderr itself when ``STRIPE_LOG`` is set, past every handler.
+
+    Its ``stripe`` logger still emits the same lines, so they reach stdout through the redactor.
+    """
+    import stripe
+
+    stripe.log = None
+    util = sys.modules.get("stripe._util")
+    if util is not None:
+        vars(util)["STRIPE_LOG"] = None
 
 
 def _route_stdlib(level: str, renderer: Any) -> None:
@@ -67,3 +88,5 @@ def _route_stdlib(level: str, renderer: Any) -> None:
         named = logging.getLogger(name)
         named.handlers = [h for h in named.handlers if not isinstance(h, logging.StreamHandler)]
         named.propagate = True
+    for name in _PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))

@@ -23,6 +23,7 @@ from billwatch.accounts import service as accounts
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import Organization, OwnerType, Role, User
 from billwatch.accounts.tokens import mint_token
+from billwatch.audit.maintenance import maintenance
 from billwatch.audit.models import AuditLog
 from billwatch.billing.models import (
     StripeCustomer,
@@ -117,8 +118,7 @@ async def migrate(url: str) -> None:
 async def reset_database(db: Database) -> None:
     """Empty every table between tests (PostgreSQL); SQLite tests get a fresh file instead."""
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with db.engine.begin() as conn:
-        await conn.execute(text("SET LOCAL billwatch.maintenance = 'on'"))
+    async with db.engine.begin() as conn, maintenance(conn, "test-reset"):
         await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
 
 

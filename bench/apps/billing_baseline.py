@@ -1,9 +1,10 @@
-"""The audit-overhead baseline: billwatch's override route minus the audit row and the metrics.
+"""The audit-overhead baseline: billwatch's free-grant route minus the audit row and the metrics.
 
 Same framework, same router class (one unit of work per request), same authentication, same
-owner check and the same business row as ``POST /admin/overrides`` in billwatch; what it leaves
-out is exactly what the benchmark prices: the audit recorder (redaction, encryption, hashing, the
-row itself, its listeners) and every metric (HTTP middleware, counters after commit).
+owner check, plan lookup, live-subscription check and the same business rows as
+``POST /admin/free-grants`` in billwatch; what it leaves out is exactly what the benchmark
+prices: the audit recorder (redaction, encryption, hashing, the row itself, its listeners) and
+every metric (HTTP middleware, counters after commit).
 Served with ``uvicorn --factory bench.apps.billing_baseline:create_app``; settings from the
 usual ``BILLWATCH_*`` variables.
 """
@@ -14,32 +15,51 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, status
+from fastapi import FastAPI, Request, status
 
 from billwatch.accounts import service as accounts
 from billwatch.accounts.actor import OwnerRef
-from billwatch.billing.models import BillingOverride, OverrideKind
-from billwatch.billing.schemas import OverrideOut, OverrideRequest
-from billwatch.config import get_settings
+from billwatch.billing.models import (
+    BillingOverride,
+    OverrideKind,
+    OverrideState,
+    Subscription,
+    SubscriptionSource,
+    SubscriptionStatus,
+)
+from billwatch.billing.overrides import add_months
+from billwatch.billing.schemas import FreeGrantRequest, OverrideOut
+from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
+from billwatch.config import Settings, get_settings
 from billwatch.db import Database, utcnow
-from billwatch.errors import Unprocessable
 from billwatch.http import AdminActor, AuditedRouter, RequestContextMiddleware, SessionDep
 from billwatch.logging import configure_logging
 
 router = AuditedRouter(prefix="/admin")
 
 
-@router.post("/overrides", status_code=status.HTTP_201_CREATED, response_model=OverrideOut)
-async def create_override(body: OverrideRequest, session: SessionDep, actor: AdminActor) -> OverrideOut:
-    """A discount override: the business writes of billwatch's route, nothing else."""
+@router.post("/free-grants", status_code=status.HTTP_201_CREATED, response_model=OverrideOut)
+async def grant_free(body: FreeGrantRequest, request: Request, session: SessionDep,
+                     actor: AdminActor) -> OverrideOut:
+    """A free grant: the business writes of billwatch's route, nothing else."""
+    settings: Settings = request.app.state.settings
     owner = OwnerRef(body.owner_type, body.owner_id)
     await accounts.owner_display(session, owner)
-    if body.kind is not OverrideKind.DISCOUNT or body.percent_off is None:
-        raise Unprocessable("the baseline only creates discounts", code="baseline_discount_only")
+    plan = require_plan(settings, body.plan_code)
+    await ensure_no_live_subscription(session, owner)
+    now = utcnow()
+    ends_at = add_months(now, body.months) if body.months is not None else None
+    subscription = Subscription(
+        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id, plan_code=plan.code,
+        status=SubscriptionStatus.ACTIVE, source=SubscriptionSource.FREE_GRANT,
+        current_period_start=now, current_period_end=ends_at)
     override = BillingOverride(
-        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id, kind=body.kind,
-        plan_code=body.plan_code, percent_off=body.percent_off, starts_at=utcnow(),
-        ends_at=body.ends_at, reason=body.reason, created_by_user_id=actor.user_id)
+        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
+        kind=OverrideKind.FREE_SUBSCRIPTION, plan_code=plan.code, starts_at=now, ends_at=ends_at,
+        reason=body.reason, subscription_id=subscription.id, created_by_user_id=actor.user_id,
+        state=OverrideState.ACTIVE, applied_at=now)
+    session.add(subscription)
+    await session.flush()
     session.add(override)
     await session.flush()
     return OverrideOut.model_validate(override)

@@ -10,6 +10,7 @@ from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.db import Base, Timestamped, UUIDPrimaryKey, enum_column
+from billwatch.redacted import RedactedString
 
 
 class Role(StrEnum):
@@ -28,15 +29,15 @@ class OrgRole(StrEnum):
 class User(UUIDPrimaryKey, Timestamped, Base):
     __tablename__ = "users"
 
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(RedactedString(320), unique=True)
+    name: Mapped[str] = mapped_column(RedactedString(200))
     role: Mapped[Role] = mapped_column(enum_column(Role, "user_role"))
 
 
 class Organization(UUIDPrimaryKey, Timestamped, Base):
     __tablename__ = "organizations"
 
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(RedactedString(200))
 
 
 class OrganizationMember(UUIDPrimaryKey, Timestamped, Base):

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import Query, Request
-from pydantic import AwareDatetime
 
 from billwatch.alerts import ledger
 from billwatch.alerts.models import AlertStatus, IncidentStatus, Severity
@@ -20,6 +19,7 @@ from billwatch.alerts.schemas import (
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
 from billwatch.http import AdminActor, AuditedRouter, SessionDep, audited
+from billwatch.schema_types import INT64_MAX, BoundedDatetime, Line
 
 router = AuditedRouter(prefix="/admin/alerts", tags=["admin", "alerts"])
 
@@ -27,14 +27,14 @@ router = AuditedRouter(prefix="/admin/alerts", tags=["admin", "alerts"])
 @router.get("", response_model=AlertPage, openapi_extra=audited(AuditEvent.ALERTS_READ))
 async def list_alerts(
     session: SessionDep, actor: AdminActor,
-    kind: Annotated[str | None, Query(max_length=40)] = None,
+    kind: Annotated[Line | None, Query(max_length=40)] = None,
     severity: Severity | None = None,
     status: AlertStatus | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: BoundedDatetime | None = None,
+    until: BoundedDatetime | None = None,
     acknowledged: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> AlertPage:
     """The alert ledger, newest first, filtered by kind, severity, status and time."""
     filters = ledger.AlertFilter(kind=kind, severity=severity, status=status, since=since,

@@ -12,10 +12,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.db import Base, Timestamped, UUIDPrimaryKey, enum_column
+from billwatch.redacted import RedactedString, RedactedText
 
 
 class AlertKind(StrEnum):
@@ -69,8 +70,8 @@ class Alert(UUIDPrimaryKey, Timestamped, Base):
     kind: Mapped[str] = mapped_column(String(40))
     """An :class:`AlertKind` value (a plain string so a new kind needs no migration)."""
     severity: Mapped[Severity] = mapped_column(enum_column(Severity, "alert_severity"))
-    dedup_key: Mapped[str] = mapped_column(String(200))
-    subject: Mapped[str] = mapped_column(String(200))
+    dedup_key: Mapped[str] = mapped_column(RedactedString(200))
+    subject: Mapped[str] = mapped_column(RedactedString(200))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """What the mail shows, redacted before it is stored."""
     status: Mapped[AlertStatus] = mapped_column(enum_column(AlertStatus, "alert_status"),
@@ -80,7 +81,7 @@ class Alert(UUIDPrimaryKey, Timestamped, Base):
     claimed_until: Mapped[datetime | None]
     """A deliverer's lease: a crashed one's claim lapses and the alert is picked up again."""
     sent_at: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(RedactedText())
     suppressed_count: Mapped[int] = mapped_column(default=0)
     """How many suppressed alerts of the same key this mail counted ("and 37 more since ...")."""
     suppressed_since: Mapped[datetime | None]
@@ -138,7 +139,7 @@ class AlertCooldown(Base):
 
     __tablename__ = "alert_cooldowns"
 
-    dedup_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(RedactedString(200), primary_key=True)
     holder_alert_id: Mapped[uuid.UUID | None]
     """The alert being mailed right now (between winning the window and the SMTP answer)."""
     last_sent_at: Mapped[datetime | None]

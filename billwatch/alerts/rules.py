@@ -9,7 +9,9 @@ errors are logged and swallowed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -63,6 +65,24 @@ def final_payment_failure(session: AsyncSession, row: AuditLog, settings: Settin
                  "audit_id": str(row.id), "occurred_at": _iso(row)})
 
 
+@dataclass(slots=True)
+class Cooldown:
+    """When each key last raised, in this process (monotonic clock)."""
+
+    last: dict[str, float] = field(default_factory=dict)
+
+    def allow(self, key: str, seconds: float, *, now: float | None = None) -> bool:
+        moment = time.monotonic() if now is None else now
+        previous = self.last.get(key)
+        if previous is not None and moment - previous < seconds:
+            return False
+        self.last[key] = moment
+        return True
+
+
+REJECTION_COOLDOWN = Cooldown()
+
+
 def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
     """A webhook that failed: one key per Stripe event type (handler failures) or per reject
     reason (deliveries refused at verification), so one outage mails once per window."""
@@ -71,6 +91,8 @@ def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings) ->
     data = row.data or {}
     if data.get("stage") == "verification":
         reason = str(data.get("reject_reason") or data.get("code") or "unknown")[:60]
+        if not REJECTION_COOLDOWN.allow(reason, settings.alert_cooldown_seconds):
+            return  # unsigned posts are anyone's to send: one alert row per reason per cooldown
         key, subject = f"webhook_failure:rejected:{reason}", f"webhook deliveries rejected ({reason})"
     else:
         event_type = str(data.get("event_type") or data.get("type") or "unknown")[:80]

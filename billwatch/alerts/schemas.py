@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from billwatch.alerts.models import AlertStatus, IncidentStatus, Severity
+from billwatch.schema_types import Text
 
 
 class AlertOut(BaseModel):
@@ -75,5 +76,5 @@ class AlertPage(BaseModel):
 class AcknowledgeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str | None = Field(default=None, max_length=500,
+    note: Text | None = Field(default=None, max_length=500,
                              description="What was done about it; kept in the audit trail.")

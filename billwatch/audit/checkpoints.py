@@ -1,7 +1,10 @@
 """Signed checkpoints and their append-only store outside the database.
 
 A checkpoint says "at time T the chain held N rows, the last one (seq N, row id X) with chain
-hash H", signed with HMAC-SHA256 under the audit HMAC key. Because the key is not in the
+hash H, and the checkpoint before me hashed to P", signed with HMAC-SHA256 under the audit HMAC
+key. ``P`` makes the checkpoints a chain of their own (version 2): one missing from the middle
+is caught. Only a copy outside the database host — an anchor, :mod:`billwatch.audit.anchors` —
+catches the *newest* one going missing together with the rows it covered. Because the key is not in the
 database and the files are not either, someone who deletes the newest rows — or rewrites every
 hash from the first row on — cannot produce a checkpoint that agrees with the result.
 
@@ -21,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 
 KIND = "billwatch-audit-checkpoint"
+VERSION = 2
+"""Version 2 signs ``prev_hash``; version 1 files (no checkpoint chain) still verify."""
 
 
 def sign(key: bytes, payload: dict[str, object]) -> str:
@@ -42,11 +47,25 @@ class Checkpoint:
     signature: str = ""
     kind: str = KIND
     version: int = 1
+    prev_hash: str = ""
+    """SHA-256 (hex) of the previous checkpoint (:meth:`digest`); empty for the first one."""
 
     def payload(self) -> dict[str, object]:
         body = asdict(self)
         body.pop("signature")
+        if self.version < 2:  # what version 1 signed
+            body.pop("prev_hash")
         return body
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the whole signed checkpoint: what the next one commits to."""
+        body = {**self.payload(), "signature": self.signature}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                              .encode()).hexdigest()
+
+    def to_json(self) -> str:
+        body = {**self.payload(), "signature": self.signature}
+        return json.dumps(body, sort_keys=True, indent=2)
 
     def signed(self, key: bytes) -> Checkpoint:
         return Checkpoint(**{**asdict(self), "signature": sign(key, self.payload())})
@@ -61,7 +80,10 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, text: str) -> Checkpoint:
-        fields = json.loads(text)
+        return cls.from_fields(json.loads(text))
+
+    @classmethod
+    def from_fields(cls, fields: object) -> Checkpoint:
         if not isinstance(fields, dict) or fields.get("kind") != KIND:
             raise ValueError("not a billwatch audit checkpoint")
         return cls(**fields)
@@ -84,7 +106,7 @@ class CheckpointStore:
         """Create the checkpoint's file; refuses to overwrite, survives a crash (fsync)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / checkpoint.file_name
-        body = json.dumps(asdict(checkpoint), sort_keys=True, indent=2).encode() + b"\n"
+        body = checkpoint.to_json().encode() + b"\n"
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             os.write(descriptor, body)

@@ -21,12 +21,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from billwatch.audit import crypto
+from billwatch.audit.anchors import AnchorUnreadable, anchors_for, load_anchor
 from billwatch.audit.archive import ArchiveRefused, archive
 from billwatch.audit.checkpoints import CheckpointStore
-from billwatch.audit.roles import app_role_grants
+from billwatch.audit.roles import app_role_grants, sealer_role_grants
 from billwatch.audit.rotation import rotate, rows_to_rotate
-from billwatch.audit.sealing import seal
-from billwatch.audit.verify import VerifyReport, verify
+from billwatch.audit.sealing import SealResult, seal, sealer_database
+from billwatch.audit.verify import AnchorCopy, VerifyReport, verify
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database
@@ -72,13 +73,28 @@ def verify_command(
     checkpoint_dir: CheckpointDir = None,
     archive_dir: Annotated[Path | None, typer.Option(
         help="Also re-verify the archived rows in this folder.")] = None,
+    anchor: Annotated[list[str] | None, typer.Option(
+        help="A checkpoint copy kept off the database host (a file, a saved checkpoint mail, "
+        "or the anchor endpoint's URL); the chain must reach its newest checkpoint. "
+        "Repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Re-compute hashes and chain; exit 1 naming the first row changed/deleted/inserted/moved."""
     settings, keys = _settings()
     store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
-    report = _run(settings, "verify",
-                  lambda db: verify(db, keys=keys, store=store, archive_dir=archive_dir))
+    token = settings.audit_anchor_token.get_secret_value() if settings.audit_anchor_token else None
+
+    async def work(db: Database) -> VerifyReport:
+        copies = [AnchorCopy(source, await load_anchor(
+            source, token=token, http_timeout=settings.audit_anchor_timeout_seconds))
+            for source in anchor or []]
+        return await verify(db, keys=keys, store=store, archive_dir=archive_dir, anchors=copies)
+
+    try:
+        report = _run(settings, "verify", work)
+    except AnchorUnreadable as unreadable:
+        errors.print(f"audit trail NOT verified: {unreadable}", markup=False)
+        raise typer.Exit(1) from unreadable
     if as_json:
         typer.echo(json.dumps(_report_json(report)))
     else:
@@ -118,7 +134,16 @@ def checkpoint_command(checkpoint_dir: CheckpointDir = None) -> None:
     """Seal the rows written since the last seal and write a signed checkpoint."""
     settings, keys = _settings()
     store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
-    result = _run(settings, "checkpoint", lambda db: seal(db, keys=keys, store=store))
+
+    async def work(db: Database) -> SealResult:
+        sealer = sealer_database(db, settings)
+        try:
+            return await seal(sealer, keys=keys, store=store, anchors=anchors_for(settings))
+        finally:
+            if sealer is not db:
+                await sealer.dispose()
+
+    result = _run(settings, "checkpoint", work)
     console.print(f"sealed {result.sealed:,} rows; head seq {result.checkpoint.last_seq:,}; "
                   f"checkpoint {escape(str(result.path))}")
 
@@ -186,8 +211,21 @@ def keygen_command(
 @audit_app.command("grants")
 def grants_command(
     role: Annotated[str, typer.Option(help="The role the service connects as.")] = "billwatch_app",
+    sealer_role: Annotated[str, typer.Option(
+        help="The role the sealing job connects as (BILLWATCH_AUDIT_SEALER_DATABASE_URL).")] =
+        "billwatch_sealer",
     schema: Annotated[str, typer.Option(help="Schema holding billwatch's tables.")] = "public",
 ) -> None:
-    """Print PostgreSQL GRANTs for a service role that may only INSERT and SELECT audit rows."""
-    for statement in app_role_grants(role, schema):
-        typer.echo(f"{statement};")
+    """Print PostgreSQL GRANTs: a service role that may only INSERT and SELECT audit rows, and a
+    sealer role that may also INSERT seals and checkpoints (run them as the owner)."""
+    try:
+        sections = (("service role: INSERT and SELECT audit rows, nothing more", app_role_grants(
+            role, schema)), ("sealer role: reads the trail, INSERTs seals and checkpoints only",
+                             sealer_role_grants(sealer_role, schema)))
+    except ValueError as error:
+        errors.print(str(error), markup=False)
+        raise typer.Exit(2) from error
+    for title, statements in sections:
+        typer.echo(f"-- {title}")
+        for statement in statements:
+            typer.echo(f"{statement};")

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -27,8 +27,16 @@ from billwatch.audit.models import AuditLog
 from billwatch.audit.recorder import Resource
 from billwatch.audit.service import AuditFilters, Entry
 from billwatch.db import Database
-from billwatch.errors import Forbidden, Unauthorized
-from billwatch.http import AdminActor, AuditedRoute, SessionDep, audited
+from billwatch.errors import BillwatchError, Forbidden, Unauthorized
+from billwatch.http import (
+    AdminActor,
+    AuditedRoute,
+    AuditedRouter,
+    SessionDep,
+    audited,
+    record_failure,
+)
+from billwatch.schema_types import Line, UtcDatetime
 
 
 class AuditReadRoute(AuditedRoute):
@@ -39,7 +47,7 @@ class AuditReadRoute(AuditedRoute):
         return AuditEvent.AUDIT_ACCESS_DENIED if denied else AuditEvent.AUDIT_READ
 
 
-router = APIRouter(prefix="/admin/audit-logs", tags=["audit"], route_class=AuditReadRoute)
+router = AuditedRouter(prefix="/admin/audit-logs", tags=["audit"], route_class=AuditReadRoute)
 
 
 class AuditLogOut(BaseModel):
@@ -95,33 +103,27 @@ class ExportFormat(StrEnum):
     JSONL = "jsonl"
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def audit_filters(
-    event_type: Annotated[str | None, Query(
+    event_type: Annotated[Line | None, Query(
         max_length=80, description="Exact event, or a prefix ending in '.' (billing.proxy.)")] = None,
     actor_user_id: uuid.UUID | None = None,
     actor_role: Role | None = None,
-    actor_name: Annotated[str | None, Query(max_length=80)] = None,
+    actor_name: Annotated[Line | None, Query(max_length=80)] = None,
     manager_assignment_id: uuid.UUID | None = None,
     owner_type: OwnerType | None = None,
     owner_id: uuid.UUID | None = None,
-    resource_type: Annotated[str | None, Query(max_length=40)] = None,
-    resource_id: Annotated[str | None, Query(max_length=80)] = None,
+    resource_type: Annotated[Line | None, Query(max_length=40)] = None,
+    resource_id: Annotated[Line | None, Query(max_length=80)] = None,
     outcome: Outcome | None = None,
-    occurred_from: Annotated[datetime | None, Query(alias="from", description="Inclusive, UTC")] = None,
-    occurred_to: Annotated[datetime | None, Query(alias="to", description="Exclusive, UTC")] = None,
+    occurred_from: Annotated[UtcDatetime | None, Query(alias="from", description="Inclusive, UTC")] = None,
+    occurred_to: Annotated[UtcDatetime | None, Query(alias="to", description="Exclusive, UTC")] = None,
 ) -> AuditFilters:
     return AuditFilters(
         event_type=event_type, actor_user_id=actor_user_id, actor_role=actor_role,
         actor_name=actor_name, manager_assignment_id=manager_assignment_id,
         owner_type=owner_type, owner_id=owner_id, resource_type=resource_type,
-        resource_id=resource_id, outcome=outcome, occurred_from=_utc(occurred_from),
-        occurred_to=_utc(occurred_to))
+        resource_id=resource_id, outcome=outcome, occurred_from=occurred_from,
+        occurred_to=occurred_to)
 
 
 Filters = Annotated[AuditFilters, Depends(audit_filters)]
@@ -131,7 +133,7 @@ Filters = Annotated[AuditFilters, Depends(audit_filters)]
 async def list_audit_logs(
     session: SessionDep, actor: AdminActor, filters: Filters,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[Line | None, Query(max_length=200)] = None,
 ) -> Response:
     """Audit rows matching the filters, newest first, one keyset page at a time."""
     found = await service.page(session, filters, limit=limit, cursor=cursor)
@@ -153,7 +155,8 @@ async def export_audit_logs(request: Request, session: SessionDep, actor: AdminA
     recorder.record(session, AuditEvent.AUDIT_READ, actor=actor,
                     data={"view": "export", "format": format.value, "filters": filters.applied()})
     db: Database = request.app.state.db
-    body = _jsonl(db, filters) if format is ExportFormat.JSONL else _csv(db, filters)
+    body = _failure_audited(request, _jsonl(db, filters) if format is ExportFormat.JSONL
+                            else _csv(db, filters))
     media = "application/x-ndjson" if format is ExportFormat.JSONL else "text/csv"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(body, media_type=media, headers={
@@ -178,6 +181,31 @@ def _json(model: BaseModel) -> Response:
 
 
 # --- export bodies --------------------------------------------------------------------------
+
+class ExportInterrupted(BillwatchError):
+    """The export's query failed after the response began: audited, and the stream is cut."""
+
+    code = "export_failed"
+
+
+async def _failure_audited(request: Request, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body``, plus one ``audit.read`` failure row if it stops midway.
+
+    The success row was committed when the export began; what the admin received is only known
+    once the stream ends. On failure the error is raised again, so the server cuts the
+    response instead of ending it as if complete.
+    """
+    chunks = 0
+    try:
+        async for chunk in body:
+            chunks += 1
+            yield chunk
+    except Exception as error:
+        interrupted = ExportInterrupted(
+            f"export stopped after {chunks} chunks: {type(error).__name__}")
+        await record_failure(request, AuditEvent.AUDIT_READ, interrupted)
+        raise interrupted from error
+
 
 async def _jsonl(db: Database, filters: AuditFilters) -> AsyncIterator[bytes]:
     async for entry in service.stream(db, filters):

@@ -3,8 +3,12 @@
 The triggers (migration ``0200_audit``) refuse UPDATE, DELETE and TRUNCATE on the audit tables,
 except inside a transaction that opened this path:
 
-* PostgreSQL: ``SET LOCAL billwatch.maintenance = 'on'`` — transaction-local, so it can never
-  leak into a pooled connection's next transaction;
+* PostgreSQL: ``SELECT billwatch_audit_open_maintenance(purpose)`` — a ``SECURITY DEFINER``
+  function owned by the role that migrated, EXECUTE revoked from PUBLIC (migration
+  ``0210_audit_integrity``). It records the current transaction id in
+  ``audit_maintenance_windows``, a table only that owner writes, and the guard looks for exactly
+  that id: no setting a session could set opens anything, and a window can never outlive or
+  leak out of its transaction (ids are never reused);
 * SQLite: a row in ``audit_maintenance`` inserted at the start and removed before commit.
 
 Even then, an UPDATE of ``audit_logs`` may only change the metadata ciphertext and its key id
@@ -22,15 +26,17 @@ from contextlib import asynccontextmanager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-SETTING = "billwatch.maintenance"
+OPEN_FUNCTION = "billwatch_audit_open_maintenance"
+CLOSE_FUNCTION = "billwatch_audit_close_maintenance"
 
 
 @asynccontextmanager
 async def maintenance(target: AsyncSession | AsyncConnection, purpose: str) -> AsyncIterator[None]:
     """Open the maintenance path for the rest of ``target``'s current transaction."""
     if _dialect(target) == "postgresql":
-        await target.execute(text(f"SET LOCAL {SETTING} = 'on'"))
+        await target.execute(text(f"SELECT {OPEN_FUNCTION}(:purpose)"), {"purpose": purpose})
         yield
+        await target.execute(text(f"SELECT {CLOSE_FUNCTION}()"))
         return
     await target.execute(text("INSERT INTO audit_maintenance (purpose) VALUES (:purpose)"),
                          {"purpose": purpose})

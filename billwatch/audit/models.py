@@ -15,12 +15,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Index, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Index, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.accounts.models import OwnerType, Role
 from billwatch.audit.events import Outcome
 from billwatch.db import Base, UUIDPrimaryKey, enum_column, utcnow
+from billwatch.redacted import RedactedString, RedactedText
 
 
 class AuditLog(UUIDPrimaryKey, Base):
@@ -39,30 +40,30 @@ class AuditLog(UUIDPrimaryKey, Base):
     outcome: Mapped[Outcome] = mapped_column(enum_column(Outcome, "audit_outcome"))
     action: Mapped[str] = mapped_column(String(80))
     """The verb of the event ("created", "cancelled"...), for filters that ignore the domain."""
-    reason: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(RedactedText(on_read=False))
     """Why a failure failed (redacted); null on success."""
 
     actor_user_id: Mapped[uuid.UUID | None]
     actor_role: Mapped[Role | None] = mapped_column(enum_column(Role, "audit_actor_role"))
-    actor_name: Mapped[str | None] = mapped_column(String(80))
+    actor_name: Mapped[str | None] = mapped_column(RedactedString(80, on_read=False))
     """For non-user actors: ``stripe``, ``job:daily-metrics``, ``cli``."""
     manager_assignment_id: Mapped[uuid.UUID | None]
     """The billing-manager assignment that authorised a proxy's action."""
 
-    resource_type: Mapped[str | None] = mapped_column(String(40))
-    resource_id: Mapped[str | None] = mapped_column(String(80))
+    resource_type: Mapped[str | None] = mapped_column(RedactedString(40, on_read=False))
+    resource_id: Mapped[str | None] = mapped_column(RedactedString(80, on_read=False))
     owner_type: Mapped[OwnerType | None] = mapped_column(enum_column(OwnerType, "audit_owner_type"))
     owner_id: Mapped[uuid.UUID | None]
 
-    request_id: Mapped[str | None] = mapped_column(String(64))
-    client_ip: Mapped[str | None] = mapped_column(String(64))
-    job_id: Mapped[str | None] = mapped_column(String(128))
+    request_id: Mapped[str | None] = mapped_column(RedactedString(64, on_read=False))
+    client_ip: Mapped[str | None] = mapped_column(RedactedString(64, on_read=False))
+    job_id: Mapped[str | None] = mapped_column(RedactedString(128, on_read=False))
 
-    stripe_event_id: Mapped[str | None] = mapped_column(String(255), index=True)
-    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
-    stripe_subscription_id: Mapped[str | None] = mapped_column(String(255))
-    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    stripe_event_id: Mapped[str | None] = mapped_column(RedactedString(255, on_read=False), index=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(RedactedString(255, on_read=False))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(RedactedString(255, on_read=False))
+    stripe_invoice_id: Mapped[str | None] = mapped_column(RedactedString(255, on_read=False))
+    idempotency_key: Mapped[str | None] = mapped_column(RedactedString(255, on_read=False))
 
     content_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     """HMAC-SHA256 of the canonical content (see :mod:`billwatch.audit.chain`)."""
@@ -122,6 +123,9 @@ class AuditCheckpoint(UUIDPrimaryKey, Base):
     created_at: Mapped[datetime]
     signature: Mapped[bytes] = mapped_column(LargeBinary(32))
     file_name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(default=1, server_default="1")
+    prev_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    """The previous checkpoint's digest, signed by this one (version 2: the checkpoint chain)."""
 
 
 class AuditArchive(UUIDPrimaryKey, Base):

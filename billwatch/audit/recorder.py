@@ -33,6 +33,7 @@ from billwatch.audit.redaction import redact, redact_text
 from billwatch.context import current_origin
 from billwatch.db import after_commit, utcnow
 from billwatch.metrics import billing as billing_metrics
+from billwatch.redacted import RedactedString, clean
 
 log = structlog.get_logger(__name__)
 
@@ -188,6 +189,10 @@ def _build(event: AuditEvent, *, actor: Actor | SystemActor | None, outcome: Out
         "stripe_invoice_id": stripe.invoice_id,
         "idempotency_key": idempotency_key,
     }
+    for name, value in fields.items():  # what the columns store is what the hash covers
+        column_type = AuditLog.__table__.c[name].type
+        if isinstance(value, str) and isinstance(column_type, RedactedString):
+            fields[name] = clean(value, column_type.length)
     sealed = chain.seal_fields(fields, redact(dict(data or {})), crypto.current())
     row = AuditLog(**fields, content_hash=sealed.content_hash, metadata_key_id=sealed.key_id,
                    metadata_ciphertext=sealed.ciphertext)

@@ -1,10 +1,19 @@
 """PostgreSQL privileges that make the audit tables append-only for the application itself.
 
-The triggers refuse UPDATE/DELETE/TRUNCATE to everyone outside the maintenance path; privileges
-go further for the role the service runs as: it holds only INSERT and SELECT on the audit
-tables, so even the maintenance path is closed to it. Archiving and key rotation run as the
-owner (the role that ran ``billwatch migrate``). ``billwatch audit grants --role NAME`` prints
-this SQL; the README shows it and a test applies it.
+Three roles, each holding only what it needs:
+
+* the **owner** runs ``billwatch migrate``, ``archive`` and ``rotate-key``; it alone may call
+  ``billwatch_audit_open_maintenance`` (the one path through the append-only triggers);
+* the **service role** (API, processors, workers) INSERTs and SELECTs audit rows and nothing
+  more: it cannot change or delete a row, and cannot write ``audit_seals``,
+  ``audit_checkpoints`` or ``audit_archives``, so it cannot forge a seal that would leave
+  ``verify`` broken, nor a checkpoint;
+* the **sealer role** (``BILLWATCH_AUDIT_SEALER_DATABASE_URL``, used by the scheduled seal,
+  ``billwatch audit checkpoint`` and ``verify``) reads the audit tables and INSERTs seals and
+  checkpoints only.
+
+``billwatch audit grants --role NAME --sealer-role NAME`` prints this SQL; the README shows it
+and a test applies it.
 """
 
 from __future__ import annotations
@@ -12,19 +21,53 @@ from __future__ import annotations
 import re
 
 AUDIT_TABLES = ("audit_logs", "audit_seals", "audit_checkpoints", "audit_archives")
+SEALER_WRITES = ("audit_seals", "audit_checkpoints")
+OWNER_ONLY = ("audit_maintenance", "audit_maintenance_windows", "alembic_version")
+MAINTENANCE_FUNCTIONS = ("billwatch_audit_open_maintenance(text)",
+                         "billwatch_audit_close_maintenance()")
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _identifiers(*names: str) -> None:
+    if not all(_ROLE.match(name) for name in names):
+        raise ValueError("role and schema must be plain lower-case SQL identifiers")
+
+
+def _closed_to(role: str, schema: str) -> list[str]:
+    """What no role but the owner may hold, whatever broad grant came before."""
+    owner_only = ", ".join(f"{schema}.{table}" for table in OWNER_ONLY)
+    functions = ", ".join(f"{schema}.{function}" for function in MAINTENANCE_FUNCTIONS)
+    return [
+        f"REVOKE ALL ON {owner_only} FROM {role}",
+        f"GRANT SELECT ON {schema}.alembic_version TO {role}",
+        f"REVOKE ALL ON FUNCTION {functions} FROM {role}",
+    ]
 
 
 def app_role_grants(role: str, schema: str = "public") -> list[str]:
     """Statements giving ``role`` what the service needs, and no more on the audit tables."""
-    if not _ROLE.match(role) or not _ROLE.match(schema):
-        raise ValueError("role and schema must be plain lower-case SQL identifiers")
+    _identifiers(role, schema)
     audit = ", ".join(f"{schema}.{table}" for table in AUDIT_TABLES)
+    sealed = ", ".join(f"{schema}.{table}" for table in (*SEALER_WRITES, "audit_archives"))
     return [
         f"GRANT USAGE ON SCHEMA {schema} TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
         f"REVOKE UPDATE, DELETE, TRUNCATE ON {audit} FROM {role}",
-        f"REVOKE ALL ON {schema}.audit_maintenance, {schema}.alembic_version FROM {role}",
-        f"GRANT SELECT ON {schema}.alembic_version TO {role}",
+        f"REVOKE INSERT ON {sealed} FROM {role}",
+        *_closed_to(role, schema),
+    ]
+
+
+def sealer_role_grants(role: str, schema: str = "public") -> list[str]:
+    """Statements giving the sealing job's ``role`` reads of the trail and seal/checkpoint inserts."""
+    _identifiers(role, schema)
+    audit = ", ".join(f"{schema}.{table}" for table in AUDIT_TABLES)
+    writes = ", ".join(f"{schema}.{table}" for table in SEALER_WRITES)
+    return [
+        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+        f"REVOKE ALL ON {audit} FROM {role}",
+        f"GRANT SELECT ON {audit} TO {role}",
+        f"GRANT INSERT ON {writes} TO {role}",
+        *_closed_to(role, schema),
     ]

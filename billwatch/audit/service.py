@@ -26,6 +26,7 @@ from billwatch.audit.events import Outcome, matching
 from billwatch.audit.models import AuditLog, AuditSeal
 from billwatch.db import Database
 from billwatch.errors import NotFound, Unprocessable
+from billwatch.schema_types import bounded_instant
 
 EXPORT_BATCH = 500
 
@@ -113,9 +114,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         moment, _, row_id = raw.partition("|")
-        when = datetime.fromisoformat(moment)
-        if when.tzinfo is None:
-            raise ValueError("cursor time without zone")
+        when = bounded_instant(datetime.fromisoformat(moment))  # refuses a naive time too
         return when, uuid.UUID(row_id)
     except (ValueError, binascii.Error, UnicodeDecodeError) as error:
         raise Unprocessable("cursor is not one this API returned", code="bad_cursor") from error

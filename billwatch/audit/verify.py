@@ -8,9 +8,13 @@ What is checked, in order:
    its keyed hash, every seal chaining from the previous one, and the chain agreeing with every
    signed checkpoint (the file store outside the database and the database copies);
 3. the newest checkpoint is reached: fewer rows than it records means the newest were deleted;
+   with ``--anchor`` the newest checkpoint an anchor off the database host holds counts too,
+   so deleting the newest checkpoint together with the rows it covered is caught;
 4. rows written since the last seal, each against its keyed hash.
 
-A checkpoint file with a bad signature is reported too (after the rows, which name more).
+A checkpoint file with a bad signature is reported too (after the rows, which name more), and
+so is a break in the checkpoint chain: a checkpoint whose predecessor is in neither the store
+nor the database, or an anchored checkpoint missing from both.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from billwatch.audit.chain import GENESIS
 from billwatch.audit.checkpoints import Checkpoint, CheckpointStore, sign
 from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.models import AuditArchive, AuditCheckpoint, AuditLog, AuditSeal
+from billwatch.audit.sealing import from_row
 from billwatch.audit.streams import Anchor, online_anchor, stream_contents, stream_links
 from billwatch.audit.walker import (
     ChainWalker,
@@ -45,7 +50,7 @@ from billwatch.audit.walker import (
 )
 from billwatch.db import Database
 
-__all__ = ["Problem", "VerifyReport", "verify"]
+__all__ = ["AnchorCopy", "Problem", "VerifyReport", "verify"]
 
 
 @dataclass(slots=True)
@@ -72,24 +77,39 @@ class VerifyReport:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class AnchorCopy:
+    """The checkpoints one anchor (a file or a URL) holds, read before verifying."""
+
+    source: str
+    checkpoints: Sequence[Checkpoint]
+
+
 @dataclass(slots=True)
 class _Pins:
     by_seq: dict[int, list[Pin]] = field(default_factory=dict)
     files: int = 0
     newest: tuple[int, str] = (0, "")
     problem: Problem | None = None
+    local: dict[str, tuple[Checkpoint, str]] = field(default_factory=dict)
+    """Every valid checkpoint of the store and the database, by digest (the checkpoint chain)."""
 
     def add(self, seq: int, head_hex: str, last_id: str | None, source: str) -> None:
         self.by_seq.setdefault(seq, []).append(Pin(bytes.fromhex(head_hex), last_id, source))
         if seq > self.newest[0]:
             self.newest = (seq, source)
 
+    def add_checkpoint(self, checkpoint: Checkpoint, source: str) -> None:
+        self.add(checkpoint.last_seq, checkpoint.head_hash, checkpoint.last_id, source)
+        self.local.setdefault(checkpoint.digest(), (checkpoint, source))
+
     def refuse(self, message: str) -> None:
         self.problem = self.problem or Problem("checkpoint", message)
 
 
 async def verify(db: Database, *, keys: AuditKeys, store: CheckpointStore,
-                 archive_dir: Path | None = None) -> VerifyReport:
+                 archive_dir: Path | None = None,
+                 anchors: Sequence[AnchorCopy] = ()) -> VerifyReport:
     """Re-compute the whole trail; the report's ``problem`` names the first break, if any."""
     started = time.perf_counter()
     report = VerifyReport()
@@ -98,6 +118,8 @@ async def verify(db: Database, *, keys: AuditKeys, store: CheckpointStore,
         if conn.dialect.name == "postgresql":
             conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         await _database_pins(conn, keys, pins)
+        _checkpoint_chain(pins)
+        _anchor_pins(anchors, keys, pins, report)
         report.checkpoints = pins.files
         async with _same_snapshot(db, conn) as second:
             report.problem = await _check((conn, second), keys, pins, archive_dir, report)
@@ -223,23 +245,53 @@ def _file_pins(store: CheckpointStore, keys: AuditKeys) -> _Pins:
             pins.refuse(f"checkpoint file {name} has a bad signature: forged or altered")
         else:
             pins.files += 1
-            cp = stored.checkpoint
-            pins.add(cp.last_seq, cp.head_hash, cp.last_id, f"checkpoint {name}")
+            pins.add_checkpoint(stored.checkpoint, f"checkpoint {name}")
     return pins
 
 
 async def _database_pins(conn: AsyncConnection, keys: AuditKeys, pins: _Pins) -> None:
-    for row in (await conn.execute(select(AuditCheckpoint))).all():
-        cp = Checkpoint(last_seq=row.last_seq,
-                        last_id=str(row.last_id) if row.last_id else None,
-                        row_count=row.row_count, batch_rows=row.batch_rows,
-                        head_hash=bytes(row.head_hash).hex(),
-                        created_at=row.created_at.isoformat(),
-                        signature=bytes(row.signature).hex())
+    async with AsyncSession(bind=conn) as session:  # joins conn's transaction, never ends it
+        rows = list((await session.scalars(select(AuditCheckpoint))).all())
+    for row in rows:
+        cp = from_row(row)
         if not cp.valid(keys.hmac_key):
             pins.refuse(f"the database copy of checkpoint {row.file_name} has a bad signature")
         else:
-            pins.add(cp.last_seq, cp.head_hash, cp.last_id, f"checkpoint {row.file_name} (db copy)")
+            pins.add_checkpoint(cp, f"checkpoint {row.file_name} (db copy)")
+
+
+def _checkpoint_chain(pins: _Pins) -> None:
+    """Each version-2 checkpoint's predecessor must still exist, in the store or the database."""
+    ordered = sorted(pins.local.values(), key=lambda found: (found[0].last_seq,
+                                                             found[0].created_at))
+    for index, (checkpoint, source) in enumerate(ordered):
+        if checkpoint.version < 2:
+            continue
+        if checkpoint.prev_hash and checkpoint.prev_hash not in pins.local:
+            pins.refuse(f"the checkpoint chain is broken: {source} follows a checkpoint that is "
+                        "in neither the checkpoint store nor the database (deleted)")
+            return
+        if not checkpoint.prev_hash and index > 0:
+            pins.refuse(f"the checkpoint chain is broken: {source} starts a new chain after "
+                        f"{index} older checkpoint(s) (their database copies were deleted)")
+            return
+
+
+def _anchor_pins(anchors: Sequence[AnchorCopy], keys: AuditKeys, pins: _Pins,
+                 report: VerifyReport) -> None:
+    """Anchored checkpoints pin the chain like local ones, and must still exist locally."""
+    for anchor in anchors:
+        for checkpoint in anchor.checkpoints:
+            source = f"checkpoint {checkpoint.file_name} from the anchor {anchor.source}"
+            if not checkpoint.valid(keys.hmac_key):
+                pins.refuse(f"{source} has a bad signature: forged, altered or another key's")
+                continue
+            pins.add(checkpoint.last_seq, checkpoint.head_hash, checkpoint.last_id, source)
+            if checkpoint.digest() not in pins.local:
+                pins.refuse(f"{source} is in neither the checkpoint store nor the database: "
+                            "a signed checkpoint was deleted")
+        report.notes.append(f"anchor {anchor.source}: {len(anchor.checkpoints)} checkpoint(s), "
+                            f"newest seq {max((c.last_seq for c in anchor.checkpoints), default=0)}")
 
 
 async def _manifests(conn: AsyncConnection, keys: AuditKeys) -> tuple[list[AuditArchive], Problem | None]:

@@ -12,11 +12,13 @@ from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
 from billwatch.billing import checkout, overrides, refunds, subscriptions
 from billwatch.billing.schemas import (
+    AccountAdminOut,
     AccountOut,
     CancelRequest,
     CheckoutOut,
     CheckoutRequest,
     FreeGrantRequest,
+    OverrideAdminOut,
     OverrideOut,
     OverrideRequest,
     PortalOut,
@@ -24,6 +26,7 @@ from billwatch.billing.schemas import (
     RefundRequest,
     RevokeRequest,
     SubscriptionOut,
+    TransactionAdminOut,
     TransactionOut,
 )
 from billwatch.http import (
@@ -68,17 +71,22 @@ async def create_checkout(body: CheckoutRequest, request: Request, session: Sess
     return CheckoutOut.model_validate(created)
 
 
-@router.get("/owners/{owner_type}/{owner_id}", response_model=AccountOut,
+@router.get("/owners/{owner_type}/{owner_id}", response_model=AccountAdminOut | AccountOut,
             openapi_extra=audited(AuditEvent.SUBSCRIPTION_VIEWED))
 async def read_account(owner_type: OwnerType, owner_id: uuid.UUID, request: Request,
-                       session: SessionDep, actor: CurrentActor) -> AccountOut:
-    """An owner's subscriptions, latest transactions and billing overrides."""
+                       session: SessionDep, actor: CurrentActor) -> AccountAdminOut | AccountOut:
+    """An owner's subscriptions, latest transactions and overrides; admins also see why."""
     owner = OwnerRef(owner_type, owner_id)
     actor = await owner_access(request, session, actor, owner, Purpose.READ)
     account = await subscriptions.read_account(session, actor=actor, owner=owner)
+    subscription_rows = [SubscriptionOut.model_validate(s) for s in account.subscriptions]
+    if actor.is_admin:
+        return AccountAdminOut(
+            owner_type=owner.type, owner_id=owner.id, subscriptions=subscription_rows,
+            transactions=[TransactionAdminOut.model_validate(t) for t in account.transactions],
+            overrides=[OverrideAdminOut.model_validate(o) for o in account.overrides])
     return AccountOut(
-        owner_type=owner.type, owner_id=owner.id,
-        subscriptions=[SubscriptionOut.model_validate(s) for s in account.subscriptions],
+        owner_type=owner.type, owner_id=owner.id, subscriptions=subscription_rows,
         transactions=[TransactionOut.model_validate(t) for t in account.transactions],
         overrides=[OverrideOut.model_validate(o) for o in account.overrides])
 
@@ -112,51 +120,54 @@ async def open_portal(body: PortalRequest, request: Request, session: SessionDep
 
 
 @admin_router.post("/transactions/{transaction_id}/refund", status_code=status.HTTP_201_CREATED,
-                   response_model=TransactionOut,
+                   response_model=TransactionAdminOut,
                    openapi_extra=phased(AuditEvent.REFUND_ISSUED, idempotency_key_required=True))
 async def refund_transaction(transaction_id: uuid.UUID, body: RefundRequest, request: Request,
                              db: DatabaseDep, actor: AdminActor, client_key: RequiredIdempotencyKey,
-                             gateway: GatewayDep) -> TransactionOut:
+                             gateway: GatewayDep) -> TransactionAdminOut:
     """Refund all (no amount) or part of a payment; requires an ``Idempotency-Key``."""
     request.state.audit_resource = Resource("transaction", transaction_id)
     refund = await refunds.issue_refund(db, gateway, actor=actor, transaction_id=transaction_id,
                                         amount_cents=body.amount_cents, reason=body.reason,
                                         note=body.note, client_key=client_key)
-    return TransactionOut.model_validate(refund)
+    return TransactionAdminOut.model_validate(refund)
 
 
-@admin_router.post("/free-grants", status_code=status.HTTP_201_CREATED, response_model=OverrideOut,
+@admin_router.post("/free-grants", status_code=status.HTTP_201_CREATED, response_model=OverrideAdminOut,
                    openapi_extra=audited(AuditEvent.FREE_SUBSCRIPTION_GRANTED))
 async def grant_free(body: FreeGrantRequest, request: Request, session: SessionDep,
-                     actor: AdminActor, settings: SettingsDep) -> OverrideOut:
+                     actor: AdminActor, settings: SettingsDep) -> OverrideAdminOut:
     """Grant a free subscription for N months, or with no end."""
     owner = OwnerRef(body.owner_type, body.owner_id)
     request.state.audit_owner = owner
     override = await overrides.grant_free_subscription(
         session, settings, actor=actor, owner=owner, plan_code=body.plan_code,
         months=body.months, reason=body.reason)
-    return OverrideOut.model_validate(override)
+    return OverrideAdminOut.model_validate(override)
 
 
-@admin_router.post("/overrides", status_code=status.HTTP_201_CREATED, response_model=OverrideOut,
-                   openapi_extra=audited(AuditEvent.OVERRIDE_CREATED))
-async def create_override(body: OverrideRequest, request: Request, session: SessionDep,
-                          actor: AdminActor) -> OverrideOut:
-    """Create a discount or payment exemption."""
+@admin_router.post("/overrides", status_code=status.HTTP_201_CREATED, response_model=OverrideAdminOut,
+                   openapi_extra=phased(AuditEvent.OVERRIDE_CREATED))
+async def create_override(body: OverrideRequest, request: Request, db: DatabaseDep,
+                          actor: AdminActor, gateway: GatewayDep,
+                          settings: SettingsDep) -> OverrideAdminOut:
+    """Create a discount or payment exemption, applied at Stripe before it is answered."""
     owner = OwnerRef(body.owner_type, body.owner_id)
     request.state.audit_owner = owner
     override = await overrides.create_override(
-        session, actor=actor, owner=owner, kind=body.kind, reason=body.reason,
-        percent_off=body.percent_off, plan_code=body.plan_code, ends_at=body.ends_at)
-    return OverrideOut.model_validate(override)
+        db, gateway, settings, actor=actor, owner=owner, kind=body.kind, reason=body.reason,
+        percent_off=body.percent_off, amount_off_cents=body.amount_off_cents,
+        plan_code=body.plan_code, ends_at=body.ends_at)
+    return OverrideAdminOut.model_validate(override)
 
 
-@admin_router.post("/overrides/{override_id}/revoke", response_model=OverrideOut,
-                   openapi_extra=audited(AuditEvent.OVERRIDE_REVOKED))
+@admin_router.post("/overrides/{override_id}/revoke", response_model=OverrideAdminOut,
+                   openapi_extra=phased(AuditEvent.OVERRIDE_REVOKED))
 async def revoke_override(override_id: uuid.UUID, body: RevokeRequest, request: Request,
-                          session: SessionDep, actor: AdminActor) -> OverrideOut:
-    """Revoke an override now."""
+                          db: DatabaseDep, actor: AdminActor,
+                          gateway: GatewayDep) -> OverrideAdminOut:
+    """Revoke an override now (removed at Stripe first); a concurrent second revoke is 409."""
     request.state.audit_resource = Resource("billing_override", override_id)
-    override = await overrides.revoke_override(session, actor=actor, override_id=override_id,
+    override = await overrides.revoke_override(db, gateway, actor=actor, override_id=override_id,
                                                reason=body.reason)
-    return OverrideOut.model_validate(override)
+    return OverrideAdminOut.model_validate(override)

@@ -18,10 +18,12 @@ So a subscription that trialed before it paid counts from ``created_at``, and a 
 made in place is seen at its current price for the whole past: both are limits of a table
 without history, accepted until subscriptions keep one (a new definition version).
 
-*MRR* at T: the sum of the plan's monthly-normalised price (yearly / 12, rounded, from the
-plan catalogue) over subscriptions paying at T (``active`` or ``past_due`` now; trials and free
-grants out; plan prices exclude tax and ignore discounts). *Paying customer*: an owner
-(patient or organization) with MRR > 0. *ARPU* = MRR / paying customers.
+*MRR* at T: the sum, over subscriptions paying at T (``active`` or ``past_due`` now; trials
+and free grants out), of what each is charged per month at T: the plan's amount less the
+discount override in effect at T, yearly plans / 12, rounded half up (:mod:`billwatch.money`,
+:mod:`billwatch.billing.revenue`, shared with the live gauge); a subscription whose collection
+an exemption pauses at T counts zero; prices exclude tax. *Paying customer*: an owner (patient
+or organization) with MRR > 0. *ARPU* = MRR / paying customers, rounded half up.
 
 *Churn* uses the 30 days ending at the end of D rather than the calendar month: the alert
 threshold is monthly, and a trailing window gives a comparable monthly figure every day
@@ -47,6 +49,8 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billwatch import money
+from billwatch.billing import revenue
 from billwatch.billing.models import (
     Subscription,
     SubscriptionSource,
@@ -59,7 +63,8 @@ from billwatch.config import Settings
 from billwatch.db import utcnow
 from billwatch.jobs.models import DailyBillingMetrics
 
-DEFINITION_VERSION = 1
+DEFINITION_VERSION = 2
+"""2: MRR counts discounts and exemptions (version 1 counted list prices)."""
 CHURN_WINDOW_DAYS = 30
 WORK_MEM = "128MB"
 
@@ -90,11 +95,6 @@ def live_until() -> ColumnElement[datetime]:
     return func.coalesce(stop_at(), granted_end)
 
 
-def monthly_price(settings: Settings) -> ColumnElement[int]:
-    prices = {plan.code: plan.monthly_cents for plan in settings.plans}
-    return case(prices, value=S.plan_code, else_=0) if prices else func.abs(0)
-
-
 def _paying_at(moment: datetime, stop: ColumnElement[datetime]) -> ColumnElement[bool]:
     return and_(S.created_at <= moment, or_(stop.is_(None), stop > moment))
 
@@ -102,10 +102,16 @@ def _paying_at(moment: datetime, stop: ColumnElement[datetime]) -> ColumnElement
 async def owner_mrr_figures(session: AsyncSession, settings: Settings, *, start: datetime,
                             end: datetime) -> dict[str, Any]:
     """MRR and paying customers at ``end``, and the churn counts of the window start..end."""
-    stop, price = stop_at(), monthly_price(settings)
+    stop = stop_at()
+    at_start, at_end = revenue.adjustments_at(start), revenue.adjustments_at(end)
+    price_start = revenue.subscription_mrr(settings.plans, at_start)
+    price_end = revenue.subscription_mrr(settings.plans, at_end)
     owners = (
-        select(func.sum(case((_paying_at(start, stop), price), else_=0)).label("mrr_start"),
-               func.sum(case((_paying_at(end, stop), price), else_=0)).label("mrr_end"))
+        select(func.sum(case((_paying_at(start, stop), price_start), else_=0)).label("mrr_start"),
+               func.sum(case((_paying_at(end, stop), price_end), else_=0)).label("mrr_end"))
+        .select_from(S)
+        .outerjoin(at_start, revenue.join_adjustments(at_start))
+        .outerjoin(at_end, revenue.join_adjustments(at_end))
         .where(S.source == SubscriptionSource.STRIPE, S.status.not_in(NEVER_PAID),
                S.created_at <= end, or_(stop.is_(None), stop > start))
         .group_by(S.owner_type, S.owner_id)
@@ -197,8 +203,7 @@ async def compute(session: AsyncSession, settings: Settings, day: date) -> dict[
     figures.update(await churn_rates(session, settings, end=end))
     figures.update(await subscription_counts(session, start=start, end=end))
     figures.update(await money_counts(session, start=start, end=end))
-    paying = figures["paying_customers"]
-    figures["arpu_cents"] = (figures["mrr_cents"] + paying // 2) // paying if paying else None
+    figures["arpu_cents"] = money.average_cents(figures["mrr_cents"], figures["paying_customers"])
     return figures
 
 

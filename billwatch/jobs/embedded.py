@@ -20,6 +20,7 @@ from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.background import stop_task, wait_until_set
+from billwatch.billing import expiry
 from billwatch.billing.refund_sweeper import sweep_pending_refunds
 from billwatch.config import Settings
 from billwatch.db import Database
@@ -101,6 +102,8 @@ class EmbeddedRunner:
             await service.refunds_check(self.db, self.settings, now=now)
         if self.schedule:
             await service.run_due_schedule(self.db, self.settings, now=now)
+            await service.audit_seal_due(self.db, self.settings, now=now)
+            await expiry.expire_due_overrides(self.db, self.settings, now=now)
         await sweep_pending_refunds(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)
         self.ticks += 1

@@ -6,10 +6,11 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.db import Base, UUIDPrimaryKey, enum_column, utcnow
+from billwatch.redacted import RedactedString, RedactedText
 
 
 class RunStatus(StrEnum):
@@ -36,8 +37,8 @@ class JobRun(UUIDPrimaryKey, Base):
     attempts: Mapped[int] = mapped_column(default=1)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
-    task_id: Mapped[str | None] = mapped_column(String(255))
-    error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(RedactedString(255))
+    error: Mapped[str | None] = mapped_column(RedactedText())
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 

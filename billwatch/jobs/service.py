@@ -22,6 +22,7 @@ from billwatch.jobs.runs import RunOutcome, run_claimed, run_once
 DAILY_METRICS = "daily_metrics"
 ANOMALY_CHECKS = "anomaly_checks"
 AUDIT_CHECKPOINT = "audit_checkpoint"
+AUDIT_SEAL = "audit_seal"
 WEBHOOKS_RECONCILE = "webhooks_reconcile"
 RECONCILE_LOOKBACK = timedelta(hours=3)
 """How far back the hourly reconcile asks Stripe (overlapping runs cost only duplicates)."""
@@ -165,6 +166,31 @@ async def audit_checkpoint_job(db: Database, settings: Settings, *, now: datetim
 
     return await run_claimed(db, job=AUDIT_CHECKPOINT, period=hour_period(hour_floor(now or utcnow())),
                              work=work, task_id=task_id)
+
+
+async def audit_seal_due(db: Database, settings: Settings, *,
+                         now: datetime | None = None) -> RunOutcome:
+    """The embedded scheduler's seal: once per ``BILLWATCH_AUDIT_SEAL_INTERVAL_SECONDS`` slot.
+
+    Without it an embedded deployment never seals, and an unsealed row deleted by hand leaves
+    no trace. An idle slot writes no checkpoint; a failed one is retried by the next tick and
+    never stops the tick's other work (it is logged and recorded as a failed run).
+    """
+    from billwatch.audit.sealing import checkpoint_new_rows, seal_period
+
+    period = seal_period((now or utcnow()).astimezone(UTC), settings.audit_seal_interval_seconds)
+    if period in await succeeded_periods(db, AUDIT_SEAL, [period]):
+        return RunOutcome(ran=False)
+
+    async def work() -> dict[str, Any]:
+        sealed = await checkpoint_new_rows(db, settings)
+        return {"sealed": 0 if sealed is None else sealed.sealed,
+                "head_seq": None if sealed is None else sealed.checkpoint.last_seq}
+
+    try:
+        return await run_claimed(db, job=AUDIT_SEAL, period=period, work=work)
+    except Exception:  # recorded as a failed run by run_claimed; the next tick retries
+        return RunOutcome(ran=False)
 
 
 async def webhooks_reconcile_job(db: Database, settings: Settings, *,

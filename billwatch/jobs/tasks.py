@@ -23,6 +23,7 @@ from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_one, due_alert_ids, promote_due
 from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.alerts.raising import raise_audit_write_failure
+from billwatch.billing.expiry import expire_due_overrides
 from billwatch.billing.refund_sweeper import sweep_pending_refunds
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database, utcnow
@@ -34,6 +35,7 @@ from billwatch.jobs.celery_app import (
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
+    OVERRIDES_EXPIRE_TASK,
     REFUNDS_SWEEP_TASK,
     SWEEP_TASK,
     WEBHOOKS_RECONCILE_TASK,
@@ -214,3 +216,7 @@ def sweep_refunds(self: Task) -> dict[str, int]:
     """Every minute: settle refund intents pending past the grace period (same Stripe key)."""
     result = run_async(lambda db, settings: sweep_pending_refunds(db, settings))
     return {"settled": result.settled, "still_pending": result.still_pending}
+@task(name=OVERRIDES_EXPIRE_TASK, **JOB_RETRY)
+def expire_overrides(self: Task) -> dict[str, Any]:
+    """Every minute: end free grants and timed overrides whose end date has passed (once each)."""
+    return run_async(lambda db, settings: expire_due_overrides(db, settings))

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Select, case, func, literal, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billwatch import money
+from billwatch.billing import revenue
 from billwatch.billing.models import Subscription, SubscriptionSource, SubscriptionStatus
-from billwatch.config import Settings
-from billwatch.db import Database
+from billwatch.config import Plan, Settings
+from billwatch.db import Database, utcnow
 from billwatch.jobs.models import DailyBillingMetrics
 from billwatch.metrics import labels
 
@@ -57,9 +60,11 @@ class GaugeSnapshot:
     daily: DailyFigures | None = None
 
     @property
-    def arpu_cents(self) -> float:
-        paying = sum(self.paying_customers.values())
-        return round(sum(self.mrr_cents.values()) / paying) if paying else 0.0
+    def arpu_cents(self) -> int:
+        """MRR / paying customers, half up (the daily job's rule); 0 without any."""
+        average = money.average_cents(sum(self.mrr_cents.values()),
+                                      sum(self.paying_customers.values()))
+        return average if average is not None else 0
 
 
 @dataclass(slots=True)
@@ -67,7 +72,7 @@ class GaugeCache:
     """Runs the aggregates at most once per ``ttl_seconds`` and keeps the result for the collector."""
 
     db: Database
-    monthly_cents: Mapping[str, int]
+    plans: tuple[Plan, ...]
     ttl_seconds: float
     snapshot: GaugeSnapshot | None = None
     fetched_at: float | None = None
@@ -75,8 +80,7 @@ class GaugeCache:
 
     @classmethod
     def for_settings(cls, db: Database, settings: Settings) -> GaugeCache:
-        return cls(db, {plan.code: plan.monthly_cents for plan in settings.plans},
-                   settings.metrics_cache_seconds)
+        return cls(db, tuple(settings.plans), settings.metrics_cache_seconds)
 
     def fresh(self) -> bool:
         return self.fetched_at is not None and time.monotonic() - self.fetched_at < self.ttl_seconds
@@ -89,7 +93,7 @@ class GaugeCache:
             if self.fresh():
                 return self.snapshot
             try:
-                self.snapshot = await query_snapshot(self.db, self.monthly_cents)
+                self.snapshot = await query_snapshot(self.db, self.plans)
             except Exception as error:
                 # Absent gauges are visible (and alertable); stale or zero ones would lie.
                 log.warning("metrics_gauges_unavailable", error_type=type(error).__name__)
@@ -98,11 +102,12 @@ class GaugeCache:
             return self.snapshot
 
 
-async def query_snapshot(db: Database, monthly_cents: Mapping[str, int]) -> GaugeSnapshot:
+async def query_snapshot(db: Database, plans: Sequence[Plan],
+                         now: datetime | None = None) -> GaugeSnapshot:
     """Every gauge from one read-only connection."""
     async with db.engine.connect() as conn:
-        active = await _active_subscriptions(conn, frozenset(monthly_cents))
-        mrr, paying = await _revenue(conn, monthly_cents)
+        active = await _active_subscriptions(conn, frozenset(plan.code for plan in plans))
+        mrr, paying = await _revenue(conn, plans, now or utcnow())
         proxy_managed = await conn.scalar(select(func.count()).select_from(Subscription).where(
             Subscription.status.in_(ACTIVE_STATUSES), Subscription.managed_by_proxy_id.is_not(None)))
         daily = await _daily_figures(conn)
@@ -122,19 +127,21 @@ async def _active_subscriptions(conn: AsyncConnection,
     return result
 
 
-def _per_owner_mrr(monthly_cents: Mapping[str, int]) -> Select[Any]:
-    price: Any = (case(dict(monthly_cents), value=Subscription.plan_code, else_=0)
-                  if monthly_cents else literal(0))
+def _per_owner_mrr(plans: Sequence[Plan], now: datetime) -> Select[Any]:
+    adjustments = revenue.adjustments_at(now)
+    price: Any = revenue.subscription_mrr(plans, adjustments)
     return (select(Subscription.owner_type.label("owner_type"), func.sum(price).label("mrr"))
+            .select_from(Subscription)
+            .outerjoin(adjustments, revenue.join_adjustments(adjustments))
             .where(Subscription.status.in_(REVENUE_STATUSES),
                    Subscription.source == SubscriptionSource.STRIPE)
             .group_by(Subscription.owner_type, Subscription.owner_id))
 
 
-async def _revenue(conn: AsyncConnection,
-                   monthly_cents: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+async def _revenue(conn: AsyncConnection, plans: Sequence[Plan],
+                   now: datetime) -> tuple[dict[str, int], dict[str, int]]:
     """MRR and paying customers (owners whose MRR is above zero) by owner type."""
-    per_owner = _per_owner_mrr(monthly_cents).subquery()
+    per_owner = _per_owner_mrr(plans, now).subquery()
     rows = await conn.execute(
         select(per_owner.c.owner_type, func.sum(per_owner.c.mrr), func.count())
         .where(per_owner.c.mrr > 0).group_by(per_owner.c.owner_type))
@@ -187,8 +194,9 @@ def _families(snapshot: GaugeSnapshot) -> Iterator[Metric]:
         active.add_metric([owner, plan], count)
     yield active
     mrr = GaugeMetricFamily(
-        "billing_mrr_cents", "Monthly recurring revenue in minor units (yearly plans / 12; "
-        "active and past_due Stripe subscriptions, no trials or free grants).",
+        "billing_mrr_cents", "Monthly recurring revenue in minor units: what active and "
+        "past_due Stripe subscriptions are charged after discounts, yearly plans / 12 "
+        "(half up); exempted (paused) subscriptions, trials and free grants count zero.",
         labels=["owner_type"])
     paying = GaugeMetricFamily("billing_paying_customers", "Owners whose MRR is above zero.",
                                labels=["owner_type"])

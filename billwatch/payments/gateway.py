@@ -98,6 +98,33 @@ def refund_info(data: Mapping[str, Any]) -> RefundInfo:
                       int(data["amount"]), str(data.get("currency") or ""))
 
 
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    """What a discount takes off each invoice: a percentage or a fixed amount."""
+
+    id: str
+    percent_off: int | None
+    amount_off_cents: int | None
+    currency: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DiscountInfo:
+    coupon_id: str
+    discount_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalInvoice:
+    """The next-period invoice the stand-in had the peer create (and charge, unless paused)."""
+
+    invoice_id: str | None
+    amount_due_cents: int
+    amount_paid_cents: int
+    charge_id: str | None
+    collection_paused: str | None
+
+
 def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProviderError | StripeTimeout:
     message = redact_text(error.user_message or str(error) or type(error).__name__)
     log.warning("stripe_call_failed", operation=operation, error_type=type(error).__name__,
@@ -109,6 +136,12 @@ def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProvide
         return OutcomeUnknown(f"Stripe {operation} failed: {message}", code="stripe_unreachable")
     return PaymentProviderError(f"Stripe {operation} failed: {message}",
                                 code=f"stripe_{getattr(error, 'code', None) or 'error'}")
+
+
+def outcome_unknown(error: PaymentProviderError) -> bool:
+    """True when Stripe may have done what was asked: no answer, or a 5xx. A retry with the same
+    idempotency key settles it; only a definite refusal (4xx) means nothing changed."""
+    return isinstance(error, OutcomeUnknown)
 
 
 class PaymentsGateway:
@@ -245,6 +278,147 @@ class PaymentsGateway:
                 params["starting_after"] = page.data[-1].id
         except stripe.StripeError as error:
             raise _provider_error("refund lookup", error) from error
+
+    async def apply_discount(self, subscription_id: str, *, coupon: Coupon,
+                             metadata: dict[str, str], idempotency_key: str) -> DiscountInfo:
+        """Create the override's own coupon and put it on the subscription's discounts."""
+        await self._ensure_coupon(coupon, metadata=metadata, idempotency_key=f"{idempotency_key}:coupon")
+        try:
+            if self._standins:
+                customer = await self._standin_customer(subscription_id)
+                await self._client.v1.customers.update_async(
+                    customer, params={"metadata": {
+                        standins.discount_key(subscription_id): coupon.id}},
+                    options={"idempotency_key": f"{idempotency_key}:standin"})
+                return DiscountInfo(coupon.id, standins.discount_id(subscription_id, coupon.id))
+            kept = await self._other_discounts(subscription_id, coupon.id)
+            sub = await self._client.v1.subscriptions.update_async(
+                subscription_id, params={  # type: ignore[arg-type]
+                    "discounts": [*kept, {"coupon": coupon.id}], "expand": ["discounts"]},
+                options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as error:
+            raise _provider_error("discount", error) from error
+        ours = [d for d in sub.to_dict().get("discounts") or []
+                if isinstance(d, dict) and (d.get("coupon") or {}).get("id") == coupon.id]
+        if not ours:
+            raise PaymentProviderError("Stripe did not apply the coupon", code="stripe_no_discount")
+        return DiscountInfo(coupon.id, str(ours[0]["id"]))
+
+    async def remove_discount(self, subscription_id: str, *, coupon_id: str,
+                              idempotency_key: str) -> None:
+        """Take the override's coupon off the subscription, then delete the coupon."""
+        try:
+            if self._standins:
+                customer = await self._standin_customer(subscription_id)
+                await self._client.v1.customers.update_async(
+                    customer, params={"metadata": {standins.discount_key(subscription_id): ""}},
+                    options={"idempotency_key": f"{idempotency_key}:standin"})
+            else:
+                kept = await self._other_discounts(subscription_id, coupon_id)
+                await self._client.v1.subscriptions.update_async(
+                    subscription_id, params={"discounts": kept or ""},  # type: ignore[arg-type]
+                    options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as error:
+            raise _provider_error("discount removal", error) from error
+        try:
+            await self._client.v1.coupons.delete_async(coupon_id)
+        except stripe.InvalidRequestError:
+            pass  # already deleted by an earlier attempt: the removal above is what counts
+        except stripe.StripeError as error:
+            raise _provider_error("coupon deletion", error) from error
+
+    async def pause_collection(self, subscription_id: str, *, behavior: str,
+                               idempotency_key: str) -> None:
+        """Stop collecting payment on the subscription (``pause_collection``)."""
+        await self._set_pause(subscription_id, behavior, idempotency_key=idempotency_key)
+
+    async def resume_collection(self, subscription_id: str, *, idempotency_key: str) -> None:
+        """Collect payment again from the next invoice on."""
+        await self._set_pause(subscription_id, None, idempotency_key=idempotency_key)
+
+    async def _set_pause(self, subscription_id: str, behavior: str | None, *,
+                         idempotency_key: str) -> None:
+        try:
+            if self._standins:
+                customer = await self._standin_customer(subscription_id)
+                await self._client.v1.customers.update_async(
+                    customer, params={"metadata": {
+                        standins.pause_key(subscription_id): behavior or ""}},
+                    options={"idempotency_key": idempotency_key})
+                return
+            pause: Any = {"behavior": behavior} if behavior else ""
+            await self._client.v1.subscriptions.update_async(
+                subscription_id, params={"pause_collection": pause},
+                options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as error:
+            raise _provider_error("collection pause" if behavior else "collection resume",
+                                  error) from error
+
+    async def _ensure_coupon(self, coupon: Coupon, *, metadata: dict[str, str],
+                             idempotency_key: str) -> None:
+        params: dict[str, Any] = {"id": coupon.id, "duration": "forever", "metadata": metadata}
+        if coupon.percent_off is not None:
+            params["percent_off"] = coupon.percent_off
+        else:
+            params.update(amount_off=coupon.amount_off_cents, currency=coupon.currency)
+        try:
+            await self._client.v1.coupons.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as error:
+            if error.http_status != 409 and getattr(error, "code", None) != "resource_already_exists":
+                raise _provider_error("coupon creation", error) from error
+            # A retry after a lost answer: the coupon exists under our id; use it as it is.
+
+    async def _other_discounts(self, subscription_id: str, coupon_id: str) -> list[dict[str, str]]:
+        """The subscription's discounts other than ours, so updating the list keeps them."""
+        sub = (await self._client.v1.subscriptions.retrieve_async(
+            subscription_id, params={"expand": ["discounts"]})).to_dict()
+        return [{"discount": str(d["id"])} for d in sub.get("discounts") or []
+                if isinstance(d, dict) and (d.get("coupon") or {}).get("id") != coupon_id]
+
+    async def _standin_customer(self, subscription_id: str) -> str:
+        sub = await self._client.v1.subscriptions.retrieve_async(subscription_id)
+        customer = sub.to_dict()["customer"]
+        return str(customer["id"] if isinstance(customer, dict) else customer)
+
+    async def standin_renewal(self, subscription_id: str) -> RenewalInvoice:
+        """Stripe's renewal of ``subscription_id``, played on the local peer (stand-ins only).
+
+        The peer cannot hold a discount or a pause on a subscription, so this applies the ones
+        the stand-in recorded: a paused subscription is not charged (``void``: nothing is
+        owed), a discounted one gets the coupon's amount off as a negative invoice item; then
+        the peer creates the invoice and charges the card.
+        """
+        if not self._standins:
+            raise PaymentProviderError("renewals are Stripe's own outside the local stand-in",
+                                       code="standin_only")
+        try:
+            sub = (await self._client.v1.subscriptions.retrieve_async(subscription_id)).to_dict()
+            customer_id = str(sub["customer"])
+            customer = (await self._client.v1.customers.retrieve_async(customer_id)).to_dict()
+            recorded = standins.recorded(customer.get("metadata") or {}, subscription_id)
+            if recorded.pause_behavior is not None:
+                return RenewalInvoice(None, 0, 0, None, recorded.pause_behavior)
+            plan = sub["items"]["data"][0]["plan"]
+            if recorded.coupon_id is not None:
+                found = (await self._client.v1.coupons.retrieve_async(recorded.coupon_id)).to_dict()
+                off = standins.discount_cents(
+                    int(plan["amount"]), percent_off=found.get("percent_off"),
+                    amount_off_cents=found.get("amount_off"))
+                if off:
+                    await self._client.v1.invoice_items.create_async(params={
+                        "customer": customer_id, "subscription": subscription_id,
+                        "amount": -off, "currency": str(plan["currency"]),
+                        "description": f"coupon {recorded.coupon_id}"})
+            invoice = await self._client.v1.invoices.create_async(
+                params={"customer": customer_id, "subscription": subscription_id})
+            paid = (await self._client.v1.invoices.pay_async(str(invoice.id))).to_dict()
+        except stripe.StripeError as error:
+            raise _provider_error("stand-in renewal", error) from error
+        charge = paid.get("charge")
+        return RenewalInvoice(str(paid["id"]), int(paid["amount_due"]), int(paid["amount_paid"]),
+                              str(charge["id"]) if isinstance(charge, dict) else charge, None)
 
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
         try:

@@ -15,11 +15,14 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from billwatch.audit import recorder
+from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome
+from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
+from billwatch.context import current_origin
 from billwatch.db import Database, after_commit
 from billwatch.metrics import billing as billing_metrics
+from billwatch.openapi_errors import ErrorOut
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.webhooks.processing import ProcessOutcome, process_event
 from billwatch.webhooks.signature import (
@@ -37,9 +40,11 @@ router = APIRouter(tags=["webhooks"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Processed, ignored (a type billwatch does not handle) or a duplicate."},
-    400: {"description": "Missing, forged or stale signature, or a body that is not an event."},
-    413: {"description": "Body over 1 MiB."},
-    500: {"description": "The handler failed; the event is stored as failed and Stripe retries."},
+    400: {"model": ErrorOut, "description": "Missing, forged or stale signature, a body that is "
+          "not an event, or a field no column can hold (`invalid_event_field`)."},
+    413: {"model": ErrorOut, "description": "Body over 1 MiB."},
+    500: {"model": ErrorOut,
+          "description": "The handler failed; the event is stored as failed and Stripe retries."},
 }
 
 
@@ -76,9 +81,9 @@ async def stripe_webhook(request: Request) -> JSONResponse:
                             status_code=rejection.status_code)
     result = await process_event(db, gateway, settings, event, body=body)
     if result.outcome is ProcessOutcome.FAILED:
-        return JSONResponse({"error": "webhook_handler_failed", "event_id": result.event_id,
+        return JSONResponse({"error": "webhook_handler_failed", "event_id": redact_text(result.event_id),
                              "detail": result.error}, status_code=500)
-    return JSONResponse({"received": True, "event_id": result.event_id,
+    return JSONResponse({"received": True, "event_id": redact_text(result.event_id),
                          "status": result.outcome.value})
 
 
@@ -88,6 +93,12 @@ async def record_rejection(db: Database, request: Request,
     reason = rejection.reason.value
     log.warning("stripe_webhook_rejected", reason=reason, code=rejection.code,
                 status=rejection.status_code)
+    if await anonymous.absorbed(  # unsigned or forged: aggregated, not one row (and alert) each
+            request.app.state, db, source="webhook", event=AuditEvent.WEBHOOK_FAILED,
+            route=request.url.path, method=request.method, status_code=rejection.status_code,
+            reason=rejection.code, client_ip=current_origin().client_ip):
+        billing_metrics.WEBHOOKS_REJECTED.labels(reason=reason).inc()  # nothing to commit
+        return
     try:
         async with db.unit_of_work() as session:
             recorder.record(

@@ -11,10 +11,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import Index
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.db import Base, UUIDPrimaryKey, enum_column, utcnow
+from billwatch.redacted import RedactedString, RedactedText
 
 
 class EventStatus(StrEnum):
@@ -42,11 +43,11 @@ class StripeEvent(UUIDPrimaryKey, Base):
         Index("ix_stripe_events_object", "object_id"),
     )
 
-    stripe_event_id: Mapped[str] = mapped_column(String(255), unique=True)
-    type: Mapped[str] = mapped_column(String(120))
+    stripe_event_id: Mapped[str] = mapped_column(RedactedString(255), unique=True)
+    type: Mapped[str] = mapped_column(RedactedString(120))
     stripe_created: Mapped[datetime]
     """Stripe's ``created`` of the event: the ordering key for the state it carries."""
-    object_id: Mapped[str | None] = mapped_column(String(255))
+    object_id: Mapped[str | None] = mapped_column(RedactedString(255))
     """``data.object.id`` (subscription, invoice, charge...), to find every event of one object."""
     livemode: Mapped[bool] = mapped_column(default=False)
     payload: Mapped[dict[str, Any]]
@@ -56,7 +57,7 @@ class StripeEvent(UUIDPrimaryKey, Base):
         enum_column(EventSource, "stripe_event_source"), default=EventSource.WEBHOOK)
     attempts: Mapped[int] = mapped_column(default=0)
     """Handling attempts: one per delivery, replay or reconciliation that ran a handler."""
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(RedactedText())
     """The last failure (redacted), or why the event was ignored."""
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None]

@@ -6,8 +6,8 @@ change, and that can be seen on the raw body cheaply:
 
 * text rules (card numbers, secrets, tokens, credentials, CVV words, control characters) are
   flagged by byte scans that match a superset of what they rewrite: a run of 13 digits once
-  spaces and dashes are removed, the prefixes and words those rules look for, any JSON escape,
-  any non-ASCII byte;
+  every separator is removed, the prefixes and words those rules look for, any JSON escape,
+  any ``%`` (the redactor percent-decodes), any non-ASCII byte (it normalises Unicode);
 * key rules (CVV keys dropped, secret keys replaced, card-number keys masked, keys that mark a
   mapping as card data) are asked of the redactor itself: each distinct key is probed once with
   sample values and the answer cached, so new key rules in the redactor apply here unchanged.
@@ -25,21 +25,23 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from billwatch.audit.redaction import redact
+from billwatch.audit.redaction import CVV_WORDS, redact
 
 _DIGITS_TO_ZERO = bytes(48 if 48 <= b <= 57 else 120 for b in range(256))
-"""Every digit becomes ``0``, everything else ``x``; spaces and dashes are deleted first."""
+"""Every digit becomes ``0``, every letter ``x``; everything else is deleted first."""
+_NOT_ALNUM = bytes(b for b in range(256) if not (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122))
+"""The redactor joins digit groups across separators, so the scan ignores every separator."""
 _CARD_RUN = b"0" * 13
-_FLAGS = (b"whsec_", b"tok_", b"_secret_", b"eyj", b"\\", b"\x7f")
-"""Triggers of the text rules, searched in the lower-cased body."""
+_FLAGS = (b"whsec_", b"tok_", b"_secret_", b"eyj", b"\\", b"\x7f", b"%")
+"""Triggers of the text rules, searched in the lower-cased body (``%``: percent-decoding)."""
 _TEXT_RULES = (
-    ((b"sk_", b"rk_"), re.compile(rb"\b[sr]k_")),
+    ((b"sk_", b"rk_"), re.compile(rb"(?<![a-z0-9])[sr]k_[a-z0-9_]{6,}|[sr]k_(?:live|test)_")),
     ((b"authorization",), re.compile(rb"authorization[\"']?\s*[:=]")),
     ((b"bearer", b"basic"), re.compile(rb"(?:bearer|basic)\s+[a-z0-9._~+/=-]{12,}")),
-    ((b"cvc", b"cvv", b"cvn", b"csc", b"cid", b"security"),
-     re.compile(rb"\b(?:cvc2?|cvv2?|cvn|csc|cid|security[ _-]?code)\b")),
+    ((b"cvc", b"cvv", b"cvn", b"csc", b"cid", b"cvd", b"cav2", b"security", b"verification"),
+     re.compile(rb"(?<![a-z])(?:" + CVV_WORDS.encode() + rb")[^0-9]{0,16}?[0-9]{3,4}(?![0-9])")),
 )
-"""(cheap substrings, the rule's own trigger) pairs, also on the lower-cased body."""
+"""(cheap substrings, the redactor's own rule) pairs, also on the lower-cased body."""
 _KEY = re.compile(rb'"([^"\\]*)"\s*:')
 _PROBES: tuple[Any, ...] = ("x", "123456789012", 123456789012, True, {"k": "v"}, ["v"])
 _PAYMENT_METHOD = "pm_probe0probe"
@@ -93,7 +95,7 @@ def may_need_redaction(body: bytes) -> bool:
     """False only when :func:`redact` would return the parsed body unchanged."""
     if not body.isascii():  # Unicode spaces, case folding, controls: leave them to the redactor
         return True
-    if _CARD_RUN in body.translate(_DIGITS_TO_ZERO, b" -"):
+    if _CARD_RUN in body.translate(_DIGITS_TO_ZERO, _NOT_ALNUM):
         return True
     lower = body.lower()
     if any(flag in lower for flag in _FLAGS):

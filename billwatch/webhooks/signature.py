@@ -20,6 +20,7 @@ import stripe
 
 from billwatch.config import Settings
 from billwatch.errors import BadRequest, PayloadTooLarge
+from billwatch.webhooks.bounds import OutOfBounds, check_bounds
 
 MAX_BODY_BYTES = 1024 * 1024
 """Stripe events are a few kilobytes; anything over 1 MiB is not one."""
@@ -142,7 +143,7 @@ def _no_constants(name: str) -> Any:
 
 
 def checked_event(event: Any) -> dict[str, Any]:
-    """``event`` if it has an id, a type, a ``created`` time and a ``data.object``."""
+    """``event`` if it has an id, a type, a ``created`` time and a ``data.object``, all storable."""
     if not isinstance(event, dict):
         raise WebhookRejected(RejectReason.MALFORMED, "malformed_event", "event is not an object")
     problems = [name for name, ok in (
@@ -155,4 +156,8 @@ def checked_event(event: Any) -> dict[str, Any]:
     if problems:
         raise WebhookRejected(RejectReason.MALFORMED, "malformed_event",
                               f"event lacks valid {', '.join(problems)}")
+    try:
+        check_bounds(event)
+    except OutOfBounds as error:  # signed, but holding what no column can store
+        raise WebhookRejected(RejectReason.MALFORMED, "invalid_event_field", str(error)) from error
     return event

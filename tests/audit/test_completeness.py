@@ -103,6 +103,7 @@ async def free_grant(w: World) -> Call:
 
 
 async def create_override(w: World) -> Call:
+    await w.paid()  # a discount applies to the owner's live Stripe subscription
     return lambda: w.client.post("/admin/overrides", headers=w.as_(w.admin), json={
         **w.owner, "kind": "discount", "percent_off": 10, "reason": "loyalty"})
 

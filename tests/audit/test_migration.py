@@ -8,11 +8,17 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic import command
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from billwatch.accounts.actor import SystemActor
+from billwatch.audit import recorder
 from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.crypto import AuditKeys
+from billwatch.audit.events import AuditEvent
+from billwatch.audit.maintenance import maintenance
 from billwatch.audit.models import AuditLog
 from billwatch.audit.sealing import seal
 from billwatch.audit.verify import verify
@@ -66,10 +72,34 @@ class TestMigration:
         db = await foundation_with_a_plaintext_row(fresh_url)
         try:
             await asyncio.to_thread(upgrade, fresh_url)
-            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "audit@-1")
+            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "0200_audit-1")
             async with db.engine.connect() as conn:
                 metadata = (await conn.execute(text("SELECT metadata FROM audit_logs"))).scalar_one()
             loaded = json.loads(metadata) if isinstance(metadata, str) else metadata
             assert loaded == {"amount_cents": 700, "note": "before the audit branch"}
+        finally:
+            await db.dispose()
+
+
+class TestIntegrityMigration:
+    async def test_0210_keeps_the_triggers_and_downgrades_cleanly(
+            self, fresh_url: str, keys: AuditKeys, tmp_path: Path) -> None:
+        await asyncio.to_thread(upgrade, fresh_url)
+        await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "0200_audit")
+        await asyncio.to_thread(upgrade, fresh_url)
+        db = Database(fresh_url)
+        try:
+            async with db.unit_of_work() as session:
+                recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=SystemActor("cli"))
+            store = CheckpointStore(tmp_path / "checkpoints")
+            first = (await seal(db, keys=keys, store=store)).checkpoint
+            second = (await seal(db, keys=keys, store=store)).checkpoint
+            assert second.prev_hash == first.digest()
+            with pytest.raises(DBAPIError, match="append-only"):
+                async with db.engine.begin() as conn:
+                    await conn.execute(text("DELETE FROM audit_checkpoints"))
+            async with db.unit_of_work() as session, maintenance(session, "test"):
+                await session.execute(text("DELETE FROM audit_seals"))
+            assert (await verify(db, keys=keys, store=store)).problem is not None
         finally:
             await db.dispose()

@@ -21,6 +21,7 @@ from billwatch.billing import overrides
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.managers import service as managers
+from billwatch.payments.gateway import PaymentsGateway
 from tests.support import Factory, audit_rows, keyed, paid_subscription, snapshot
 
 PERSONAS = ["admin", "owner", "assigned_proxy", "unassigned_proxy", "other_patient", "anonymous"]
@@ -56,11 +57,12 @@ class World:
             return grant.subscription_id
 
     async def discount_override_id(self) -> uuid.UUID:
-        async with self.db.unit_of_work() as session:
-            override = await overrides.create_override(
-                session, actor=Actor(self.admin.id, Role.ADMIN), owner=self.owner,
-                kind=overrides.OverrideKind.DISCOUNT, percent_off=10, reason="matrix setup")
-            return override.id
+        await paid_subscription(self.db, self.settings, self.owner)
+        override = await overrides.create_override(
+            self.db, PaymentsGateway(self.settings), self.settings,
+            actor=Actor(self.admin.id, Role.ADMIN), owner=self.owner,
+            kind=overrides.OverrideKind.DISCOUNT, percent_off=10, reason="matrix setup")
+        return override.id
 
     async def new_assigned_proxy(self) -> User:
         proxy = await self.factory.user(Role.PROXY)
@@ -117,6 +119,7 @@ async def _free_grant(w: World) -> Request:
 
 
 async def _override(w: World) -> Request:
+    await paid_subscription(w.db, w.settings, w.owner)  # a discount applies to a live subscription
     return "POST", "/admin/overrides", {"owner_type": "patient", "owner_id": str(w.patient.id),
                                         "kind": "discount", "percent_off": 20,
                                         "reason": "loyalty discount"}
@@ -160,6 +163,9 @@ ROUTES: list[tuple[str, Prepare, str, set[str], int]] = [
     ("list_managers", _list_managers, "billing.manager.viewed", OWNER_SIDE, 200),
 ]
 
+INTENT_EVENTS = {"billing.override.requested", "billing.refund.requested"}
+"""Rows a phased route writes before its Stripe call, besides the one row of its outcome."""
+
 PROXY_EVENTS = {"billing.checkout.created": "billing.proxy.checkout.created",
                 "billing.subscription.cancelled": "billing.proxy.subscription.cancelled",
                 "billing.account.viewed": "billing.proxy.account.viewed"}
@@ -186,8 +192,8 @@ async def test_route_against_caller(world: World, client: httpx.AsyncClient, per
 
     status = expected_status(allowed, persona, success)
     assert response.status_code == status, response.text
-    new_rows = [row for row in await audit_rows(world.db) if row.id not in before_rows
-                and row.event_type != "billing.refund.requested"]  # the intent before the settlement
+    new_rows = [row for row in await audit_rows(world.db)
+                if row.id not in before_rows and row.event_type not in INTENT_EVENTS]
     assert len(new_rows) == 1, [(r.event_type, r.outcome) for r in new_rows]
     row = new_rows[0]
     via_proxy = persona == "assigned_proxy" or (persona == "unassigned_proxy")

@@ -60,7 +60,7 @@ EXPECTED: dict[str, Any] = {
     "new_subscriptions": 1, "cancelled_subscriptions": 1,
     "gross_revenue_cents": 14400, "payments_succeeded": 3, "payments_failed": 1,
     "payment_success_rate": 0.75, "refunds_count": 1, "refunds_cents": 500,
-    "churn_window_days": 30, "definition_version": 1, "currency": "usd",
+    "churn_window_days": 30, "definition_version": 2, "currency": "usd",
 }
 S = SubscriptionStatus
 

@@ -175,6 +175,6 @@ class TestRealTraffic:
         assert {"/billing/checkout", "/admin/transactions/{transaction_id}/refund",
                 "/billing/subscriptions/{subscription_id}/cancel",
                 "/patients/{patient_id}/billing-managers", "unmatched"} <= routes
-        assert moved("billing_http_requests_total", route="/billing/checkout", status="422") == 1
+        assert moved("billing_http_requests_total", route="/billing/checkout", status="400") == 1
         assert moved("billing_http_requests_total", route="/billing/checkout", status="405") == 1
         assert moved("billing_http_requests_total", route="unmatched", status="404") == 2

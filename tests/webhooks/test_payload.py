@@ -31,7 +31,12 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**20, max
                         "Authorization: Bearer abcdef123456789", "eyJhbGciOi.eyJzdWIiOi.sig",
                         "pi_123_secret_456", "order 12 4111 1111 1111 1111", "123456789012",
                         "sk_live_0123456789", "4000-0566-5566-5556", "network_status", "risk_level",
-                        "billwatch_basic_monthly", "ch_3Mabc1234567890123456"]))
+                        "billwatch_basic_monthly", "ch_3Mabc1234567890123456",
+                        "4242.4242.4242.4242", "6011/1111/1111/1117", "4242_4242_4242_4242",
+                        "4242%204242%204242%204242", "cvv is 123", "CVC code: 123",
+                        '{"cvc": "987"}', "apikey_sk_live_abc123", "xwhsec_abc", "risk_level",
+                        "\uff14\uff12\uff14\uff12" * 4, "4242\u200b4242\u200b4242\u200b4242",
+                        "2026-12-01T10:20:58.123456+00:00", "1,234,567.89", "50% off"]))
 JSON = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=5)), max_leaves=25)
 
