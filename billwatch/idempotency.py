@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
-from sqlalchemy import Index, String, Text, UniqueConstraint, delete, select, update
+from sqlalchemy import Index, String, UniqueConstraint, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +40,7 @@ from billwatch.accounts.tokens import read_token
 from billwatch.config import Settings
 from billwatch.db import Base, Database, enum_column, utcnow
 from billwatch.errors import BadRequest, Conflict, Unprocessable
+from billwatch.redacted import RedactedText
 
 HEADER = "Idempotency-Key"
 KEY_TTL = timedelta(hours=24)
@@ -70,10 +71,11 @@ class IdempotencyKey(Base):
     method: Mapped[str] = mapped_column(String(10))
     route: Mapped[str] = mapped_column(String(255))
     key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
+    """SHA-256 (hex) of the client's key: a key is the client's free text, so it is not kept."""
     request_hash: Mapped[str] = mapped_column(String(64))
     state: Mapped[KeyState] = mapped_column(enum_column(KeyState, "idempotency_key_state"))
     response_status: Mapped[int | None]
-    response_body: Mapped[str | None] = mapped_column(Text)
+    response_body: Mapped[str | None] = mapped_column(RedactedText())
     response_media_type: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     locked_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -134,12 +136,13 @@ async def claim(session: AsyncSession, *, actor_key: str, method: str, route: st
                 request_hash: str, in_request_transaction: bool) -> Claim:
     """Take ``key`` for this request, or raise :class:`Replay` / 409 / 422 as the contract says."""
     now = utcnow()
+    stored = hashlib.sha256(key.encode()).hexdigest()
     scope = (IdempotencyKey.actor_key == actor_key, IdempotencyKey.method == method,
-             IdempotencyKey.route == route, IdempotencyKey.key == key)
+             IdempotencyKey.route == route, IdempotencyKey.key == stored)
     await session.execute(delete(IdempotencyKey).where(*scope,
                                                        IdempotencyKey.created_at < now - KEY_TTL))
     values = {"id": uuid.uuid4(), "actor_key": actor_key, "method": method, "route": route,
-              "key": key, "request_hash": request_hash, "state": KeyState.IN_PROGRESS,
+              "key": stored, "request_hash": request_hash, "state": KeyState.IN_PROGRESS,
               "created_at": now, "locked_at": now}
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert

@@ -30,11 +30,11 @@ _TRUNCATION_ROUNDS = 3
 
 def clean(value: str, length: int | None = None) -> str:
     """``value`` redacted and cut to ``length``; a cut is redacted again, as a cut may expose."""
-    cleaned = redact_text(value)
+    cleaned = redact_text(value, multiline=True)
     for _round in range(_TRUNCATION_ROUNDS):
         if length is None or len(cleaned) <= length:
             return cleaned
-        cleaned = redact_text(cleaned[:length])
+        cleaned = redact_text(cleaned[:length], multiline=True)
     return cleaned[:length] if length is not None else cleaned
 
 

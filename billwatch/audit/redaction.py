@@ -182,9 +182,16 @@ def mask_card_numbers(text: str) -> str:
     return "".join(pieces)
 
 
-def escape_control(text: str) -> str:
-    """Escape control characters so one event is one line and no terminal is steered."""
-    return _CONTROL.sub(_escape_char, text)
+_CONTROL_IN_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""The same set without tab, line feed and carriage return, which free text may hold."""
+
+
+def escape_control(text: str, *, multiline: bool = False) -> str:
+    """Escape control characters so one event is one line and no terminal is steered.
+
+    ``multiline`` keeps tabs and line breaks: stored free text (a reason over two lines) keeps
+    its shape, while every other control character is still escaped."""
+    return (_CONTROL_IN_LINES if multiline else _CONTROL).sub(_escape_char, text)
 
 
 def _escape_char(match: re.Match[str]) -> str:
@@ -210,7 +217,7 @@ def _ascii_digit(char: str) -> str:
     return str(unicodedata.decimal(char))
 
 
-def redact_text(text: str, *, with_card_data: bool = False) -> str:
+def redact_text(text: str, *, with_card_data: bool = False, multiline: bool = False) -> str:
     """Mask card numbers, secrets and tokens in free text and escape control characters.
 
     The rules run on :func:`canonical_text`, then again on each percent-decoded form (so
@@ -225,7 +232,7 @@ def redact_text(text: str, *, with_card_data: bool = False) -> str:
     cleaned = _apply_rules(canonical, with_card_data)
     if _URL_ESCAPE.search(canonical):
         cleaned = _decoded_rules(canonical, cleaned, with_card_data)
-    out = escape_control(text if cleaned == canonical else cleaned)
+    out = escape_control(text if cleaned == canonical else cleaned, multiline=multiline)
     for _round in range(_DECODE_LEVELS):  # an escape's digits ("\\u2028") may complete a match
         if out == text or "\\" not in out:
             break

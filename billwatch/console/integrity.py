@@ -23,9 +23,9 @@ from billwatch.audit.chain import (
     column_text,
     content_bytes,
 )
-from billwatch.audit.checkpoints import Checkpoint
 from billwatch.audit.crypto import AuditKeys, KeyRingError
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
+from billwatch.audit.sealing import from_row
 
 MAX_WALK = 5000
 """Seals walked from a row to its checkpoint on a page view; beyond it the walk is left to verify."""
@@ -78,14 +78,6 @@ def row_hash_ok(row: AuditLog, keys: AuditKeys) -> bool | None:
     return hmac.compare_digest(digest, bytes(row.content_hash))
 
 
-def checkpoint_of(row: AuditCheckpoint) -> Checkpoint:
-    """The signed checkpoint a database copy stands for (the same fields the file holds)."""
-    return Checkpoint(last_seq=row.last_seq, last_id=str(row.last_id) if row.last_id else None,
-                      row_count=row.row_count, batch_rows=row.batch_rows,
-                      head_hash=bytes(row.head_hash).hex(), created_at=row.created_at.isoformat(),
-                      signature=bytes(row.signature).hex())
-
-
 async def check_row(session: AsyncSession, row: AuditLog, keys: AuditKeys) -> RowIntegrity:
     hash_ok = row_hash_ok(row, keys)
     seal = (await session.scalars(select(AuditSeal).where(AuditSeal.audit_log_id == row.id))).first()
@@ -100,7 +92,7 @@ async def check_row(session: AsyncSession, row: AuditLog, keys: AuditKeys) -> Ro
         .order_by(AuditCheckpoint.last_seq).limit(1))).first()
     if covering is None:
         return RowIntegrity(hash_ok, seal.seq, link_ok)
-    signed = checkpoint_of(covering).valid(keys.hmac_key)
+    signed = from_row(covering).valid(keys.hmac_key)
     commits, note = await _walk(session, seal, covering)
     return RowIntegrity(hash_ok, seal.seq, link_ok, covering.last_seq, covering.created_at,
                         signed, commits, note)

@@ -226,6 +226,7 @@ class TestCommandLine:
                     "BILLWATCH_AUDIT_ENCRYPTION_KEYS": ring_spec(keys),
                     "BILLWATCH_AUDIT_HMAC_KEY": keys.hmac_key.decode(),
                     "BILLWATCH_AUDIT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+                    "BILLWATCH_ENV": "development",
                     "BILLWATCH_LOG_LEVEL": "WARNING", "COLUMNS": "200"})
         store = CheckpointStore(tmp_path / "checkpoints")
         await write_rows(db, 3)

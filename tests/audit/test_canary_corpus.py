@@ -163,6 +163,7 @@ def signed_events(customer: str, subscription_id: str, price: str, charge_id: st
         "customer.subscription.updated": sub, "customer.subscription.deleted": sub,
         "invoice.payment_succeeded": paid, "invoice.paid": paid,
         "invoice.payment_failed": failed, "charge.refunded": refunded,
+        "refund.created": refund, "refund.updated": refund,
     }
     assert set(objects) == set(HANDLERS), "a handled type is missing from the corpus"
     events = [se.event(kind, obj, event_id="evt_" + PANS[i % 4] + kind.replace(".", ""))

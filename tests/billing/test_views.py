@@ -14,7 +14,7 @@ from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.migrations import upgrade
 from billwatch.redacted import clean
-from tests.support import Factory, People, paid_subscription
+from tests.support import Factory, People, keyed, paid_subscription
 
 CANARY_REASON = ("card 4242.4242.4242.4242 cvv is 123 key apikey_sk_live_4eC39HqLyjWDarjtT1zdp7 "
                  "hook whsec_abcdef0123456789 Authorization: Bearer eyJhbGciOi.eyJzdWIiOi.sig")
@@ -31,14 +31,14 @@ def assert_clean(blob: str) -> None:
 async def decided(client: httpx.AsyncClient, factory: Factory, people: People, db: Database,
                   settings: Settings) -> tuple[str, str]:
     """An exemption created and revoked, and a refund with a note, all with canary text."""
-    admin = factory.headers(people.admin)
+    admin = keyed(factory.headers(people.admin))
+    _subscription, payment = await paid_subscription(db, settings, people.owner)  # what it applies to
     created = await client.post("/admin/overrides", headers=admin, json={
         **people.owner_body, "kind": "payment_exemption", "reason": CANARY_REASON})
     assert created.status_code == 201, created.text
     revoked = await client.post(f"/admin/overrides/{created.json()['id']}/revoke", headers=admin,
                                 json={"reason": "revoked: " + CANARY_REASON})
     assert revoked.status_code == 200, revoked.text
-    _subscription, payment = await paid_subscription(db, settings, people.owner)
     refund = await client.post(f"/admin/transactions/{payment.id}/refund", headers=admin, json={
         "amount_cents": 100, "reason": "service_issue", "note": CANARY_REASON})
     assert refund.status_code == 201, refund.text
@@ -81,9 +81,9 @@ class TestOwnerAndAdminViews:
         member = await factory.user(Role.PATIENT)
         admin = await factory.user(Role.ADMIN)
         organization = await factory.organization(members=[member])
-        created = await client.post("/admin/overrides", headers=factory.headers(admin), json={
+        created = await client.post("/admin/free-grants", headers=factory.headers(admin), json={
             "owner_type": "organization", "owner_id": str(organization.id),
-            "kind": "payment_exemption", "reason": "board decision " + CANARY_REASON})
+            "plan_code": "clinic_monthly", "reason": "board decision " + CANARY_REASON})
         assert created.status_code == 201, created.text
         view = await client.get(f"/billing/owners/organization/{organization.id}",
                                 headers=factory.headers(member))
@@ -108,8 +108,8 @@ class TestStoredText:
     async def test_rows_stored_raw_before_are_redacted_when_read(
             self, client: httpx.AsyncClient, db: Database, factory: Factory,
             people: People) -> None:
-        created = await client.post("/admin/overrides", headers=factory.headers(people.admin), json={
-            **people.owner_body, "kind": "payment_exemption", "reason": "placeholder"})
+        created = await client.post("/admin/free-grants", headers=factory.headers(people.admin), json={
+            **people.owner_body, "plan_code": "basic_monthly", "reason": "placeholder"})
         async with db.engine.begin() as connection:  # as an older release would have stored it
             await connection.execute(text("UPDATE billing_overrides SET reason = :r"),
                                      {"r": CANARY_REASON})

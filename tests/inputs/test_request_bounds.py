@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.schema_types import INT64_MAX, bounded_instant, unstorable
@@ -186,7 +187,8 @@ class TestCursor:
 class TestStillAccepted:
     async def test_text_with_newlines_tabs_and_non_latin_letters_is_stored(
             self, client: httpx.AsyncClient, db: Database, factory: Factory,
-            people: People) -> None:
+            people: People, settings: Settings) -> None:
+        await paid_subscription(db, settings, people.owner)  # what the override applies to
         reason = "Patientin\tbat um Nachlass;\nvoir dossier, 患者"
         response = await client.post("/admin/overrides", headers=factory.headers(people.admin),
                                      json=override(owner_id=str(people.patient.id), reason=reason,

@@ -1,9 +1,11 @@
-"""Stored event text is shown as text: Rich markup signed into an event never renders."""
+"""Stored event text is shown as text: Rich markup that reached a column never renders."""
 
 from __future__ import annotations
 
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.webhooks import store
+from billwatch.webhooks.models import EventSource
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import Server
 from tests.webhooks.test_cli import asgi, billwatch
@@ -11,17 +13,23 @@ from tests.webhooks.test_cli import asgi, billwatch
 __all__ = ["asgi"]  # the fixture, used by name below
 
 MARKUP_TYPE = "[link=https://evil.test/login]invoice.paid[/link]"
+MARKUP_ERROR = "KeyError: [link=https://evil.test/login]click here[/link] [bold]x[/bold]"
 
 
 class TestListEscapesMarkup:
-    async def test_a_signed_type_with_markup_is_listed_literally(
+    async def test_markup_in_a_signed_type_is_refused_at_the_boundary(
             self, asgi: Server, db: Database, settings: Settings) -> None:
-        event = se.event(MARKUP_TYPE, {"id": "prod_markup", "object": "product"},
-                         event_id="evt_[bold]x[/bold]")
-        assert (await asgi.deliver(event)).status_code == 200  # stored as ignored
+        event = se.event(MARKUP_TYPE, {"id": "prod_markup", "object": "product"})
+        assert (await asgi.deliver(event)).status_code == 400
         listed = await billwatch(settings, "list")
+        assert listed.exit_code == 0 and "evil.test" not in listed.output
+
+    async def test_stored_text_with_markup_is_listed_literally(
+            self, db: Database, settings: Settings) -> None:
+        event = se.event("invoice.paid", {"id": "in_markup", "object": "invoice"})
+        async with db.unit_of_work() as session:  # a handler's error quoting what it was sent
+            await store.mark_failed(session, event, event, EventSource.WEBHOOK, MARKUP_ERROR)
+        listed = await billwatch(settings, "list", "--status", "failed")
         assert listed.exit_code == 0, listed.output
-        assert MARKUP_TYPE in listed.output  # unescaped, Rich would eat the tags
-        assert "evt_[bold]x[/bold]" in listed.output
-        replayed = await billwatch(settings, "replay", "evt_[bold]x[/bold]")
-        assert "evt_[bold]x[/bold]" in replayed.output and MARKUP_TYPE in replayed.output
+        assert "[link=https://evil.test/login]" in listed.output  # unescaped, Rich eats the tags
+        assert "[bold]x" in listed.output
