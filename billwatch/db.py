@@ -100,6 +100,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # The driver's own deferred BEGIN is switched off; _sqlite_begin_immediate emits ours.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    """Take SQLite's write lock when a transaction starts, not at its first write.
+
+    A deferred transaction that reads, then writes, fails or interleaves with another writer
+    (SQLite has no ``SELECT ... FOR UPDATE``); beginning IMMEDIATE serialises read-modify-write
+    transactions as PostgreSQL's row locks do, waiting up to the busy timeout for the lock.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 POOL_RECYCLE_SECONDS = 1800
@@ -135,6 +147,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, echo=echo, **engine_kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
         else:
             event.listen(self.engine.sync_engine, "checkout", _discard_closed)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -14,6 +14,7 @@ from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, for_actor
 from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.billing.models import (
+    LIVE_SUBSCRIPTION_STATUSES,
     BillingOverride,
     Subscription,
     SubscriptionSource,
@@ -26,10 +27,7 @@ from billwatch.errors import Conflict, NotFound
 from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import PaymentsGateway
 
-LIVE_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING,
-                 SubscriptionStatus.PAST_DUE, SubscriptionStatus.INCOMPLETE,
-                 SubscriptionStatus.UNPAID, SubscriptionStatus.PAUSED)
-"""Statuses in which an owner still has a subscription (and may not start another)."""
+LIVE_STATUSES = LIVE_SUBSCRIPTION_STATUSES
 
 TRANSACTIONS_SHOWN = 100
 
