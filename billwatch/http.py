@@ -112,7 +112,7 @@ class AuditedRoute(APIRoute):
                     return await handler(request)
             except Exception as error:
                 event = self.failure_event(error)
-                if event is not None:
+                if event is not None and not getattr(error, "audited", False):
                     await record_failure(request, event, error)
                 raise
 

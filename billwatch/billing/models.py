@@ -162,6 +162,9 @@ class CheckoutSession(UUIDPrimaryKey, Timestamped, Base):
     settled_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     """Stripe's (redacted) refusal, for a failed intent."""
+    success_url: Mapped[str | None] = mapped_column(Text)
+    cancel_url: Mapped[str | None] = mapped_column(Text)
+    """Kept with the intent: a retry must send Stripe the very parameters of the first call."""
 
 
 class SubscriptionCancellation(UUIDPrimaryKey, Timestamped, Base):

@@ -85,6 +85,8 @@ def upgrade() -> None:
     op.add_column("checkout_sessions",
                   sa.Column("settled_at", billwatch.db.UTCDateTime(timezone=True), nullable=True))
     op.add_column("checkout_sessions", sa.Column("error", sa.Text(), nullable=True))
+    op.add_column("checkout_sessions", sa.Column("success_url", sa.Text(), nullable=True))
+    op.add_column("checkout_sessions", sa.Column("cancel_url", sa.Text(), nullable=True))
     op.create_index("uq_checkout_sessions_one_open_per_owner", "checkout_sessions",
                     ["owner_type", "owner_id"], unique=True,
                     sqlite_where=sa.text(OPEN_WHERE), postgresql_where=sa.text(OPEN_WHERE))
@@ -135,7 +137,7 @@ def downgrade() -> None:
     op.drop_index("uq_checkout_sessions_one_open_per_owner", "checkout_sessions")
     op.execute("DELETE FROM checkout_sessions WHERE status IN ('pending', 'failed')")
     with op.batch_alter_table("checkout_sessions") as batch:
-        for name in ("expires_at", "settled_at", "error"):
+        for name in ("expires_at", "settled_at", "error", "success_url", "cancel_url"):
             batch.drop_column(name)
     if op.get_bind().dialect.name == "sqlite":
         with op.batch_alter_table("checkout_sessions", recreate="always",
