@@ -104,14 +104,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
 
 
-def _sqlite_begin_immediate(connection: Any) -> None:
-    """Take SQLite's write lock when a transaction starts, not at its first write.
+SQLITE_IMMEDIATE = "billwatch_sqlite_immediate"
+"""Execution option of the sessions' engine: their transactions begin IMMEDIATE on SQLite."""
+
+
+def _sqlite_begin(connection: Any) -> None:
+    """Session transactions take SQLite's write lock when they start, not at their first write.
 
     A deferred transaction that reads, then writes, fails or interleaves with another writer
     (SQLite has no ``SELECT ... FOR UPDATE``); beginning IMMEDIATE serialises read-modify-write
     transactions as PostgreSQL's row locks do, waiting up to the busy timeout for the lock.
+    Plain engine connections (streaming readers beside a unit of work) stay deferred, so a
+    reader never waits for the writer it serves.
     """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    immediate = connection.get_execution_options().get(SQLITE_IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 POOL_RECYCLE_SECONDS = 1800
@@ -147,10 +154,12 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, echo=echo, **engine_kwargs)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         else:
             event.listen(self.engine.sync_engine, "checkout", _discard_closed)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        bind = (self.engine.execution_options(**{SQLITE_IMMEDIATE: True})
+                if self.engine.dialect.name == "sqlite" else self.engine)
+        self.sessionmaker = async_sessionmaker(bind, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:

@@ -27,6 +27,7 @@ REDIS_SOCKET_TIMEOUT = 10.0
 AUDIT_FAILURE_TASK = "billwatch.alerts.audit_write_failed"
 AUDIT_CHECKPOINT_TASK = "billwatch.audit.checkpoint"
 WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
+SUBSCRIPTION_INTENTS_TASK = "billwatch.billing.sweep_subscription_intents"
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
@@ -39,6 +40,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "audit-checkpoint": {"task": AUDIT_CHECKPOINT_TASK, "schedule": crontab(minute="15")},
         "webhooks-reconcile": {"task": WEBHOOKS_RECONCILE_TASK, "schedule": crontab(minute="30")},
         "alerts-sweep": {"task": SWEEP_TASK, "schedule": 60.0},
+        "subscription-intents-sweep": {"task": SUBSCRIPTION_INTENTS_TASK, "schedule": 60.0},
     }
 
 

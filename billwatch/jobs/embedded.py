@@ -20,6 +20,7 @@ from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.background import stop_task, wait_until_set
+from billwatch.billing.intent_sweeper import sweep_subscription_intents
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import service
@@ -100,6 +101,7 @@ class EmbeddedRunner:
             await service.refunds_check(self.db, self.settings, now=now)
         if self.schedule:
             await service.run_due_schedule(self.db, self.settings, now=now)
+        await sweep_subscription_intents(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)
         self.ticks += 1
 

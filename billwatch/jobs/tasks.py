@@ -33,6 +33,7 @@ from billwatch.jobs.celery_app import (
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
+    SUBSCRIPTION_INTENTS_TASK,
     SWEEP_TASK,
     WEBHOOKS_RECONCILE_TASK,
     app,
@@ -205,3 +206,14 @@ def webhooks_reconcile(self: Task) -> dict[str, Any]:
     outcome = run_async(lambda db, settings: service.webhooks_reconcile_job(db, settings,
                                                                             task_id=task_id))
     return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=SUBSCRIPTION_INTENTS_TASK, **JOB_RETRY)
+def sweep_subscription_intents(self: Task) -> dict[str, Any]:
+    """Every minute: retry checkout and cancel intents left pending past their grace period."""
+    from billwatch.billing.intent_sweeper import sweep_subscription_intents as sweep
+
+    result = run_async(lambda db, settings: sweep(db, settings))
+    return {"checkouts": [str(i) for i in result.checkouts],
+            "cancellations": [str(i) for i in result.cancellations],
+            "still_pending": result.still_pending}
