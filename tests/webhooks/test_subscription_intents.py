@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import uuid
 
 import httpx
@@ -11,6 +13,7 @@ from sqlalchemy import select
 
 from billwatch.accounts.models import OwnerType, Role
 from billwatch.alerts.models import Alert
+from billwatch.app import create_app
 from billwatch.audit.events import Outcome
 from billwatch.billing.models import (
     CancelMode,
@@ -20,8 +23,9 @@ from billwatch.billing.models import (
     Subscription,
     SubscriptionCancellation,
 )
+from billwatch.config import Settings
 from billwatch.db import Database
-from tests.support import Factory, audit_rows, reload
+from tests.support import Factory, LocalStripe, audit_rows, reload
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import Server, checkout_customer, subscribe, subscription_row
 
@@ -126,3 +130,86 @@ class TestAdoption:
         assert cancelled.actor_user_id == customer.patient.id
         assert cancelled.data["adopted_from"] == "customer.subscription.updated"
         assert cancelled.data["reason"] == "moving"
+
+
+class LockProbe:
+    """A proxy in front of the Stripe peer: on each request it first tries SQLite's write lock.
+
+    If the webhook's transaction were still open when it reads the subscription from Stripe,
+    ``BEGIN IMMEDIATE`` with no wait would fail here.
+    """
+
+    def __init__(self, upstream: str, database_path: str) -> None:
+        self.upstream = upstream
+        self.database_path = database_path
+        self.seen: list[tuple[str, bool]] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def _lock_is_free(self) -> bool:
+        conn = sqlite3.connect(self.database_path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            conn.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        method, path, _ = head.split("\r\n", 1)[0].split(" ", 2)
+        headers = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        length = int(headers.get("Content-Length") or headers.get("content-length") or 0)
+        body = await reader.readexactly(length) if length else b""
+        self.seen.append((f"{method} {path.split('?')[0]}", self._lock_is_free()))
+        forwarded = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
+        async with httpx.AsyncClient(base_url=self.upstream) as http:
+            answer = await http.request(method, path, headers=forwarded, content=body)
+        writer.write(f"HTTP/1.1 {answer.status_code} OK\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(answer.content)}\r\nConnection: close\r\n\r\n"
+                     .encode() + answer.content)
+        await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class TestStripeReadsOutsideTheTransaction:
+    async def test_a_same_second_update_reads_stripe_with_no_transaction_open(
+            self, backend: str, database_url: str, db: Database, settings: Settings,
+            factory: Factory, peer: stripe.StripeClient, localstripe: LocalStripe,
+            localstripe_silent: None) -> None:
+        if backend != "sqlite":
+            pytest.skip("the probe uses SQLite's write lock to see an open transaction")
+        probe = LockProbe(localstripe.url, database_url.split("///", 1)[1])
+        proxied = settings.model_copy(update={"stripe_api_base": await probe.start()})
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(
+                    app=create_app(proxied, database=db)), base_url="http://testserver") as http:
+                asgi = Server("/webhooks/stripe", http)
+                customer = await checkout_customer(http, db, factory)
+                sub = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly",
+                                      customer.metadata())
+                at = se.now() - 5
+                for cancelling in (False, True):  # the second is of the same second: ask Stripe
+                    event = se.event("customer.subscription.updated" if cancelling else
+                                     "customer.subscription.created", se.subscription(
+                                         sub_id=sub["id"], customer=customer.stripe_id,
+                                         price="billwatch_basic_monthly",
+                                         cancel_at_period_end=cancelling), created=at)
+                    response = await asgi.deliver(event)
+                    assert response.json()["status"] == "processed", response.text
+        finally:
+            await probe.stop()
+        reads = [free for call, free in probe.seen if call == f"GET /v1/subscriptions/{sub['id']}"]
+        assert reads == [True], probe.seen
+        row = await subscription_row(db, sub["id"])
+        assert row is not None and row.cancel_at_period_end is False  # Stripe's state, not the event's
