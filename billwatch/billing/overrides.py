@@ -6,6 +6,7 @@ import calendar
 import uuid
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts import service as accounts
@@ -58,8 +59,12 @@ async def grant_free_subscription(session: AsyncSession, settings: Settings, *, 
         id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
         kind=OverrideKind.FREE_SUBSCRIPTION, plan_code=plan.code, starts_at=now, ends_at=ends_at,
         reason=reason, subscription_id=subscription.id, created_by_user_id=actor.user_id)
-    session.add(subscription)
-    await session.flush()
+    try:
+        async with session.begin_nested():  # the one-live-subscription index settles a race
+            session.add(subscription)
+    except IntegrityError as error:
+        raise Conflict("owner already has a live subscription; cancel it first",
+                       code="subscription_exists") from error
     session.add(override)
     await session.flush()
     recorder.record(session, AuditEvent.FREE_SUBSCRIPTION_GRANTED, actor=actor, owner=owner,

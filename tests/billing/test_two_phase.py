@@ -208,6 +208,22 @@ class TestOneCheckoutPerOwner:
                 plan_code="plus_monthly", status=SubscriptionStatus.CANCELED))
 
 
+class TestConcurrentFreeGrants:
+    async def test_two_at_once_grant_one(self, client: httpx.AsyncClient, db: Database,
+                                         factory: Factory, people: People) -> None:
+        body = {**people.owner_body, "plan_code": "plus_monthly", "months": 2,
+                "reason": "hardship programme"}
+        answers = await asyncio.gather(*[
+            client.post("/admin/free-grants", headers=factory.headers(people.admin), json=body)
+            for _ in range(3)])
+        assert sorted(r.status_code for r in answers) == [201, 409, 409], [r.text for r in answers]
+        assert {r.json()["error"] for r in answers if r.status_code == 409} == {"subscription_exists"}
+        async with db.sessionmaker() as session:
+            live = (await session.scalars(select(Subscription).where(
+                Subscription.owner_id == people.patient.id))).all()
+        assert len(live) == 1
+
+
 class TestConcurrentCancels:
     async def test_three_at_once_cancel_once(
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
