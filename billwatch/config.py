@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     """Bearer token ``/metrics`` demands; unset = open in development, refused in production."""
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
     """Proxies whose ``X-Forwarded-For`` names the client (comma-separated CIDRs); none by default."""
+    checkout_session_ttl_seconds: int = Field(default=3600, ge=1800, le=86400)
+    """How long a Checkout session accepts payment (Stripe allows 30 minutes to 24 hours)."""
+    subscription_intent_grace_seconds: int = Field(default=300, ge=0)
+    """A checkout or cancel intent pending this long is retried by the sweeper (same key)."""
     plans: Annotated[list[Plan], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PLANS))
 
     billing_alert_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -101,6 +101,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # The driver's own deferred BEGIN is switched off; _sqlite_begin_immediate emits ours.
+    dbapi_connection.isolation_level = None
+
+
+SQLITE_IMMEDIATE = "billwatch_sqlite_immediate"
+"""Execution option of the sessions' engine: their transactions begin IMMEDIATE on SQLite."""
+
+
+def _sqlite_begin(connection: Any) -> None:
+    """Session transactions take SQLite's write lock when they start, not at their first write.
+
+    A deferred transaction that reads, then writes, fails or interleaves with another writer
+    (SQLite has no ``SELECT ... FOR UPDATE``); beginning IMMEDIATE serialises read-modify-write
+    transactions as PostgreSQL's row locks do, waiting up to the busy timeout for the lock.
+    Plain engine connections (streaming readers beside a unit of work) stay deferred, so a
+    reader never waits for the writer it serves.
+    """
+    immediate = connection.get_execution_options().get(SQLITE_IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 POOL_RECYCLE_SECONDS = 1800
@@ -139,9 +158,12 @@ class Database:
             logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.INFO)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         else:
             event.listen(self.engine.sync_engine, "checkout", _discard_closed)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        bind = (self.engine.execution_options(**{SQLITE_IMMEDIATE: True})
+                if self.engine.dialect.name == "sqlite" else self.engine)
+        self.sessionmaker = async_sessionmaker(bind, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:

@@ -21,6 +21,9 @@ from __future__ import annotations
 class BillwatchError(Exception):
     status_code = 500
     code = "internal_error"
+    audited = False
+    """True once the operation wrote its own failure row (a settled intent): the HTTP layer
+    then writes no second one."""
 
     def __init__(self, detail: str, *, code: str | None = None) -> None:
         super().__init__(detail)

@@ -180,7 +180,7 @@ class AuditedRoute(APIRoute):
                 if held is not None and not held.in_request_transaction:
                     await _release_quietly(db, held)
                 event = self.failure_event(error)
-                if event is not None:
+                if event is not None and not getattr(error, "audited", False):
                     await record_failure(request, event, error)
                 raise
 

@@ -27,6 +27,7 @@ class AlertKind(StrEnum):
     AUDIT_WRITE_FAILURE = "audit_write_failure"
     PAYMENT_FAILURE_RATE = "payment_failure_rate"
     DAILY_REPORT = "daily_report"
+    DUPLICATE_SUBSCRIPTION = "duplicate_subscription"
 
 
 class Severity(StrEnum):

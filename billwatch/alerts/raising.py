@@ -45,6 +45,8 @@ SPECS: dict[str, KindSpec] = {
     AlertKind.PAYMENT_FAILURE_RATE: KindSpec(Severity.ERROR, "Payment failure rate far above "
                                              "its 7-day baseline", once=True),
     AlertKind.DAILY_REPORT: KindSpec(Severity.INFO, "Daily billing report", once=True),
+    AlertKind.DUPLICATE_SUBSCRIPTION: KindSpec(Severity.ERROR, "Second live subscription for "
+                                               "one owner", once=True),
 }
 
 

@@ -112,6 +112,25 @@ def refund_written(session: AsyncSession, row: AuditLog, settings: Settings) -> 
         after_commit(session, lambda: handoff.check_requested(handoff.Check.REFUNDS_TODAY))
 
 
+def duplicate_subscription(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
+    """A second live subscription for one owner: the owner may be billed twice, alert once."""
+    data = row.data or {}
+    stripe_id = row.stripe_subscription_id or row.resource_id or str(row.id)
+    raise_alert(
+        session, AlertKind.DUPLICATE_SUBSCRIPTION, dedup_key=f"duplicate_subscription:{stripe_id}",
+        subject=f"second live subscription {stripe_id} for one owner",
+        payload={"stripe_subscription_id": row.stripe_subscription_id,
+                 "subscription_id": row.resource_id, "plan": data.get("plan"),
+                 "duplicate_of_id": data.get("duplicate_of_id"),
+                 "duplicate_of_stripe_subscription_id":
+                     data.get("duplicate_of_stripe_subscription_id"),
+                 "stripe_customer_id": row.stripe_customer_id,
+                 "stripe_event_id": row.stripe_event_id,
+                 "owner_type": row.owner_type.value if row.owner_type else None,
+                 "owner_id": str(row.owner_id) if row.owner_id else None,
+                 "audit_id": str(row.id), "occurred_at": _iso(row)})
+
+
 def _iso(row: AuditLog) -> str:
     # the column default is applied at flush, after listeners ran
     return (row.occurred_at or utcnow()).isoformat()
@@ -122,6 +141,7 @@ RULES: dict[str, Rule] = {
     AuditEvent.WEBHOOK_FAILED.value: webhook_failure,
     AuditEvent.REFUND_ISSUED.value: refund_written,
     AuditEvent.REFUND_RECORDED.value: refund_written,
+    AuditEvent.SUBSCRIPTION_DUPLICATE_FLAGGED.value: duplicate_subscription,
 }
 
 

@@ -38,6 +38,14 @@ class AuditEvent(StrEnum):
     PROXY_CHECKOUT_CREATED = "billing.proxy.checkout.created"
     PROXY_SUBSCRIPTION_CANCELLED = "billing.proxy.subscription.cancelled"
     PROXY_ACCOUNT_VIEWED = "billing.proxy.account.viewed"
+    # two-phase checkout and cancel: the intent, recorded before Stripe is asked
+    CHECKOUT_REQUESTED = "billing.checkout.requested"
+    PROXY_CHECKOUT_REQUESTED = "billing.proxy.checkout.requested"
+    CHECKOUT_REUSED = "billing.checkout.reused"
+    PROXY_CHECKOUT_REUSED = "billing.proxy.checkout.reused"
+    CHECKOUT_EXPIRED = "billing.checkout.expired"
+    SUBSCRIPTION_CANCEL_REQUESTED = "billing.subscription.cancel_requested"
+    PROXY_SUBSCRIPTION_CANCEL_REQUESTED = "billing.proxy.subscription.cancel_requested"
     # Stripe-initiated (webhooks)
     WEBHOOK_RECEIVED = "billing.webhook.received"
     WEBHOOK_FAILED = "billing.webhook.failed"
@@ -47,6 +55,7 @@ class AuditEvent(StrEnum):
     PAYMENT_FAILED = "billing.payment.failed"
     REFUND_RECORDED = "billing.refund.recorded"
     CHECKOUT_COMPLETED = "billing.checkout.completed"
+    SUBSCRIPTION_DUPLICATE_FLAGGED = "billing.subscription.duplicate_flagged"
     # the audit trail and admin reads
     AUDIT_READ = "audit.read"
     AUDIT_ACCESS_DENIED = "audit.access_denied"
@@ -68,6 +77,9 @@ PROXY_VARIANTS: dict[AuditEvent, AuditEvent] = {
     AuditEvent.CHECKOUT_CREATED: AuditEvent.PROXY_CHECKOUT_CREATED,
     AuditEvent.SUBSCRIPTION_CANCELLED: AuditEvent.PROXY_SUBSCRIPTION_CANCELLED,
     AuditEvent.SUBSCRIPTION_VIEWED: AuditEvent.PROXY_ACCOUNT_VIEWED,
+    AuditEvent.CHECKOUT_REQUESTED: AuditEvent.PROXY_CHECKOUT_REQUESTED,
+    AuditEvent.CHECKOUT_REUSED: AuditEvent.PROXY_CHECKOUT_REUSED,
+    AuditEvent.SUBSCRIPTION_CANCEL_REQUESTED: AuditEvent.PROXY_SUBSCRIPTION_CANCEL_REQUESTED,
 }
 """A proxy acting for a patient writes the proxy variant, so its actions are one filter away."""
 

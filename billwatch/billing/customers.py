@@ -1,15 +1,16 @@
-"""The Stripe customer behind an owner, created on first need."""
+"""The Stripe customer behind an owner, created on first need (outside any transaction)."""
 
 from __future__ import annotations
 
 import uuid
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billwatch.accounts import service as accounts
 from billwatch.accounts.actor import OwnerRef
 from billwatch.billing.models import StripeCustomer
+from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
 
 
@@ -19,24 +20,32 @@ async def find_customer(session: AsyncSession, owner: OwnerRef) -> StripeCustome
     return result.first()
 
 
-async def ensure_customer(session: AsyncSession, gateway: PaymentsGateway, *,
-                          owner: OwnerRef) -> tuple[StripeCustomer, bool]:
-    """The owner's Stripe customer and whether this call created it.
+def customer_key(owner: OwnerRef) -> str:
+    return f"customer:{owner.type.value}:{owner.id}"
 
-    The creation is audited inside the row of the operation that needed it (one operation, one
-    row). The idempotency key is derived from the owner, so a request retried after a rollback
-    gets the same Stripe customer back instead of a second one.
+
+async def ensure_customer(db: Database, gateway: PaymentsGateway, *, owner: OwnerRef,
+                          display: tuple[str, str | None]) -> tuple[StripeCustomer, bool]:
+    """The owner's Stripe customer, created at Stripe with no transaction open, then recorded.
+
+    The idempotency key is derived from the owner, so a retry (or a concurrent checkout of the
+    same owner) gets the same Stripe customer back; the unique owner index keeps one row. The
+    creation is audited inside the row of the operation that needed it (``customer_created``).
     """
-    existing = await find_customer(session, owner)
-    if existing is not None:
-        return existing, False
-    name, email = await accounts.owner_display(session, owner)
-    key = f"customer:{owner.type.value}:{owner.id}"
+    name, email = display
+    key = customer_key(owner)
     stripe_id = await gateway.create_customer(
         email=email, name=name, idempotency_key=key,
         metadata={"billwatch_owner_type": owner.type.value, "billwatch_owner_id": str(owner.id)})
-    customer = StripeCustomer(id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
-                              stripe_customer_id=stripe_id, idempotency_key=key)
-    session.add(customer)
-    await session.flush()
+    async with db.unit_of_work() as session:
+        customer = StripeCustomer(id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
+                                  stripe_customer_id=stripe_id, idempotency_key=key)
+        try:
+            async with session.begin_nested():
+                session.add(customer)
+        except IntegrityError:
+            existing = await find_customer(session, owner)
+            if existing is None:
+                raise
+            return existing, False
     return customer, True

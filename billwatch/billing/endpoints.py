@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import Request, status
+from fastapi import Request, Response, status
 
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import OwnerType
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
-from billwatch.billing import checkout, overrides, refunds, subscriptions
+from billwatch.billing import cancellations, checkout, overrides, refunds, subscriptions
 from billwatch.billing.schemas import (
     AccountAdminOut,
     AccountOut,
@@ -29,6 +29,7 @@ from billwatch.billing.schemas import (
     TransactionAdminOut,
     TransactionOut,
 )
+from billwatch.db import Database
 from billwatch.http import (
     AdminActor,
     AuditedRouter,
@@ -56,19 +57,34 @@ async def owner_access(request: Request, session: SessionDep, actor: Actor, owne
     return allowed
 
 
+async def owner_access_phased(request: Request, db: Database, actor: Actor, owner: OwnerRef,
+                              purpose: Purpose) -> Actor:
+    """:func:`owner_access` for a phased route, in a short transaction of its own."""
+    async with db.unit_of_work() as session:
+        return await owner_access(request, session, actor, owner, purpose)
+
+
 @router.post("/checkout", status_code=status.HTTP_201_CREATED, response_model=CheckoutOut,
-             openapi_extra=audited(AuditEvent.CHECKOUT_CREATED))
-async def create_checkout(body: CheckoutRequest, request: Request, session: SessionDep,
-                          actor: CurrentActor, gateway: GatewayDep,
+             openapi_extra=phased(AuditEvent.CHECKOUT_CREATED),
+             responses={200: {"model": CheckoutOut,
+                              "description": "The owner's open checkout for this plan, reused"}})
+async def create_checkout(body: CheckoutRequest, request: Request, response: Response,
+                          db: DatabaseDep, actor: CurrentActor, gateway: GatewayDep,
                           settings: SettingsDep) -> CheckoutOut:
-    """Start a Stripe Checkout for an owner (as the owner, its proxy, or an admin)."""
+    """Start a Stripe Checkout for an owner (as the owner, its proxy, or an admin).
+
+    An owner has at most one open checkout: asking again for the same plan returns it (200);
+    another plan, or one still being opened, is a 409 naming it.
+    """
     owner = OwnerRef(body.owner_type, body.owner_id)
-    actor = await owner_access(request, session, actor, owner, Purpose.CHECKOUT)
-    created = await checkout.create_checkout(
-        session, gateway, settings, actor=actor, owner=owner, plan_code=body.plan_code,
+    actor = await owner_access_phased(request, db, actor, owner, Purpose.CHECKOUT)
+    result = await checkout.create_checkout(
+        db, gateway, settings, actor=actor, owner=owner, plan_code=body.plan_code,
         success_url=str(body.success_url) if body.success_url else None,
         cancel_url=str(body.cancel_url) if body.cancel_url else None)
-    return CheckoutOut.model_validate(created)
+    if not result.created:
+        response.status_code = status.HTTP_200_OK
+    return CheckoutOut.model_validate(result.checkout)
 
 
 @router.get("/owners/{owner_type}/{owner_id}", response_model=AccountAdminOut | AccountOut,
@@ -92,29 +108,30 @@ async def read_account(owner_type: OwnerType, owner_id: uuid.UUID, request: Requ
 
 
 @router.post("/subscriptions/{subscription_id}/cancel", response_model=SubscriptionOut,
-             openapi_extra=audited(AuditEvent.SUBSCRIPTION_CANCELLED))
+             openapi_extra=phased(AuditEvent.SUBSCRIPTION_CANCELLED))
 async def cancel_subscription(subscription_id: uuid.UUID, body: CancelRequest, request: Request,
-                              session: SessionDep, actor: CurrentActor,
+                              db: DatabaseDep, actor: CurrentActor,
                               gateway: GatewayDep) -> SubscriptionOut:
-    """Cancel at period end (default) or immediately."""
+    """Cancel at period end (default) or immediately; concurrent cancels reach Stripe once."""
     request.state.audit_resource = Resource("subscription", subscription_id)
-    subscription = await subscriptions.get_subscription(session, subscription_id)
-    owner = OwnerRef(subscription.owner_type, subscription.owner_id)
-    actor = await owner_access(request, session, actor, owner, Purpose.CANCEL)
-    cancelled = await subscriptions.cancel_subscription(
-        session, gateway, actor=actor, subscription=subscription,
+    async with db.unit_of_work() as session:
+        subscription = await subscriptions.get_subscription(session, subscription_id)
+        owner = OwnerRef(subscription.owner_type, subscription.owner_id)
+        actor = await owner_access(request, session, actor, owner, Purpose.CANCEL)
+    cancelled = await cancellations.cancel_subscription(
+        db, gateway, actor=actor, subscription_id=subscription_id,
         at_period_end=body.at_period_end, reason=body.reason)
     return SubscriptionOut.model_validate(cancelled)
 
 
 @router.post("/portal", response_model=PortalOut,
-             openapi_extra=audited(AuditEvent.PORTAL_ACCESSED))
-async def open_portal(body: PortalRequest, request: Request, session: SessionDep,
+             openapi_extra=phased(AuditEvent.PORTAL_ACCESSED))
+async def open_portal(body: PortalRequest, request: Request, db: DatabaseDep,
                       actor: CurrentActor, gateway: GatewayDep, settings: SettingsDep) -> PortalOut:
     """A Stripe customer-portal link for the owner (not for proxies)."""
     owner = OwnerRef(body.owner_type, body.owner_id)
-    actor = await owner_access(request, session, actor, owner, Purpose.PORTAL)
-    info = await checkout.open_portal(session, gateway, settings, actor=actor, owner=owner,
+    actor = await owner_access_phased(request, db, actor, owner, Purpose.PORTAL)
+    info = await checkout.open_portal(db, gateway, settings, actor=actor, owner=owner,
                                       return_url=str(body.return_url) if body.return_url else None)
     return PortalOut(id=info.id, url=info.url)
 

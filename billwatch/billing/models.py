@@ -13,7 +13,7 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from billwatch.accounts.models import OwnerType
+from billwatch.accounts.models import OwnerType, Role
 from billwatch.db import Base, Timestamped, UUIDPrimaryKey, enum_column, utcnow
 from billwatch.redacted import RedactedString, RedactedText
 
@@ -29,15 +29,44 @@ class SubscriptionStatus(StrEnum):
     PAUSED = "paused"
 
 
+LIVE_SUBSCRIPTION_STATUSES = (
+    SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING, SubscriptionStatus.PAST_DUE,
+    SubscriptionStatus.INCOMPLETE, SubscriptionStatus.UNPAID, SubscriptionStatus.PAUSED)
+"""Statuses in which an owner still has a subscription (and may not start another)."""
+
+LIVE_WHERE = ("duplicate_of_id IS NULL AND status IN ("
+              + ", ".join(f"'{s.value}'" for s in LIVE_SUBSCRIPTION_STATUSES) + ")")
+"""The predicate of the one-live-subscription-per-owner index (and of migration 0420)."""
+
+
 class SubscriptionSource(StrEnum):
     STRIPE = "stripe"
     FREE_GRANT = "free_grant"
 
 
 class CheckoutStatus(StrEnum):
+    PENDING = "pending"
+    """The intent: recorded, Stripe not yet (known to be) asked."""
     OPEN = "open"
     COMPLETE = "complete"
     EXPIRED = "expired"
+    FAILED = "failed"
+    """Stripe refused to open the session; nothing exists there."""
+
+
+OPEN_CHECKOUT_STATUSES = (CheckoutStatus.PENDING, CheckoutStatus.OPEN)
+"""Checkouts that block another one for the same owner (one partial unique index)."""
+
+
+class IntentStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class CancelMode(StrEnum):
+    PERIOD_END = "period_end"
+    IMMEDIATELY = "immediately"
 
 
 class TransactionKind(StrEnum):
@@ -99,6 +128,8 @@ class Subscription(UUIDPrimaryKey, Timestamped, Base):
     __table_args__ = (
         Index("ix_subscriptions_owner", "owner_type", "owner_id"),
         Index("ix_subscriptions_status_plan", "status", "plan_code"),
+        Index("uq_subscriptions_one_live_per_owner", "owner_type", "owner_id", unique=True,
+              sqlite_where=text(LIVE_WHERE), postgresql_where=text(LIVE_WHERE)),
     )
 
     owner_type: Mapped[OwnerType] = mapped_column(enum_column(OwnerType, "sub_owner_type"))
@@ -120,21 +151,73 @@ class Subscription(UUIDPrimaryKey, Timestamped, Base):
     stripe_updated_at: Mapped[datetime | None]
     """Stripe's timestamp of the newest state applied, so late webhooks cannot regress it."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    duplicate_of_id: Mapped[uuid.UUID | None]
+    """Set on a second live subscription Stripe reported for an owner who already had one.
+
+    Such a row is kept (the owner is being billed for it) but flagged, alerted and left out of
+    the one-live-subscription-per-owner index, for an admin to resolve.
+    """
 
 
 class CheckoutSession(UUIDPrimaryKey, Timestamped, Base):
+    """A checkout from its intent (``pending``) to Stripe's session and its end.
+
+    At most one ``pending`` or ``open`` checkout per owner (a partial unique index), so an owner
+    and their proxy checking out at once share one session instead of paying twice.
+    """
+
     __tablename__ = "checkout_sessions"
+    __table_args__ = (
+        Index("uq_checkout_sessions_one_open_per_owner", "owner_type", "owner_id", unique=True,
+              sqlite_where=text("status IN ('pending', 'open')"),
+              postgresql_where=text("status IN ('pending', 'open')")),
+    )
 
     owner_type: Mapped[OwnerType] = mapped_column(enum_column(OwnerType, "checkout_owner_type"))
     owner_id: Mapped[uuid.UUID]
     plan_code: Mapped[str] = mapped_column(String(40))
     status: Mapped[CheckoutStatus] = mapped_column(enum_column(CheckoutStatus, "checkout_status"))
-    stripe_session_id: Mapped[str] = mapped_column(RedactedString(255), unique=True)
-    stripe_customer_id: Mapped[str] = mapped_column(RedactedString(255))
-    url: Mapped[str] = mapped_column(RedactedText())
+    stripe_session_id: Mapped[str | None] = mapped_column(RedactedString(255), unique=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(RedactedString(255))
+    url: Mapped[str | None] = mapped_column(RedactedText())
     created_by_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     manager_assignment_id: Mapped[uuid.UUID | None]
     idempotency_key: Mapped[str] = mapped_column(RedactedString(255), unique=True)
+    expires_at: Mapped[datetime | None]
+    """When Stripe stops accepting payment on this session (we ask for it at creation)."""
+    settled_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(RedactedText())
+    """Stripe's (redacted) refusal, for a failed intent."""
+    success_url: Mapped[str | None] = mapped_column(RedactedText())
+    cancel_url: Mapped[str | None] = mapped_column(RedactedText())
+    """Kept with the intent: a retry must send Stripe the very parameters of the first call."""
+
+
+class SubscriptionCancellation(UUIDPrimaryKey, Timestamped, Base):
+    """The intent to cancel a subscription at Stripe, and how it settled.
+
+    One ``pending`` cancellation per subscription (a partial unique index): concurrent cancels
+    call Stripe once. The actor is kept so a sweeper or webhook settling it names who asked.
+    """
+
+    __tablename__ = "subscription_cancellations"
+    __table_args__ = (
+        Index("uq_subscription_cancellations_one_pending", "subscription_id", unique=True,
+              sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+        Index("ix_subscription_cancellations_status_time", "status", "created_at"),
+    )
+
+    subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subscriptions.id"))
+    mode: Mapped[CancelMode] = mapped_column(enum_column(CancelMode, "cancel_mode"))
+    status: Mapped[IntentStatus] = mapped_column(enum_column(IntentStatus, "cancel_status"))
+    idempotency_key: Mapped[str] = mapped_column(RedactedString(255), unique=True)
+    actor_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    actor_role: Mapped[Role] = mapped_column(enum_column(Role, "cancel_actor_role"))
+    manager_assignment_id: Mapped[uuid.UUID | None]
+    reason: Mapped[str | None] = mapped_column(RedactedText())
+    error: Mapped[str | None] = mapped_column(RedactedText())
+    settled_at: Mapped[datetime | None]
 
 
 class Transaction(UUIDPrimaryKey, Timestamped, Base):

@@ -42,7 +42,7 @@ from billwatch.billing.subscriptions import (
 from billwatch.config import Settings
 from billwatch.db import Database, UTCDateTime, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError, Unprocessable
-from billwatch.payments.gateway import Coupon, DiscountInfo, PaymentsGateway, outcome_unknown
+from billwatch.payments.gateway import Coupon, DiscountInfo, PaymentsGateway, stripe_refused
 
 log = structlog.get_logger(__name__)
 
@@ -100,8 +100,12 @@ async def grant_free_subscription(session: AsyncSession, settings: Settings, *, 
         kind=OverrideKind.FREE_SUBSCRIPTION, plan_code=plan.code, starts_at=now, ends_at=ends_at,
         reason=reason, subscription_id=subscription.id, created_by_user_id=actor.user_id,
         state=OverrideState.ACTIVE, applied_at=now)
-    session.add(subscription)
-    await session.flush()
+    try:
+        async with session.begin_nested():  # the one-live-subscription index settles a race
+            session.add(subscription)
+    except IntegrityError as error:
+        raise Conflict("owner already has a live subscription; cancel it first",
+                       code="subscription_exists") from error
     session.add(override)
     await session.flush()
     recorder.record(session, AuditEvent.FREE_SUBSCRIPTION_GRANTED, actor=actor, owner=owner,
@@ -282,7 +286,7 @@ async def apply_pending(db: Database, gateway: PaymentsGateway, override: Billin
     try:
         discount = await apply_at_stripe(gateway, override)
     except PaymentProviderError as error:
-        if not outcome_unknown(error):  # a refusal: nothing changed at Stripe
+        if stripe_refused(error):  # a refusal: nothing changed at Stripe
             async with db.unit_of_work() as session:
                 await settle_failed(session, override_id=override.id, code=error.code)
         # no answer: Stripe may have applied it; it stays pending for the sweeper's retry
@@ -381,7 +385,7 @@ async def remove_at_stripe(db: Database, gateway: PaymentsGateway, override: Bil
                                           coupon_id(override.id),
                                           idempotency_key=revoke_key(override.id))
     except PaymentProviderError as error:
-        if not outcome_unknown(error):  # refused: still in effect at Stripe, so active here
+        if stripe_refused(error):  # refused: still in effect at Stripe, so active here
             async with db.unit_of_work() as session:
                 await _settle(session, override.id, expected=OverrideState.REVOKING,
                               values={"state": OverrideState.ACTIVE, "revoked_by_user_id": None,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from billwatch.accounts.models import OwnerType
 from billwatch.billing.models import (
+    CheckoutStatus,
     OverrideKind,
     OverrideState,
     SubscriptionSource,
@@ -42,8 +43,10 @@ class CheckoutOut(BaseModel):
     owner_type: OwnerType
     owner_id: uuid.UUID
     plan_code: str
-    stripe_session_id: str
-    url: str
+    status: CheckoutStatus
+    stripe_session_id: str | None
+    url: str | None
+    expires_at: datetime | None
     manager_assignment_id: uuid.UUID | None
 
 

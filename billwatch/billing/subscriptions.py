@@ -1,4 +1,4 @@
-"""Reading an owner's billing and cancelling subscriptions."""
+"""Reading an owner's billing; cancelling lives in :mod:`billwatch.billing.cancellations`."""
 
 from __future__ import annotations
 
@@ -12,24 +12,19 @@ from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import Role
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, for_actor
-from billwatch.audit.recorder import Resource, StripeRefs
+from billwatch.audit.recorder import Resource
 from billwatch.billing.models import (
+    LIVE_SUBSCRIPTION_STATUSES,
     BillingOverride,
     Subscription,
-    SubscriptionSource,
-    SubscriptionStatus,
     Transaction,
 )
 from billwatch.config import Plan, Settings
-from billwatch.db import after_commit, utcnow
+from billwatch.db import after_commit
 from billwatch.errors import Conflict, NotFound
 from billwatch.metrics import billing as billing_metrics
-from billwatch.payments.gateway import PaymentsGateway
 
-LIVE_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING,
-                 SubscriptionStatus.PAST_DUE, SubscriptionStatus.INCOMPLETE,
-                 SubscriptionStatus.UNPAID, SubscriptionStatus.PAUSED)
-"""Statuses in which an owner still has a subscription (and may not start another)."""
+LIVE_STATUSES = LIVE_SUBSCRIPTION_STATUSES
 
 TRANSACTIONS_SHOWN = 100
 
@@ -89,38 +84,3 @@ def cancelled_by(actor: Actor) -> str:
     if actor.via_assignment_id is not None:
         return "proxy"
     return "admin" if actor.role is Role.ADMIN else "owner"
-
-
-async def cancel_subscription(session: AsyncSession, gateway: PaymentsGateway, *, actor: Actor,
-                              subscription: Subscription, at_period_end: bool,
-                              reason: str | None = None) -> Subscription:
-    """Cancel now or at the end of the paid period; Stripe first, then our row."""
-    if subscription.status is SubscriptionStatus.CANCELED:
-        raise Conflict("subscription is already cancelled", code="already_cancelled")
-    if at_period_end and subscription.cancel_at_period_end:
-        raise Conflict("subscription already ends at period end", code="already_cancelling")
-    owner = OwnerRef(subscription.owner_type, subscription.owner_id)
-    mode = "period_end" if at_period_end else "immediately"
-    key = f"cancel:{subscription.id}:{mode}"
-    now = utcnow()
-    if subscription.source is SubscriptionSource.STRIPE and subscription.stripe_subscription_id:
-        await gateway.cancel_subscription(subscription.stripe_subscription_id,
-                                          at_period_end=at_period_end, idempotency_key=key)
-    if at_period_end and subscription.source is SubscriptionSource.STRIPE:
-        subscription.cancel_at_period_end = True
-    else:
-        subscription.status = SubscriptionStatus.CANCELED
-        subscription.canceled_at = now
-        subscription.ended_at = now
-    by_proxy = actor.via_assignment_id is not None
-    recorder.record(
-        session, for_actor(AuditEvent.SUBSCRIPTION_CANCELLED, via_assignment=by_proxy),
-        actor=actor, owner=owner, resource=Resource("subscription", subscription.id),
-        stripe=StripeRefs(customer_id=subscription.stripe_customer_id,
-                          subscription_id=subscription.stripe_subscription_id),
-        idempotency_key=key if subscription.stripe_subscription_id else None,
-        data={"mode": mode, "plan": subscription.plan_code, "reason": reason,
-              "source": subscription.source.value})
-    who = cancelled_by(actor)
-    after_commit(session, lambda: billing_metrics.subscription_cancelled(owner.type.value, who))
-    return subscription

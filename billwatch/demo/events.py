@@ -80,7 +80,8 @@ def checkout_session_completed(*, session_id: str, customer: str, subscription: 
     """The Checkout Session billwatch opened, as Stripe reports it once the customer paid."""
     session = standins.checkout_session(
         customer=customer, price=plan.stripe_price, success_url=f"{base_url}/billing/checkout/success",
-        cancel_url=f"{base_url}/billing/checkout/cancelled", metadata=metadata, base_url=base_url)
+        cancel_url=f"{base_url}/billing/checkout/cancelled", metadata=metadata, base_url=base_url,
+        idempotency_key=f"checkout-completed:{session_id}")
     session.update(id=session_id, status="complete", payment_status="paid",
                    subscription=subscription, invoice=invoice, amount_subtotal=plan.amount_cents,
                    amount_total=plan.amount_cents, currency=plan.currency, url=None)

@@ -30,6 +30,7 @@ AUDIT_CHECKPOINT_TASK = "billwatch.audit.checkpoint"
 WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
 REFUNDS_SWEEP_TASK = "billwatch.billing.refunds_sweep"
 OVERRIDES_EXPIRE_TASK = "billwatch.billing.expire_overrides"
+SUBSCRIPTION_INTENTS_TASK = "billwatch.billing.sweep_subscription_intents"
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
@@ -46,6 +47,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "alerts-sweep": {"task": SWEEP_TASK, "schedule": 60.0},
         "refunds-sweep": {"task": REFUNDS_SWEEP_TASK, "schedule": 60.0},
         "overrides-expire": {"task": OVERRIDES_EXPIRE_TASK, "schedule": 60.0},
+        "subscription-intents-sweep": {"task": SUBSCRIPTION_INTENTS_TASK, "schedule": 60.0},
     }
 
 

@@ -21,6 +21,7 @@ from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.background import stop_task, wait_until_set
 from billwatch.billing import expiry
+from billwatch.billing.intent_sweeper import sweep_subscription_intents
 from billwatch.billing.refund_sweeper import sweep_pending_refunds
 from billwatch.config import Settings
 from billwatch.db import Database
@@ -105,6 +106,7 @@ class EmbeddedRunner:
             await service.audit_seal_due(self.db, self.settings, now=now)
             await expiry.expire_due_overrides(self.db, self.settings, now=now)
         await sweep_pending_refunds(self.db, self.settings, now=now)
+        await sweep_subscription_intents(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)
         self.ticks += 1
 

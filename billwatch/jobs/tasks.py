@@ -37,6 +37,7 @@ from billwatch.jobs.celery_app import (
     DELIVER_TASK,
     OVERRIDES_EXPIRE_TASK,
     REFUNDS_SWEEP_TASK,
+    SUBSCRIPTION_INTENTS_TASK,
     SWEEP_TASK,
     WEBHOOKS_RECONCILE_TASK,
     app,
@@ -216,7 +217,20 @@ def sweep_refunds(self: Task) -> dict[str, int]:
     """Every minute: settle refund intents pending past the grace period (same Stripe key)."""
     result = run_async(lambda db, settings: sweep_pending_refunds(db, settings))
     return {"settled": result.settled, "still_pending": result.still_pending}
+
+
 @task(name=OVERRIDES_EXPIRE_TASK, **JOB_RETRY)
 def expire_overrides(self: Task) -> dict[str, Any]:
     """Every minute: end free grants and timed overrides whose end date has passed (once each)."""
     return run_async(lambda db, settings: expire_due_overrides(db, settings))
+
+
+@task(name=SUBSCRIPTION_INTENTS_TASK, **JOB_RETRY)
+def sweep_subscription_intents(self: Task) -> dict[str, Any]:
+    """Every minute: retry checkout and cancel intents left pending past their grace period."""
+    from billwatch.billing.intent_sweeper import sweep_subscription_intents as sweep
+
+    result = run_async(lambda db, settings: sweep(db, settings))
+    return {"checkouts": [str(i) for i in result.checkouts],
+            "cancellations": [str(i) for i in result.cancellations],
+            "still_pending": result.still_pending}

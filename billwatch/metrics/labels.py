@@ -50,7 +50,7 @@ WEBHOOK_REJECT_REASONS: tuple[str, ...] = (
 
 ALERT_KINDS: tuple[str, ...] = (
     "payment_final_failure", "webhook_failure", "churn_high", "refunds_high",
-    "audit_write_failure", "payment_failure_rate", "daily_report")
+    "audit_write_failure", "payment_failure_rate", "daily_report", "duplicate_subscription")
 """Mirrors :class:`billwatch.alerts.models.AlertKind`."""
 
 HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

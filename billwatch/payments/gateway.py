@@ -125,6 +125,22 @@ class RenewalInvoice:
     collection_paused: str | None
 
 
+
+def stripe_refused(error: BaseException) -> bool:
+    """Whether Stripe answered a definite no, so nothing was created or changed there.
+
+    Only a 4xx answer is a refusal. A lost connection, a timeout, a rate limit, a key still in
+    flight or Stripe's own 5xx leave the outcome unknown:
+    the caller keeps its intent pending and retries it with the same idempotency key.
+    """
+    cause = error.__cause__ if isinstance(error, PaymentProviderError) else error
+    if not isinstance(cause, stripe.StripeError) or isinstance(cause, stripe.APIConnectionError):
+        return False
+    status = cause.http_status
+    # 409: the same key is still in flight at Stripe; 429: not looked at. Both are retried.
+    return isinstance(status, int) and 400 <= status < 500 and status not in (409, 429)
+
+
 def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProviderError | StripeTimeout:
     message = redact_text(error.user_message or str(error) or type(error).__name__)
     log.warning("stripe_call_failed", operation=operation, error_type=type(error).__name__,
@@ -136,12 +152,6 @@ def _provider_error(operation: str, error: stripe.StripeError) -> PaymentProvide
         return OutcomeUnknown(f"Stripe {operation} failed: {message}", code="stripe_unreachable")
     return PaymentProviderError(f"Stripe {operation} failed: {message}",
                                 code=f"stripe_{getattr(error, 'code', None) or 'error'}")
-
-
-def outcome_unknown(error: PaymentProviderError) -> bool:
-    """True when Stripe may have done what was asked: no answer, or a 5xx. A retry with the same
-    idempotency key settles it; only a definite refusal (4xx) means nothing changed."""
-    return isinstance(error, OutcomeUnknown)
 
 
 class PaymentsGateway:
@@ -177,11 +187,12 @@ class PaymentsGateway:
 
     async def create_checkout_session(self, *, customer_id: str, plan: Plan, success_url: str,
                                       cancel_url: str, metadata: dict[str, str],
-                                      idempotency_key: str) -> CheckoutSessionInfo:
+                                      idempotency_key: str, expires_at: int) -> CheckoutSessionInfo:
         if self._standins:
             session = standins.checkout_session(
                 customer=customer_id, price=plan.stripe_price, success_url=success_url,
-                cancel_url=cancel_url, metadata=metadata, base_url=self._settings.public_base_url)
+                cancel_url=cancel_url, metadata=metadata, base_url=self._settings.public_base_url,
+                idempotency_key=idempotency_key, expires_at=expires_at)
             return CheckoutSessionInfo(session["id"], session["url"], customer_id)
         try:
             created = await self._client.v1.checkout.sessions.create_async(
@@ -194,6 +205,7 @@ class PaymentsGateway:
                     "metadata": metadata,
                     "client_reference_id": metadata.get("billwatch_checkout_id"),
                     "subscription_data": {"metadata": metadata},
+                    "expires_at": expires_at,
                 },
                 options={"idempotency_key": idempotency_key},
             )

@@ -17,6 +17,7 @@ invoices and charges are the peer's own; only attaching and applying is stood in
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import secrets
 import time
@@ -42,14 +43,26 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(24).replace('-', 'x').replace('_', 'y')}"
 
 
+def _id_for_key(prefix: str, idempotency_key: str) -> str:
+    """The same id for the same idempotency key, as Stripe answers a retried request."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    return f"{prefix}_{digest}"
+
+
 def checkout_session(*, customer: str, price: str, success_url: str, cancel_url: str,
-                     metadata: dict[str, str], base_url: str) -> dict[str, Any]:
-    """A subscription-mode Checkout Session as Stripe would return it on creation."""
+                     metadata: dict[str, str], base_url: str, idempotency_key: str,
+                     expires_at: int | None = None) -> dict[str, Any]:
+    """A subscription-mode Checkout Session as Stripe would return it on creation.
+
+    Like Stripe, it honours the requested ``expires_at`` and answers a retry with the same
+    idempotency key with the same session.
+    """
     session: dict[str, Any] = copy.deepcopy(_shapes()["checkout.session"])
     now = int(time.time())
-    session_id = _new_id("cs_test")
+    expires = expires_at if expires_at is not None else now + 24 * 3600
+    session_id = _id_for_key("cs_test", idempotency_key)
     session.update(
-        id=session_id, object="checkout.session", created=now, expires_at=now + 24 * 3600,
+        id=session_id, object="checkout.session", created=now, expires_at=expires,
         customer=customer, mode="subscription", status="open", payment_status="unpaid",
         success_url=success_url, cancel_url=cancel_url, metadata=dict(metadata),
         subscription=None, invoice=None, livemode=False,

@@ -28,7 +28,7 @@ from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.webhooks import shapes, store
 from billwatch.webhooks.handlers import HANDLERS, EventContext, Handled
-from billwatch.webhooks.handlers.common import STRIPE, owner_for_customer
+from billwatch.webhooks.handlers.common import STRIPE, NeedsStripeRead, owner_for_customer
 from billwatch.webhooks.models import EventSource, EventStatus
 from billwatch.webhooks.payload import redacted_payload
 
@@ -91,9 +91,30 @@ async def process_event(db: Database, gateway: PaymentsGateway, settings: Settin
             return await _record_failure(db, event, payload, source, delivery, error)
 
 
+STRIPE_READS_PER_EVENT = 3
+"""How many subscriptions one event may need read from Stripe (each read reruns the handler)."""
+
+
 async def _handle(db: Database, gateway: PaymentsGateway, settings: Settings,
                   event: dict[str, Any], payload: dict[str, Any], source: EventSource,
                   delivery: Delivery, started: float) -> ProcessResult:
+    """Run the handler; a Stripe read it asks for happens between transactions, then again."""
+    fetched: dict[str, dict[str, Any]] = {}
+    for _ in range(STRIPE_READS_PER_EVENT):
+        try:
+            return await _handle_once(db, gateway, settings, event, payload, source, delivery,
+                                      started, fetched)
+        except NeedsStripeRead as need:  # rolled back: no transaction, no lock held now
+            fetched[need.stripe_subscription_id] = await gateway.retrieve_subscription(
+                need.stripe_subscription_id)
+    return await _handle_once(db, gateway, settings, event, payload, source, delivery, started,
+                              fetched)
+
+
+async def _handle_once(db: Database, gateway: PaymentsGateway, settings: Settings,
+                       event: dict[str, Any], payload: dict[str, Any], source: EventSource,
+                       delivery: Delivery, started: float,
+                       fetched: dict[str, dict[str, Any]]) -> ProcessResult:
     event_id, event_type = event["id"], event["type"]
     # a replay re-runs ignored events too (a customer link or a handler may exist now)
     finished = {EventStatus.PROCESSED} if delivery is Delivery.REPLAY else \
@@ -104,7 +125,8 @@ async def _handle(db: Database, gateway: PaymentsGateway, settings: Settings,
             return ProcessResult(event_id, event_type, ProcessOutcome.DUPLICATE, claim.attempts,
                                  note=f"already {claim.status.value}")
         ctx = EventContext(session, gateway, settings, event_id, event_type,
-                           shapes.timestamp(event["created"]) or utcnow(), event["data"]["object"])
+                           shapes.timestamp(event["created"]) or utcnow(), event["data"]["object"],
+                           fetched)
         handler = HANDLERS.get(event_type)
         handled = await handler(ctx) if handler else Handled.ignored("event type not handled")
         elapsed_ms = (time.perf_counter() - started) * 1000

@@ -152,8 +152,9 @@ class TestDeletedRows:
     async def test_a_deletion_hidden_by_renumbering_breaks_the_chain(
             self, trail: list[uuid.UUID], db: Database, keys: AuditKeys,
             store: CheckpointStore) -> None:
+        victim = await row_at(db, 15)  # read before the tampering transaction holds the lock
         async with tampering(db) as conn:
-            await conn.execute(delete(AuditLog).where(AuditLog.id == await row_at(db, 15)))
+            await conn.execute(delete(AuditLog).where(AuditLog.id == victim))
             await conn.execute(delete(AuditSeal).where(AuditSeal.seq == 15))
             for seq in range(16, SEALED + 1):
                 await move_seal(conn, seq, seq - 1)

@@ -163,12 +163,17 @@ ROUTES: list[tuple[str, Prepare, str, set[str], int]] = [
     ("list_managers", _list_managers, "billing.manager.viewed", OWNER_SIDE, 200),
 ]
 
-INTENT_EVENTS = {"billing.override.requested", "billing.refund.requested"}
-"""Rows a phased route writes before its Stripe call, besides the one row of its outcome."""
-
 PROXY_EVENTS = {"billing.checkout.created": "billing.proxy.checkout.created",
                 "billing.subscription.cancelled": "billing.proxy.subscription.cancelled",
                 "billing.account.viewed": "billing.proxy.account.viewed"}
+
+
+INTENT_EVENTS = {"billing.checkout.requested", "billing.proxy.checkout.requested",
+                 "billing.subscription.cancel_requested",
+                 "billing.proxy.subscription.cancel_requested",
+                 "billing.override.requested", "billing.refund.requested"}
+"""Two-phase routes also write the intent's row, before Stripe is asked (one per success)."""
+WITH_INTENT = {"checkout", "refund", "override"}
 
 
 def expected_status(allowed: set[str], persona: str, success: int) -> int:
@@ -192,8 +197,10 @@ async def test_route_against_caller(world: World, client: httpx.AsyncClient, per
 
     status = expected_status(allowed, persona, success)
     assert response.status_code == status, response.text
-    new_rows = [row for row in await audit_rows(world.db)
-                if row.id not in before_rows and row.event_type not in INTENT_EVENTS]
+    new_rows = [row for row in await audit_rows(world.db) if row.id not in before_rows]
+    intents = [row for row in new_rows if row.event_type in INTENT_EVENTS]
+    new_rows = [row for row in new_rows if row.event_type not in INTENT_EVENTS]
+    assert len(intents) == (1 if name in WITH_INTENT and status == success else 0), intents
     assert len(new_rows) == 1, [(r.event_type, r.outcome) for r in new_rows]
     row = new_rows[0]
     via_proxy = persona == "assigned_proxy" or (persona == "unassigned_proxy")

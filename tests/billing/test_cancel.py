@@ -5,13 +5,26 @@ from __future__ import annotations
 import uuid
 
 import httpx
+from sqlalchemy import select
 
 from billwatch.accounts.models import Role
 from billwatch.audit.events import Outcome
-from billwatch.billing.models import Subscription, SubscriptionStatus
+from billwatch.billing.models import (
+    CancelMode,
+    IntentStatus,
+    Subscription,
+    SubscriptionCancellation,
+    SubscriptionStatus,
+)
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
 from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
+
+
+async def intents(db: Database) -> list[SubscriptionCancellation]:
+    async with db.sessionmaker() as session:
+        return list((await session.scalars(select(SubscriptionCancellation)
+                                           .order_by(SubscriptionCancellation.created_at))).all())
 
 
 class TestCancel:
@@ -29,10 +42,14 @@ class TestCancel:
         at_stripe = await PaymentsGateway(settings).client.v1.subscriptions.retrieve_async(
             subscription.stripe_subscription_id)
         assert at_stripe.cancel_at_period_end is True
-        [row] = await audit_rows(db)
+        requested, row = await audit_rows(db)
+        assert requested.event_type == "billing.subscription.cancel_requested"
         assert row.event_type == "billing.subscription.cancelled" and row.outcome is Outcome.SUCCESS
         assert row.data["mode"] == "period_end" and row.data["reason"] == "moving abroad"
-        assert row.idempotency_key == f"cancel:{subscription.id}:period_end"
+        [intent] = await intents(db)
+        assert intent.status is IntentStatus.SUCCEEDED and intent.mode is CancelMode.PERIOD_END
+        assert row.idempotency_key == intent.idempotency_key == requested.idempotency_key
+        assert intent.idempotency_key.startswith(f"cancel:{subscription.id}:period_end:")
         assert row.stripe_subscription_id == subscription.stripe_subscription_id
 
     async def test_immediately_ends_it_here_and_at_stripe(
@@ -49,7 +66,7 @@ class TestCancel:
         at_stripe = await PaymentsGateway(settings).client.v1.subscriptions.retrieve_async(
             subscription.stripe_subscription_id)
         assert at_stripe.status == "canceled"
-        [row] = await audit_rows(db)
+        [row] = await audit_rows(db, event_type="billing.subscription.cancelled")
         assert row.actor_role is Role.ADMIN and row.data["mode"] == "immediately"
 
     async def test_a_proxy_cancel_names_the_assignment(
@@ -100,6 +117,11 @@ class TestCancel:
                                      headers=factory.headers(people.patient),
                                      json={"at_period_end": False})
         assert response.status_code == 502
-        assert await snapshot(db) == before
-        [row] = await audit_rows(db)
+        after = await snapshot(db)
+        assert after["subscriptions"] == before["subscriptions"]
+        [intent] = await intents(db)
+        assert intent.status is IntentStatus.FAILED and intent.error
+        requested, row = await audit_rows(db)
+        assert requested.event_type == "billing.subscription.cancel_requested"
         assert row.outcome is Outcome.FAILURE and "subscription cancellation failed" in (row.reason or "")
+        assert row.actor_user_id == people.patient.id

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import httpx
 from sqlalchemy import select
 
 from billwatch.accounts.models import Role
 from billwatch.audit.events import Outcome
-from billwatch.billing.models import CheckoutSession, StripeCustomer
-from billwatch.db import Database
+from billwatch.billing.models import CheckoutSession, CheckoutStatus, StripeCustomer
+from billwatch.db import Database, utcnow
 from billwatch.payments.gateway import PaymentsGateway
 from tests.support import Factory, People, audit_rows, paid_subscription, snapshot
+
+
+async def expire_now(db: Database, checkout_id: str) -> None:
+    """Move a checkout's Stripe expiry into the past, as time passing would."""
+    async with db.unit_of_work() as session:
+        checkout = await session.get(CheckoutSession, uuid.UUID(checkout_id))
+        assert checkout is not None
+        checkout.expires_at = utcnow() - timedelta(seconds=1)
 
 
 class TestCheckoutSucceeds:
@@ -38,8 +47,11 @@ class TestCheckoutSucceeds:
 
         rows = await audit_rows(db)
         assert [(r.event_type, r.outcome) for r in rows] == [
+            ("billing.checkout.requested", Outcome.SUCCESS),
             ("billing.checkout.created", Outcome.SUCCESS)]
-        row = rows[0]
+        assert rows[0].idempotency_key == checkout.idempotency_key
+        assert rows[0].actor_user_id == people.patient.id
+        row = rows[1]
         assert row.actor_user_id == people.patient.id and row.actor_role is Role.PATIENT
         assert row.owner_id == people.patient.id and row.resource_id == str(checkout.id)
         assert row.stripe_customer_id == customer.stripe_customer_id
@@ -47,16 +59,24 @@ class TestCheckoutSucceeds:
         assert row.data["plan"] == "plus_yearly" and row.data["amount_cents"] == 30000
         assert row.data["customer_created"] is True
 
-    async def test_second_checkout_reuses_the_customer(
+    async def test_a_checkout_after_an_expired_one_reuses_the_customer(
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People) -> None:
+        ids = []
         for _ in range(2):
             response = await client.post("/billing/checkout", headers=factory.headers(people.patient),
                                          json={**people.owner_body, "plan_code": "basic_monthly"})
-            assert response.status_code == 201
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+            await expire_now(db, ids[-1])
+        assert ids[0] != ids[1]
         async with db.sessionmaker() as session:
             assert len((await session.scalars(select(StripeCustomer))).all()) == 1
-        flags = [r.data["customer_created"] for r in await audit_rows(db)]
+            first = await session.get(CheckoutSession, uuid.UUID(ids[0]))
+            assert first is not None and first.status is CheckoutStatus.EXPIRED
+        flags = [r.data["customer_created"]
+                 for r in await audit_rows(db, event_type="billing.checkout.created")]
         assert flags == [True, False]
+        assert len(await audit_rows(db, event_type="billing.checkout.expired")) == 1
 
     async def test_organization_billing_admin_may_check_out_a_plain_member_may_not(
             self, client: httpx.AsyncClient, factory: Factory) -> None:
@@ -113,9 +133,9 @@ class TestCheckoutRefused:
                             {**people.owner_body, "plan_code": "basic_monthly"}, 409,
                             "subscription_exists")
 
-    async def test_stripe_failing_midway_leaves_nothing_half_written(
+    async def test_stripe_refusing_the_session_fails_the_intent(
             self, db: Database, factory: Factory, people: People, settings) -> None:
-        """The customer is created at Stripe, then the session call fails: we keep nothing."""
+        """The customer is created at Stripe and kept; the session is refused: the intent fails."""
         from billwatch.app import create_app
 
         strict = settings.model_copy(update={"stripe_local_standins": False})
@@ -127,8 +147,18 @@ class TestCheckoutRefused:
                                        json={**people.owner_body, "plan_code": "basic_monthly"})
         assert response.status_code == 502, response.text
         assert response.json()["error"].startswith("stripe_")
-        assert await snapshot(db) == before
+        after = await snapshot(db)
+        assert after["subscriptions"] == before["subscriptions"]
+        async with db.sessionmaker() as session:
+            [checkout] = (await session.scalars(select(CheckoutSession))).all()
+            [customer] = (await session.scalars(select(StripeCustomer))).all()
+        assert checkout.status is CheckoutStatus.FAILED and checkout.stripe_session_id is None
+        assert checkout.error and "checkout session creation failed" in checkout.error
+        assert customer.owner_id == people.patient.id
         rows = await audit_rows(db)
         assert [(r.event_type, r.outcome) for r in rows] == [
+            ("billing.checkout.requested", Outcome.SUCCESS),
             ("billing.checkout.created", Outcome.FAILURE)]
-        assert "checkout session creation failed" in (rows[0].reason or "")
+        assert "checkout session creation failed" in (rows[1].reason or "")
+        assert rows[1].actor_user_id == people.patient.id
+        assert rows[1].resource_id == str(checkout.id)

@@ -46,7 +46,8 @@ class TestAssignments:
                 AuditLog.owner_id == patient.id, AuditLog.manager_assignment_id.is_not(None))
                 .order_by(AuditLog.occurred_at))).all()
         assert [r.event_type for r in proxy_rows] == [
-            "billing.proxy.checkout.created", "billing.proxy.account.viewed"]
+            "billing.proxy.checkout.requested", "billing.proxy.checkout.created",
+            "billing.proxy.account.viewed"]
         assert {str(r.manager_assignment_id) for r in proxy_rows} == {assignment_id}
 
     async def test_a_proxy_cannot_act_for_another_patient(

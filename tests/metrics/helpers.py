@@ -96,21 +96,26 @@ class Sub:
     status: SubscriptionStatus = SubscriptionStatus.ACTIVE
     source: SubscriptionSource = SubscriptionSource.STRIPE
     proxy_id: uuid.UUID | None = None
+    duplicate: bool = False
+    """A second live subscription of its owner, flagged as the webhook flags one (still billed)."""
 
 
 async def add_subscriptions(db: Database, subs: Iterable[Sub]) -> list[Subscription]:
     """Subscription rows as the webhook handlers leave them, committed in one transaction."""
     now = datetime.now(UTC)
-    rows = []
+    rows: list[Subscription] = []
     async with db.unit_of_work() as session:
         for sub in subs:
+            first = next((r.id for r in rows if (r.owner_type, r.owner_id) == (sub.owner.type,
+                                                                               sub.owner.id)), None)
             row = Subscription(
                 id=uuid.uuid4(), owner_type=sub.owner.type, owner_id=sub.owner.id,
                 plan_code=sub.plan, status=sub.status, source=sub.source,
                 stripe_subscription_id=(f"sub_test{uuid.uuid4().hex[:12]}"
                                         if sub.source is SubscriptionSource.STRIPE else None),
                 current_period_start=now, current_period_end=now + timedelta(days=30),
-                managed_by_proxy_id=sub.proxy_id)
+                managed_by_proxy_id=sub.proxy_id,
+                duplicate_of_id=(first or uuid.uuid4()) if sub.duplicate else None)
             session.add(row)
             rows.append(row)
     return rows

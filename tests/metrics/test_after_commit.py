@@ -12,17 +12,20 @@ from sqlalchemy.exc import IntegrityError
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import OwnerType, Role
 from billwatch.app import create_app
-from billwatch.billing import checkout, subscriptions
+from billwatch.billing import cancellations, checkout, subscriptions
 from billwatch.billing.models import (
+    CancelMode,
     CheckoutSession,
     CheckoutStatus,
+    IntentStatus,
+    SubscriptionCancellation,
     Transaction,
     TransactionKind,
     TransactionStatus,
 )
 from billwatch.config import Settings
 from billwatch.db import Database
-from billwatch.payments.gateway import PaymentsGateway
+from billwatch.payments.gateway import CheckoutSessionInfo, PaymentsGateway
 from tests.metrics.helpers import PLATFORM_PREFIXES, Samples, registry_samples, scrape, without
 from tests.support import Factory, People, free_port, keyed, paid_subscription, snapshot
 from tests.support import test_settings as make_settings
@@ -52,20 +55,26 @@ def duplicate_of(created: CheckoutSession) -> CheckoutSession:
 class TestServiceTransactions:
     async def test_a_checkout_whose_commit_fails_counts_nothing(
             self, db: Database, settings: Settings, people: People) -> None:
-        gateway = PaymentsGateway(settings)
         actor = Actor(people.patient.id, Role.PATIENT)
+        async with db.unit_of_work() as session:  # phase 1, as create_checkout writes it
+            intent = CheckoutSession(
+                id=uuid.uuid4(), owner_type=people.owner.type, owner_id=people.owner.id,
+                plan_code="basic_monthly", status=CheckoutStatus.PENDING,
+                created_by_user_id=people.patient.id, idempotency_key=f"checkout:{uuid.uuid4()}")
+            session.add(intent)
+        info = CheckoutSessionInfo(f"cs_test_{uuid.uuid4().hex}", "http://127.0.0.1/pay",
+                                   f"cus_{uuid.uuid4().hex[:12]}")
         before = registry_samples()
         with pytest.raises(IntegrityError):
-            async with db.unit_of_work() as session:
-                created = await checkout.create_checkout(
-                    session, gateway, settings, actor=actor, owner=people.owner,
-                    plan_code="basic_monthly")
+            async with db.unit_of_work() as session:  # phase 3, whose commit fails
+                created = await checkout.settle_open(session, settings, intent.id, info,
+                                                     actor=actor, customer_created=False)
                 session.add(duplicate_of(created))
         assert registry_samples() == before
 
         async with db.unit_of_work() as session:
-            await checkout.create_checkout(session, gateway, settings, actor=actor,
-                                           owner=people.owner, plan_code="basic_monthly")
+            await checkout.settle_open(session, settings, intent.id, info, actor=actor,
+                                       customer_created=False)
         committed = moved(before, registry_samples())
         committed.pop("billing_audit_writes_total{'outcome': 'success'}", None)  # its audit row
         assert committed == {
@@ -74,14 +83,20 @@ class TestServiceTransactions:
     async def test_a_cancel_rolled_back_after_stripe_answered_counts_nothing(
             self, db: Database, settings: Settings, people: People) -> None:
         subscription, _ = await paid_subscription(db, settings, people.owner)
-        gateway = PaymentsGateway(settings)
+        assert subscription.stripe_subscription_id is not None
+        async with db.unit_of_work() as session:  # phase 1
+            intent = SubscriptionCancellation(
+                id=uuid.uuid4(), subscription_id=subscription.id, mode=CancelMode.PERIOD_END,
+                status=IntentStatus.PENDING, idempotency_key=f"cancel:{uuid.uuid4()}",
+                actor_user_id=people.admin.id, actor_role=Role.ADMIN)
+            session.add(intent)
+        await PaymentsGateway(settings).cancel_subscription(  # phase 2: Stripe answers
+            subscription.stripe_subscription_id, at_period_end=True,
+            idempotency_key=intent.idempotency_key)
         before = registry_samples()
         with pytest.raises(RuntimeError, match="later step"):
-            async with db.unit_of_work() as session:
-                row = await subscriptions.get_subscription(session, subscription.id)
-                await subscriptions.cancel_subscription(
-                    session, gateway, actor=Actor(people.admin.id, Role.ADMIN), subscription=row,
-                    at_period_end=True)
+            async with db.unit_of_work() as session:  # phase 3, rolled back
+                assert await cancellations.settle_succeeded(session, intent.id)
                 raise RuntimeError("a later step of the same operation failed")
         assert registry_samples() == before
 
@@ -134,12 +149,14 @@ class TestFailedRequests:
         cancel = await uncached.post(f"/billing/subscriptions/{subscription.id}/cancel",
                                      headers=admin, json={"at_period_end": False})
         assert (refund.status_code, cancel.status_code) == (502, 502), (refund.text, cancel.text)
-        after = await snapshot(db)
-        added = sorted(set(after["transactions"]) - set(rows_before["transactions"]))
-        # the refund's intent stays on record, settled as failed; nothing else changed
+        rows_after = await snapshot(db)
+        # the refused cancel's and refund's intents stay on record, settled as failed
+        failed_intents = rows_after.pop("subscription_cancellations")
+        rows_before.pop("subscription_cancellations")
+        assert len(failed_intents) == 1 and "FAILED" in failed_intents[0]
+        added = sorted(set(rows_after["transactions"]) - set(rows_before["transactions"]))
         assert len(added) == 1 and "TransactionStatus.FAILED" in added[0], added
-        assert {**after, "transactions": rows_before["transactions"]} == rows_before
-        assert set(rows_before["transactions"]) < set(after["transactions"])
+        assert {**rows_after, "transactions": rows_before["transactions"]} == rows_before
         assert without(await scrape(uncached), *self.IGNORED) == before
 
     async def test_checkout_failing_at_stripe(

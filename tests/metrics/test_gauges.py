@@ -75,8 +75,8 @@ async def a_month_of_customers(db: Database, factory: Factory) -> None:
         Sub(trial, "plus_monthly", S.TRIALING, proxy_id=proxy.id),
         Sub(legacy, "legacy_gold"),
         Sub(org, "clinic_monthly"),
-        Sub(org, "basic_monthly"),
-        Sub(org, "plus_monthly", S.TRIALING),
+        Sub(org, "basic_monthly", duplicate=True),
+        Sub(org, "plus_monthly", S.TRIALING, duplicate=True),
     ])
 
 

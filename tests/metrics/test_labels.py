@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import OwnerType, Role
+from billwatch.billing.models import CheckoutSession
 from billwatch.billing.refunds import RefundReason
 from billwatch.config import Settings
 from billwatch.db import Database
@@ -103,6 +106,10 @@ async def _drive_traffic(client: httpx.AsyncClient, db: Database, factory: Facto
         checkout = await client.post("/billing/checkout", headers=headers,
                                      json={**people.owner_body, "plan_code": plan})
         assert checkout.status_code == 201, checkout.text
+        async with db.unit_of_work() as session:  # its session expires, so another may open
+            await session.execute(update(CheckoutSession).where(
+                CheckoutSession.id == uuid.UUID(checkout.json()["id"])).values(
+                expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     clinic_admin = await factory.user(Role.PATIENT)
     clinic = await factory.organization(billing_admins=[clinic_admin])
     org_checkout = await client.post("/billing/checkout", headers=factory.headers(clinic_admin), json={

@@ -93,13 +93,27 @@ async def served(tmp_path: Path, localstripe: LocalStripe,
         yield running
 
 
-async def checkouts(served: Served, headers: dict[str, str], body: dict[str, str], n: int) -> None:
-    """``n`` checkouts at once, each on its own connection, so both workers take some."""
+async def checkouts(served: Served, n: int, *, headers: dict[str, str] | None = None,
+                    body: dict[str, str] | None = None) -> None:
+    """``n`` checkouts at once, each on its own connection, so both workers take some.
+
+    Each is for a new patient, opened by an admin (an owner has one open checkout at a time:
+    asking again returns it); with ``headers`` and ``body``, one checkout for that owner.
+    """
     limits = httpx.Limits(max_keepalive_connections=0)
+    calls: list[tuple[dict[str, str], dict[str, str]]] = []
+    if headers is not None and body is not None:
+        calls = [(headers, body)]
+    else:
+        admin = served.factory.headers(await served.factory.user(Role.ADMIN))
+        for _ in range(n):
+            patient = await served.factory.user(Role.PATIENT)
+            calls.append((admin, {"owner_type": "patient", "owner_id": str(patient.id),
+                                  "plan_code": "basic_monthly"}))
     async with httpx.AsyncClient(base_url=served.url, limits=limits, timeout=60) as http:
         responses = await asyncio.gather(*(
-            http.post("/billing/checkout", headers=headers, json=body) for _ in range(n)))
-    assert [r.status_code for r in responses] == [201] * n, [r.text for r in responses][:3]
+            http.post("/billing/checkout", headers=h, json=b) for h, b in calls))
+    assert [r.status_code for r in responses] == [201] * len(calls), [r.text for r in responses][:3]
 
 
 async def scrapes(served: Served, times: int) -> list[dict[tuple[str, frozenset[tuple[str, str]]], float]]:
@@ -131,12 +145,12 @@ class TestTwoWorkers:
         patient = await served.factory.user(Role.PATIENT)
         headers = served.factory.headers(patient)
         body = {"owner_type": "patient", "owner_id": str(patient.id), "plan_code": "basic_monthly"}
-        await checkouts(served, headers, body, 1)  # creates the Stripe customer once
+        await checkouts(served, 1, headers=headers, body=body)
         sent = 1
         deadline = time.monotonic() + 60
         while sum(1 for v in checkouts_by_pid(served).values() if v) < 2:
             assert time.monotonic() < deadline, checkouts_by_pid(served)
-            await checkouts(served, headers, body, 8)
+            await checkouts(served, 8)
             sent += 8
 
         await add_subscriptions(served.db, [Sub(OwnerRef(OwnerType.PATIENT, patient.id),
@@ -156,12 +170,12 @@ class TestTwoWorkers:
         headers = served.factory.headers(patient)
         owner = OwnerRef(OwnerType.PATIENT, patient.id)
         body = {"owner_type": owner.type.value, "owner_id": str(owner.id), "plan_code": "basic_monthly"}
-        await checkouts(served, headers, body, 1)
+        await checkouts(served, 1, headers=headers, body=body)
         deadline = time.monotonic() + 60
         sent = 1
         while sum(1 for v in checkouts_by_pid(served).values() if v) < 2:
             assert time.monotonic() < deadline
-            await checkouts(served, headers, body, 8)
+            await checkouts(served, 8)
             sent += 8
         victim = max(served.worker_pids(), key=lambda p: checkouts_by_pid(served).get(p, 0))
         live_gauge = served.metrics_dir / f"gauge_livesum_{victim}.db"
@@ -170,7 +184,7 @@ class TestTwoWorkers:
         os.kill(victim, signal.SIGKILL)
         await wait_until(lambda: not live_gauge.exists() and len(served.worker_pids()) == 2,
                    what="the replacement worker to start and tidy up")
-        await checkouts(served, headers, body, 5)
+        await checkouts(served, 5)
         for samples in await scrapes(served, 6):
             assert value(samples, CHECKOUTS, **PLAN) == sent + 5
             assert value(samples, "billing_http_requests_in_progress") == 1

@@ -154,11 +154,13 @@ class TestWholeLife:
         for r in rows:
             counted[r.event_type] = counted.get(r.event_type, 0) + 1
         assert counted == {
-            "billing.checkout.created": 1, "billing.checkout.completed": 1,
+            "billing.checkout.requested": 1, "billing.checkout.created": 1,
+            "billing.checkout.completed": 1,
             "billing.subscription.created": 1, "billing.payment.succeeded": 2,
             "billing.subscription.updated": 2, "billing.payment.failed": 3,
             "billing.refund.recorded": 1, "billing.subscription.cancelled": 1}
-        stripe_rows = [r for r in rows if r.event_type != "billing.checkout.created"]
+        stripe_rows = [r for r in rows if r.event_type not in ("billing.checkout.created",
+                                                               "billing.checkout.requested")]
         assert all(r.actor_name == "stripe" and r.actor_user_id is None for r in stripe_rows)
         assert all(r.stripe_event_id and r.stripe_customer_id == customer_id for r in stripe_rows)
         failures = [r for r in rows if r.event_type == "billing.payment.failed"]

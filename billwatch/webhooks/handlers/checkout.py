@@ -17,13 +17,17 @@ from billwatch.accounts.actor import OwnerRef
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
+from billwatch.billing.checkout import intent_actor, settle_open
+from billwatch.billing.customers import customer_key, find_customer
 from billwatch.billing.models import (
     CheckoutSession,
     CheckoutStatus,
+    StripeCustomer,
     Subscription,
     SubscriptionSource,
     SubscriptionStatus,
 )
+from billwatch.payments.gateway import CheckoutSessionInfo
 from billwatch.webhooks import shapes
 from billwatch.webhooks.handlers.common import (
     STRIPE,
@@ -31,6 +35,7 @@ from billwatch.webhooks.handlers.common import (
     Handled,
     locked_subscription,
     owner_for_customer,
+    uuid_or_none,
 )
 from billwatch.webhooks.handlers.subscriptions import insert_subscription, record_created, set_manager
 
@@ -46,6 +51,8 @@ async def checkout_completed(ctx: EventContext) -> Handled:
     checkout = (await ctx.session.scalars(
         select(CheckoutSession).where(CheckoutSession.stripe_session_id == session_id)
         .with_for_update())).first()
+    if checkout is None:
+        checkout = await _adopt_pending(ctx, session_id, customer_id, meta)
     owner = (OwnerRef(checkout.owner_type, checkout.owner_id) if checkout is not None
              else await owner_for_customer(ctx.session, customer_id, meta))
     if owner is None:
@@ -70,6 +77,32 @@ async def checkout_completed(ctx: EventContext) -> Handled:
               "manager_assignment_id": meta.get("billwatch_assignment_id")})
     return Handled(owner=owner, refs=refs,
                    data={"checkout_id": str(checkout.id) if checkout is not None else None})
+
+
+async def _adopt_pending(ctx: EventContext, session_id: str, customer_id: str | None,
+                         meta: dict[str, str]) -> CheckoutSession | None:
+    """Our checkout still pending (its settlement was lost): settle it from this event.
+
+    Found through ``metadata.billwatch_checkout_id``; the ``billing.checkout.created`` row it
+    writes names the user who asked for the checkout, not Stripe.
+    """
+    checkout_id = uuid_or_none(meta.get("billwatch_checkout_id"))
+    if checkout_id is None:
+        return None
+    checkout = (await ctx.session.scalars(
+        select(CheckoutSession).where(CheckoutSession.id == checkout_id).with_for_update())).first()
+    if checkout is None or checkout.status is not CheckoutStatus.PENDING or customer_id is None:
+        return checkout
+    owner = OwnerRef(checkout.owner_type, checkout.owner_id)
+    if await find_customer(ctx.session, owner) is None:
+        ctx.session.add(StripeCustomer(id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
+                                       stripe_customer_id=customer_id,
+                                       idempotency_key=customer_key(owner)))
+    return await settle_open(
+        ctx.session, ctx.settings, checkout.id,
+        CheckoutSessionInfo(session_id, str(ctx.obj.get("url") or ""), customer_id),
+        actor=await intent_actor(ctx.session, checkout), customer_created=False,
+        adopted_from=ctx.type)
 
 
 async def _link_subscription(ctx: EventContext, session_obj: dict[str, Any], owner: OwnerRef,

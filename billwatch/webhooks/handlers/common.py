@@ -30,6 +30,14 @@ class UnknownPlan(Unprocessable):
         super().__init__(f"no billwatch plan has Stripe price {price_id!r}", code="unknown_plan")
 
 
+class NeedsStripeRead(Exception):
+    """A handler needs a subscription from Stripe: read it outside the transaction, rerun."""
+
+    def __init__(self, stripe_subscription_id: str) -> None:
+        super().__init__(stripe_subscription_id)
+        self.stripe_subscription_id = stripe_subscription_id
+
+
 @dataclass
 class EventContext:
     """One event being handled, inside the transaction that will mark it processed."""
@@ -43,6 +51,20 @@ class EventContext:
     """Stripe's ``created`` of the event: how new the state it carries is."""
     obj: dict[str, Any]
     """``data.object`` of the event."""
+    fetched: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Subscriptions read from Stripe for this event before its transaction began."""
+
+    def subscription_from_stripe(self, stripe_subscription_id: str) -> dict[str, Any]:
+        """Stripe's current subscription, read before the transaction (no call under a lock).
+
+        The first time a handler needs it, this raises :class:`NeedsStripeRead`: processing
+        rolls the transaction back, reads the subscription with no transaction open, and runs
+        the handler again with it.
+        """
+        found = self.fetched.get(stripe_subscription_id)
+        if found is None:
+            raise NeedsStripeRead(stripe_subscription_id)
+        return found
 
     def refs(self, *, customer_id: str | None = None, subscription_id: str | None = None,
              invoice_id: str | None = None) -> StripeRefs:

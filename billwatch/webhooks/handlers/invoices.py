@@ -57,7 +57,7 @@ async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any], cu
         return None, owner
     # Stripe sends invoice and subscription events in no particular order: the subscription's
     # own event may still be on its way, so read it now rather than book a payment without it.
-    fetched = await ctx.gateway.retrieve_subscription(stripe_sub_id)
+    fetched = ctx.subscription_from_stripe(stripe_sub_id)
     created, _new = await create_subscription(ctx, fetched, owner, stamp=ctx.created)
     return SubscriptionRef.of(created), owner_of(created)
 

@@ -13,14 +13,23 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import Role, User
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
-from billwatch.billing.models import Subscription, SubscriptionSource, SubscriptionStatus
+from billwatch.billing import cancellations
+from billwatch.billing.models import (
+    LIVE_SUBSCRIPTION_STATUSES,
+    CancelMode,
+    Subscription,
+    SubscriptionSource,
+    SubscriptionStatus,
+)
 from billwatch.db import after_commit
 from billwatch.errors import Unprocessable
 from billwatch.metrics import billing as billing_metrics
@@ -70,8 +79,8 @@ async def subscription_event(ctx: EventContext) -> Handled:
             return Handled.ignored("older than the state already applied", refs=refs,
                                    owner=owner_of(row))
         if row.stripe_updated_at is not None and ctx.created == row.stripe_updated_at:
-            sub = await ctx.gateway.retrieve_subscription(stripe_id)  # same second: ask Stripe
-    changes = apply_state(ctx, row, sub)
+            sub = ctx.subscription_from_stripe(stripe_id)  # same second: ask Stripe
+    changes = await apply_state(ctx, row, sub)
     return Handled(owner=owner_of(row), refs=refs,
                    data={"subscription_id": str(row.id), "changed": sorted(changes)})
 
@@ -120,10 +129,40 @@ async def insert_subscription(ctx: EventContext, row: Subscription) -> Subscript
     except IntegrityError:
         assert row.stripe_subscription_id is not None
         winner = await locked_subscription(ctx.session, row.stripe_subscription_id)
-        if winner is None:
+        if winner is not None:
+            return winner
+        live = await live_subscription_of(ctx.session, owner_of(row))
+        if live is None:
             raise
-        return winner
+        # The owner already has a live subscription: Stripe bills this one too, so it is kept,
+        # flagged (outside the one-live-per-owner index) and alerted, for an admin to resolve.
+        row.duplicate_of_id = live.id
+        async with ctx.session.begin_nested():
+            ctx.session.add(row)
+        record_duplicate(ctx, row, live)
     return None
+
+
+async def live_subscription_of(session: AsyncSession, owner: OwnerRef) -> Subscription | None:
+    """The owner's one live, unflagged subscription, if any."""
+    found = await session.scalars(select(Subscription).where(
+        Subscription.owner_type == owner.type, Subscription.owner_id == owner.id,
+        Subscription.duplicate_of_id.is_(None),
+        Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES)))
+    return found.first()
+
+
+def record_duplicate(ctx: EventContext, row: Subscription, live: Subscription) -> None:
+    """Audit the flag; the alert rule on this event raises the admin alert in this transaction."""
+    recorder.record(
+        ctx.session, AuditEvent.SUBSCRIPTION_DUPLICATE_FLAGGED, actor=STRIPE, owner=owner_of(row),
+        resource=Resource("subscription", row.id),
+        stripe=ctx.refs(customer_id=row.stripe_customer_id,
+                        subscription_id=row.stripe_subscription_id),
+        data={"plan": row.plan_code, "status": row.status.value,
+              "duplicate_of_id": str(live.id),
+              "duplicate_of_stripe_subscription_id": live.stripe_subscription_id,
+              "duplicate_of_plan": live.plan_code})
 
 
 def record_created(ctx: EventContext, row: Subscription, *, data: dict[str, Any]) -> None:
@@ -155,7 +194,16 @@ async def set_manager(ctx: EventContext, row: Subscription, meta: dict[str, str]
     row.manager_assignment_id = uuid_or_none(meta.get("billwatch_assignment_id"))
 
 
-def apply_state(ctx: EventContext, row: Subscription, sub: dict[str, Any]) -> dict[str, Any]:
+async def _adopt_cancellation(ctx: EventContext, row: Subscription, mode: CancelMode) -> bool:
+    """A cancel we asked Stripe for and have not settled yet: settle it here, naming its actor."""
+    intent_id = await cancellations.pending_intent(ctx.session, row.id, mode)
+    if intent_id is None:
+        return False
+    await ctx.session.flush()
+    return await cancellations.settle_succeeded(ctx.session, intent_id, adopted_from=ctx.type)
+
+
+async def apply_state(ctx: EventContext, row: Subscription, sub: dict[str, Any]) -> dict[str, Any]:
     """Copy Stripe's state onto ``row`` and write the audit row the transition calls for."""
     was_cancelling, was_status = row.cancel_at_period_end, row.status
     deleted = ctx.type == DELETED
@@ -180,9 +228,11 @@ def apply_state(ctx: EventContext, row: Subscription, sub: dict[str, Any]) -> di
         row.stripe_updated_at = ctx.created
     newly_ended = status is SubscriptionStatus.CANCELED and was_status is not SubscriptionStatus.CANCELED
     if newly_ended and not was_cancelling:
-        record_cancelled(ctx, row, mode="immediately", reason=_cancel_reason(sub))
+        if not await _adopt_cancellation(ctx, row, CancelMode.IMMEDIATELY):
+            record_cancelled(ctx, row, mode="immediately", reason=_cancel_reason(sub))
     elif not newly_ended and row.cancel_at_period_end and not was_cancelling:
-        record_cancelled(ctx, row, mode="period_end", reason=_cancel_reason(sub))
+        if not await _adopt_cancellation(ctx, row, CancelMode.PERIOD_END):
+            record_cancelled(ctx, row, mode="period_end", reason=_cancel_reason(sub))
     elif changes:
         # includes the end of a subscription whose cancellation was already recorded when it
         # was requested, so one cancellation is counted once
