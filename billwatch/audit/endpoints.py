@@ -154,13 +154,20 @@ async def export_audit_logs(request: Request, session: SessionDep, actor: AdminA
     """Every matching row, newest first, streamed as CSV or JSON lines."""
     recorder.record(session, AuditEvent.AUDIT_READ, actor=actor,
                     data={"view": "export", "format": format.value, "filters": filters.applied()})
+    return export_response(request, filters, format)
+
+
+def export_response(request: Request, filters: AuditFilters,
+                    format: ExportFormat) -> StreamingResponse:
+    """The streamed export of ``filters`` (the API's and the console's); the caller audits it."""
     db: Database = request.app.state.db
     body = _failure_audited(request, _jsonl(db, filters) if format is ExportFormat.JSONL
                             else _csv(db, filters))
     media = "application/x-ndjson" if format is ExportFormat.JSONL else "text/csv"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(body, media_type=media, headers={
-        "Content-Disposition": f'attachment; filename="audit-logs-{stamp}.{format.value}"'})
+        "Content-Disposition": f'attachment; filename="audit-logs-{stamp}.{format.value}"',
+        "Cache-Control": "no-store"})
 
 
 @router.get("/{audit_log_id}", response_model=AuditLogOut,

@@ -27,7 +27,7 @@ from billwatch.audit.crypto import AuditKeys, KeyRingError
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
 from billwatch.audit.sealing import from_row
 
-MAX_WALK = 5000
+MAX_WALK = 1000
 """Seals walked from a row to its checkpoint on a page view; beyond it the walk is left to verify."""
 
 

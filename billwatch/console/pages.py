@@ -25,6 +25,7 @@ from billwatch.alerts.mail import send as send_mail
 from billwatch.alerts.models import AlertStatus, Severity
 from billwatch.audit import crypto, recorder
 from billwatch.audit import service as audit_service
+from billwatch.audit.endpoints import ExportFormat, export_response
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
 from billwatch.audit.redaction import redact_text
@@ -228,6 +229,31 @@ async def audit_list(request: Request, cursor: str | None = None) -> Response:
             for entry in entries]
     return render(request, "audit_list.html.j2", who=who, criteria=criteria, query=criteria.line(),
                   problem=problem, rows=rows, next_cursor=following)
+
+
+@router.get("/audit/export")
+async def audit_export(request: Request, format: str = "csv") -> Response:
+    """The explorer's current filter as CSV or JSON lines, through the API's export."""
+    try:
+        chosen = ExportFormat(format)
+    except ValueError as error:
+        raise Unprocessable("format: csv or jsonl", code="bad_format") from error
+    criteria, problem = _criteria(request)
+    if problem is not None:
+        raise Unprocessable(problem, code="bad_query")
+    async with _db(request).unit_of_work() as session:
+        who = await _who(request, session)
+        if who is None:
+            return to_sign_in(request)
+        try:
+            filters = await to_filters(session, criteria)
+        except QueryError as error:
+            raise Unprocessable(str(error), code="bad_query") from error
+        recorder.record(session, AuditEvent.AUDIT_READ, actor=who.actor,
+                        resource=Resource("audit_log", "export"),
+                        data={"via": "console", "view": "export", "format": chosen.value,
+                              "query": criteria.line()})
+    return export_response(request, filters, chosen)
 
 
 @router.get("/audit/{row_id}")

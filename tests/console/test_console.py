@@ -130,6 +130,12 @@ class TestAuditExplorer:
         assert await page.get_by_role("cell", name="failure", exact=True).count() == 0
         assert await page.get_by_role("cell", name="console.viewed", exact=True).count() >= 1
         await console.screenshot("audit-explorer")
+        export = await page.context.request.get(
+            await page.get_by_role("link", name="CSV").get_attribute("href") or "")
+        assert export.ok and export.headers["content-type"].startswith("text/csv")
+        exported = await export.text()
+        assert "console.signed_in" in exported and "console.sign_in.requested" in exported
+        assert "outcome" in exported.splitlines()[0]
         row = page.get_by_role("row").filter(has_text="console.signed_in")
         await row.get_by_role("link").click()
         await page.get_by_text("signed in to the console").first.wait_for()
