@@ -66,6 +66,8 @@ class ConsoleRoute(AuditedRoute):
         async def guarded(request: Request) -> Response:
             try:
                 return await handler(request)
+            except SignInRequired:
+                return to_sign_in(request)
             except BillwatchError as error:
                 event = self.failure_event(error)
                 if event is not None:
@@ -89,10 +91,16 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-async def _who(request: Request, session: AsyncSession) -> SignedIn | None:
+class SignInRequired(Exception):
+    """No live console session: the page answers with a redirect to sign-in (and writes nothing)."""
+
+
+async def _who(request: Request, session: AsyncSession) -> SignedIn:
+    """The signed-in admin, or :class:`SignInRequired` (a redirect, by :class:`ConsoleRoute`)."""
     who = await auth.signed_in(session, _settings(request), request.cookies.get(COOKIE))
-    if who is not None:
-        request.state.actor = who.actor  # for the failure row, should the page's action fail
+    if who is None:
+        raise SignInRequired
+    request.state.actor = who.actor  # for the failure row, should the page's action fail
     return who
 
 
@@ -155,8 +163,6 @@ async def sign_out(request: Request) -> Response:
     fields = await form(request)
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         require_csrf(who, fields)
         await auth.sign_out(session, who)
     response = redirect("/console/sign-in")
@@ -170,8 +176,6 @@ async def sign_out(request: Request) -> Response:
 async def overview(request: Request) -> Response:
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         figures = await data.overview(session)
         _viewed(session, who, "overview")
     charts = {
@@ -208,8 +212,6 @@ async def audit_list(request: Request, cursor: str | None = None) -> Response:
     criteria, problem = _criteria(request)
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         entries: list[audit_service.Entry] = []
         following = None
         names = views.Names({}, {})
@@ -243,8 +245,6 @@ async def audit_export(request: Request, format: str = "csv") -> Response:
         raise Unprocessable(problem, code="bad_query")
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         try:
             filters = await to_filters(session, criteria)
         except QueryError as error:
@@ -260,8 +260,6 @@ async def audit_export(request: Request, format: str = "csv") -> Response:
 async def audit_row(request: Request, row_id: uuid.UUID) -> Response:
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         entry = await audit_service.get(session, row_id)
         proof = await integrity.check_row(session, entry.row, crypto.current())
         nearby = await data.related(session, entry.row)
@@ -284,8 +282,6 @@ async def owner_page(request: Request, owner_type: OwnerType, owner_id: uuid.UUI
                      cursor: str | None = None) -> Response:
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         page = await data.owner(session, owner_type, owner_id)
         trail = await audit_service.page(
             session, audit_service.AuditFilters(owner_type=owner_type, owner_id=owner_id),
@@ -311,8 +307,6 @@ async def refund(request: Request, owner_type: OwnerType, owner_id: uuid.UUID,
     db = _db(request)
     async with db.unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         require_csrf(who, fields)
         payment = await data.payment(session, owner_type, owner_id, transaction_id)
         amount = _amount(fields.get("amount", ""), payment.refundable_cents)
@@ -361,8 +355,6 @@ async def webhooks(request: Request, status: str = "", type: str = "", before: s
         raise Unprocessable("status or before is not valid", code="bad_filter") from error
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         page = await data.events(session, status=chosen, event_type=type[:120] or None, before=older)
         _viewed(session, who, "webhooks", status=status, type=type[:120])
     return render(request, "webhooks.html.j2", who=who, page=page, status=status, type=type,
@@ -373,8 +365,6 @@ async def webhooks(request: Request, status: str = "", type: str = "", before: s
 async def webhook(request: Request, event_id: str, confirm: int = 0) -> Response:
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         stored, rows = await data.event(session, event_id[:255])
         names = await views.names_for(session, [e.row for e in rows])
         _viewed(session, who, "webhook", stripe_event_id=stored.stripe_event_id)
@@ -390,8 +380,6 @@ async def replay_event(request: Request, event_id: str) -> Response:
     db = _db(request)
     async with db.unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         require_csrf(who, fields)
         stored, _ = await data.event(session, event_id[:255])
         recorder.record(session, AuditEvent.WEBHOOK_REPLAY_REQUESTED, actor=who.actor,
@@ -416,8 +404,6 @@ async def alerts(request: Request, status: str = "", severity: str = "", open: i
     offset = max(0, min(offset, 1_000_000))
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         found = await ledger.list_alerts(session, actor=who.actor, filters=filters,
                                          limit=PAGE_SIZE, offset=offset)
     return render(request, "alerts.html.j2", who=who, alerts=found, status=status,
@@ -430,8 +416,6 @@ async def alert_page(request: Request, alert_id: uuid.UUID) -> Response:
     """One alert with its incident: what alert mails link to."""
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         alert, incident = await data.alert(session, alert_id)
         _viewed(session, who, "alert", alert_id=str(alert.id))
     return render(request, "alert.html.j2", who=who, alert=alert, incident=incident)
@@ -442,8 +426,6 @@ async def acknowledge(request: Request, alert_id: uuid.UUID) -> Response:
     fields = await form(request)
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
-        if who is None:
-            return to_sign_in(request)
         require_csrf(who, fields)
         await ledger.acknowledge(session, actor=who.actor, alert_id=alert_id,
                                  note=fields.get("note", "").strip()[:500] or None)
