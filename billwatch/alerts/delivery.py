@@ -17,6 +17,11 @@ One delivery of alert X (one occurrence of key K):
 ``copies`` is raised before the send and given back only for a failure known to have come
 before the message was transmitted, so even a crash between the send and step 4 cannot lead to
 a third copy. The Message-ID stays the same, so mail clients fold a second copy.
+
+Lock order, in every transaction that touches a key: the alert's own row, then the key's
+``alert_cooldowns`` row (:func:`incidents.lock_key`), then its incident. Booking a mail once
+updated the incident before the key, and a burst of one key on PostgreSQL deadlocked: the
+aborted claim left its occurrence pending and unassigned until the sweep re-sent it.
 """
 
 from __future__ import annotations
@@ -158,6 +163,8 @@ async def _record_sent(session: AsyncSession, alert_id: uuid.UUID, now: datetime
 
 
 async def _book(session: AsyncSession, alert: Alert, now: datetime) -> None:
+    """Record the mail on the key and its incident, the key's lock first (see the lock order)."""
+    await incidents.lock_key(session, alert.dedup_key)
     await incidents.mailed(session, alert, now)
     await session.execute(update(AlertCooldown).where(AlertCooldown.dedup_key == alert.dedup_key)
                           .values(last_sent_at=now, last_alert_id=alert.id))

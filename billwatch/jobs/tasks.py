@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import structlog
 from celery import Celery, Task
 from celery.signals import worker_init, worker_process_init
+from sqlalchemy.exc import DBAPIError
 
 from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_one, due_alert_ids, promote_due
@@ -46,6 +47,8 @@ from billwatch.logging import configure_logging
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+DATABASE_RETRIES = 5
+"""How often one delivery task retries after a database error before the sweep takes over."""
 SWEEP_GRACE = timedelta(seconds=30)
 """The sweep re-sends alerts pending for longer than this (their own hand-off was lost)."""
 
@@ -129,8 +132,20 @@ worker_process_init.connect(prepare_process, weak=False)
 
 @task(name=DELIVER_TASK, bind=True, max_retries=None)
 def deliver_alert(self: Task, alert_id: str) -> str:
-    """Deliver one alert; SMTP trouble retries with exponential backoff (kept in the row)."""
-    result = run_async(lambda db, settings: deliver_one(db, settings, uuid.UUID(alert_id)))
+    """Deliver one alert; SMTP trouble retries with exponential backoff (kept in the row).
+
+    A database error (the server gone, a deadlock, a serialization failure) rolled its
+    transaction back, so the alert is claimable again: try again shortly, a few times, and
+    leave the rest to the minute sweep.
+    """
+    try:
+        result = run_async(lambda db, settings: deliver_one(db, settings, uuid.UUID(alert_id)))
+    except DBAPIError as error:
+        if self.request.retries >= DATABASE_RETRIES:
+            raise
+        log.warning("alert_delivery_database_error", alert_id=alert_id,
+                    error=type(error.orig).__name__ if error.orig else type(error).__name__)
+        raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=error) from error
     if result.outcome == "retry" and result.retry_in is not None:
         raise self.retry(countdown=result.retry_in)
     return result.outcome

@@ -19,12 +19,11 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from billwatch.alerts import handoff, raising
-from billwatch.alerts.delivery import due_alert_ids
 from billwatch.alerts.models import AlertIncident, AlertKind, AlertStatus
 from billwatch.audit.models import AuditLog
 from billwatch.config import Settings
-from billwatch.db import Database, utcnow
-from billwatch.jobs.celery_app import DAILY_METRICS_TASK, DELIVER_TASK
+from billwatch.db import Database
+from billwatch.jobs.celery_app import DAILY_METRICS_TASK
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.jobs.models import DailyBillingMetrics, JobRun, RunStatus
 from billwatch.jobs.tasks import CelerySink
@@ -82,21 +81,14 @@ class TestDedupThroughTheWorker:
     async def test_a_hundred_failures_one_mail_then_a_count(
             self, db: Database, celery_env: tuple[Settings, Celery], start_worker: StartWorker,
             mailbox: Mailbox) -> None:
-        settings, celery = celery_env
+        settings, _ = celery_env
         start_worker(2)
         await webhook_failures(db, 100)
         for _ in range(3):  # a final payment failure re-sent by Stripe: one mail per invoice
             await payment_failed(db, invoice="in_worker", attempt=3)
         # 103 deliveries, each its own task with its own engine, on two worker processes.
-        try:
-            await wait_until_async(lambda: settled(db), within=30, what="all 103 alerts handled")
-        except TimeoutError:
-            # Now and then one occurrence is left pending, unclaimed, by the worker path (cause
-            # not found yet); the minute sweep re-sends such alerts. Do what it does, at once.
-            for alert_id in await due_alert_ids(db, now=utcnow()):
-                celery.send_task(DELIVER_TASK, args=[str(alert_id)], queue=settings.celery_queue)
-            await wait_until_async(lambda: settled(db), within=60,
-                                   what="all 103 alerts handled after the sweep's re-send")
+        # Before the key's lock came first everywhere, a deadlock lost one now and then.
+        await wait_until_async(lambda: settled(db), within=30, what="all 103 alerts handled")
         assert await statuses(db, kind=AlertKind.WEBHOOK_FAILURE) == {
             AlertStatus.SENT: 1, AlertStatus.SUPPRESSED: 99}
         assert await statuses(db, kind=AlertKind.PAYMENT_FINAL_FAILURE) == {
