@@ -31,6 +31,7 @@ WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
 REFUNDS_SWEEP_TASK = "billwatch.billing.refunds_sweep"
 OVERRIDES_EXPIRE_TASK = "billwatch.billing.expire_overrides"
 SUBSCRIPTION_INTENTS_TASK = "billwatch.billing.sweep_subscription_intents"
+IDEMPOTENCY_PRUNE_TASK = "billwatch.jobs.idempotency_prune"
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
@@ -38,7 +39,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
     checkpoint at :15 and the Stripe reconcile at :30 of every hour, and an alert sweep every
     minute (re-sends hand-offs that were lost, mails counts whose window ended), a refund
     sweep every minute (settles refund intents left pending) and the expiry of free grants and
-    timed overrides every minute."""
+    timed overrides every minute, and the pruning of expired idempotency keys at :45."""
     return {
         "daily-metrics": {"task": DAILY_METRICS_TASK, "schedule": crontab(minute="0", hour="0")},
         "anomaly-checks": {"task": ANOMALY_CHECKS_TASK, "schedule": crontab(minute="0")},
@@ -48,6 +49,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "refunds-sweep": {"task": REFUNDS_SWEEP_TASK, "schedule": 60.0},
         "overrides-expire": {"task": OVERRIDES_EXPIRE_TASK, "schedule": 60.0},
         "subscription-intents-sweep": {"task": SUBSCRIPTION_INTENTS_TASK, "schedule": 60.0},
+        "idempotency-prune": {"task": IDEMPOTENCY_PRUNE_TASK, "schedule": crontab(minute="45")},
     }
 
 

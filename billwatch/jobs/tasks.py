@@ -36,6 +36,7 @@ from billwatch.jobs.celery_app import (
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
+    IDEMPOTENCY_PRUNE_TASK,
     OVERRIDES_EXPIRE_TASK,
     REFUNDS_SWEEP_TASK,
     SUBSCRIPTION_INTENTS_TASK,
@@ -249,3 +250,12 @@ def sweep_subscription_intents(self: Task) -> dict[str, Any]:
     return {"checkouts": [str(i) for i in result.checkouts],
             "cancellations": [str(i) for i in result.cancellations],
             "still_pending": result.still_pending}
+
+
+@task(name=IDEMPOTENCY_PRUNE_TASK, **JOB_RETRY)
+def prune_idempotency_keys(self: Task) -> dict[str, Any]:
+    """Hourly: delete client idempotency keys past their replay window (once per hour)."""
+    task_id = self.request.id
+    outcome = run_async(lambda db, settings: service.idempotency_prune_job(db, settings,
+                                                                           task_id=task_id))
+    return {"ran": outcome.ran, **outcome.result}
