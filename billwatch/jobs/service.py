@@ -170,7 +170,7 @@ async def audit_checkpoint_job(db: Database, settings: Settings, *, now: datetim
 
 async def audit_seal_due(db: Database, settings: Settings, *,
                          now: datetime | None = None) -> RunOutcome:
-    """The embedded scheduler's seal: once per ``BILLWATCH_AUDIT_SEAL_INTERVAL_SECONDS`` slot.
+    """The frequent seal (embedded tick, beat): once per ``BILLWATCH_AUDIT_SEAL_INTERVAL_SECONDS`` slot.
 
     Without it an embedded deployment never seals, and an unsealed row deleted by hand leaves
     no trace. An idle slot writes no checkpoint; a failed one is retried by the next tick and

@@ -33,6 +33,7 @@ from billwatch.jobs.celery_app import (
     ANOMALY_CHECKS_TASK,
     AUDIT_CHECKPOINT_TASK,
     AUDIT_FAILURE_TASK,
+    AUDIT_SEAL_TASK,
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
@@ -216,6 +217,13 @@ def audit_checkpoint(self: Task) -> dict[str, Any]:
     task_id = self.request.id
     outcome = run_async(lambda db, settings: service.audit_checkpoint_job(db, settings,
                                                                           task_id=task_id))
+    return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=AUDIT_SEAL_TASK, **JOB_RETRY)
+def audit_seal(self: Task) -> dict[str, Any]:
+    """Every ``audit_seal_interval_seconds``: seal new audit rows, as the embedded runner does."""
+    outcome = run_async(lambda db, settings: service.audit_seal_due(db, settings))
     return {"ran": outcome.ran, **outcome.result}
 
 
