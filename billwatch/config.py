@@ -190,7 +190,7 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(default=365, ge=90)
     """Days of audit rows kept online; never fewer than 90."""
     audit_seal_interval_seconds: int = Field(default=300, ge=10, le=86400)
-    """How often the embedded scheduler seals new audit rows (and checkpoints them)."""
+    """How often new audit rows are sealed (and checkpointed): the embedded runner and beat alike."""
     audit_sealer_database_url: SecretStr | None = None
     """The sealing job's own connection (a role that may insert seals); default: database_url."""
     audit_anchor_url: str | None = Field(default=None, pattern=r"^https?://")

@@ -8,7 +8,9 @@ that is not, so it can gate a cron job or a CI step.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,8 +21,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.exc import SQLAlchemyError
 
-from billwatch.audit import crypto
+from billwatch.audit import crypto, verify_runs
 from billwatch.audit.anchors import AnchorUnreadable, anchors_for, load_anchor
 from billwatch.audit.archive import ArchiveRefused, archive
 from billwatch.audit.checkpoints import CheckpointStore
@@ -29,8 +32,8 @@ from billwatch.audit.rotation import rotate, rows_to_rotate
 from billwatch.audit.sealing import SealResult, seal, sealer_database
 from billwatch.audit.verify import AnchorCopy, VerifyReport, verify
 from billwatch.config import Settings
-from billwatch.context import Origin, bound_origin
-from billwatch.db import Database
+from billwatch.context import Origin, bound_origin, current_origin
+from billwatch.db import Database, utcnow
 from billwatch.startup import checked_settings
 
 audit_app = typer.Typer(help="The audit trail: verify, seal, rotate keys, archive.",
@@ -85,10 +88,17 @@ def verify_command(
     token = settings.audit_anchor_token.get_secret_value() if settings.audit_anchor_token else None
 
     async def work(db: Database) -> VerifyReport:
-        copies = [AnchorCopy(source, await load_anchor(
-            source, token=token, http_timeout=settings.audit_anchor_timeout_seconds))
-            for source in anchor or []]
-        return await verify(db, keys=keys, store=store, archive_dir=archive_dir, anchors=copies)
+        started = utcnow()
+        try:
+            copies = [AnchorCopy(source, await load_anchor(
+                source, token=token, http_timeout=settings.audit_anchor_timeout_seconds))
+                for source in anchor or []]
+        except AnchorUnreadable as unreadable:
+            await _record_verify(db, started, None, error=f"anchor unreadable: {unreadable}")
+            raise
+        report = await verify(db, keys=keys, store=store, archive_dir=archive_dir, anchors=copies)
+        await _record_verify(db, started, report)
+        return report
 
     try:
         report = _run(settings, "verify", work)
@@ -101,6 +111,24 @@ def verify_command(
         _print_report(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        return f"uid {os.getuid()}"
+
+
+async def _record_verify(db: Database, started: datetime, report: VerifyReport | None, *,
+                         error: str | None = None) -> None:
+    """Leave the run for the console; a database that refuses (a read-only role) only warns."""
+    try:
+        await verify_runs.record(db, started_at=started, by=_operator(),
+                                 job_id=current_origin().job_id, report=report, error=error)
+    except SQLAlchemyError as refused:
+        errors.print(f"warning: this verify run was not recorded ({type(refused).__name__})",
+                     markup=False)
 
 
 def _report_json(report: VerifyReport) -> dict[str, object]:

@@ -15,6 +15,7 @@ from billwatch.alerts.models import Alert, AlertIncident, AlertStatus
 from billwatch.audit import service as audit_service
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
 from billwatch.audit.service import AuditFilters, Entry
+from billwatch.audit.verify_runs import VerifyRun, last_run
 from billwatch.billing.models import (
     BillingOverride,
     Subscription,
@@ -36,6 +37,8 @@ class AuditState:
     last_checkpoint: AuditCheckpoint | None
     unsealed_recent: int
     """Rows written since the last checkpoint that no seal covers yet."""
+    last_verify: VerifyRun | None = None
+    """The newest recorded ``billwatch audit verify``: when, by whom, intact or broken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ async def audit_state(session: AsyncSession, *, now: datetime) -> AuditState:
         select(func.count()).select_from(AuditLog)
         .outerjoin(AuditSeal, AuditSeal.audit_log_id == AuditLog.id)
         .where(AuditLog.occurred_at >= since, AuditSeal.seq.is_(None)))).one()
-    return AuditState(last, int(unsealed))
+    return AuditState(last, int(unsealed), await last_run(session))
 
 
 async def related(session: AsyncSession, row: AuditLog, *, limit: int = 20) -> list[Entry]:

@@ -3,17 +3,21 @@
 One command, nothing to configure: a local Stripe peer, billwatch on an embedded SQLite file, an
 SMTP sink for alert e-mails, all on loopback, all under one folder (``var/demo`` by default,
 wiped at the start of each run). Without ``--keep-running`` every process is stopped at the end.
+SIGTERM and SIGHUP stop it the way Ctrl-C does, so a closed terminal or a ``kill`` leaves no
+child process behind either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
@@ -42,20 +46,53 @@ def run_demo(*, population: Population, folder: Path, port: int, concurrency: in
     _fresh(folder)
     env = DemoEnvironment(folder, free_port(port), free_port(8420), free_port(8025))
     started = time.monotonic()
-    with ExitStack() as stack:
-        sink = MailSink(env.mail_folder, env.smtp_port)
-        sink.start()
-        stack.callback(sink.stop)
-        stack.enter_context(_services(env))
-        result = asyncio.run(_run(env, population, concurrency, started))
-        report.render(result, console)
-        if keep_running:
-            _serve_until_interrupted(env)
+    with _stop_on_termination() as received:
+        try:
+            with ExitStack() as stack:
+                sink = MailSink(env.mail_folder, env.smtp_port)
+                sink.start()
+                stack.callback(sink.stop)
+                stack.enter_context(_services(env))
+                result = asyncio.run(_run(env, population, concurrency, started))
+                report.render(result, console)
+                if keep_running:
+                    _serve_until_interrupted(env)
+        except KeyboardInterrupt:
+            if not received:
+                raise  # Ctrl-C: as before
+            console.print(f"stopped by {signal.Signals(received[0]).name}; every process is down")
+            raise SystemExit(128 + received[0]) from None
     return not result.problems and result.verify.ok
 
 
+@contextmanager
+def _stop_on_termination() -> Iterator[list[int]]:
+    """SIGTERM and SIGHUP act as Ctrl-C: the SIGINT handler of the moment runs (asyncio's, which
+    cancels the month, or Python's, which raises KeyboardInterrupt), so the stack unwinds and
+    stops every child. Only the first one acts: a second would interrupt the stopping itself,
+    which is already bounded (SIGTERM, then SIGKILL)."""
+    received: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _serve_until_interrupted(env: DemoEnvironment) -> None:
-    """Keep billwatch, the Stripe peer and the mail sink up until Ctrl-C."""
+    """Keep billwatch, the Stripe peer and the mail sink up until Ctrl-C (or SIGTERM, SIGHUP)."""
     console.print(f"[bold]billwatch keeps running on {env.base_url}[/bold] with the Stripe peer on "
                   f"{env.stripe_url}; new alert e-mails still land in {report.shown(env.mail_folder)}. "
                   "Press Ctrl-C to stop everything.")
@@ -80,11 +117,11 @@ def _services(env: DemoEnvironment) -> Iterator[list[Service]]:
     services: list[Service] = []
     try:
         with console.status("Starting the local Stripe peer and billwatch..."):
-            services.append(start_localstripe(env.folder, env.stripe_port))
+            start_localstripe(env.folder, env.stripe_port, services)
             from billwatch.migrations import upgrade
 
             upgrade(env.settings().database_url)
-            services.append(start_billwatch(env.folder, env.billwatch_port, env.server_env()))
+            start_billwatch(env.folder, env.billwatch_port, env.server_env(), services)
         yield services
     finally:
         for service in reversed(services):

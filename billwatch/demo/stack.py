@@ -90,18 +90,25 @@ class Service:
         self._log.close()
 
 
-def start_localstripe(folder: Path, port: int) -> Service:
-    """localstripe in its own folder, starting empty (``--from-scratch``)."""
+def start_localstripe(folder: Path, port: int, started: list[Service]) -> Service:
+    """localstripe in its own folder, starting empty (``--from-scratch``).
+
+    It joins ``started`` before it answers, so a stop while it starts up stops it too.
+    """
     service = Service("localstripe", [executable("localstripe"), "--port", str(port), "--from-scratch"],
                       cwd=folder / "localstripe", port=port)
+    started.append(service)
     service.wait_ready("/v1/customers")
     return service
 
 
-def start_billwatch(folder: Path, port: int, env: dict[str, str]) -> Service:
-    """``billwatch serve`` on the demo database (migrated beforehand by the demo)."""
+def start_billwatch(folder: Path, port: int, env: dict[str, str],
+                    started: list[Service]) -> Service:
+    """``billwatch serve`` on the demo database (migrated beforehand by the demo), in ``started``
+    before it answers."""
     argv = [executable("billwatch"), "serve", "--host", "127.0.0.1", "--port", str(port),
             "--no-migrate"]
     service = Service("billwatch", argv, cwd=folder, port=port, env=env)
+    started.append(service)
     service.wait_ready("/healthz")
     return service

@@ -31,23 +31,29 @@ WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
 REFUNDS_SWEEP_TASK = "billwatch.billing.refunds_sweep"
 OVERRIDES_EXPIRE_TASK = "billwatch.billing.expire_overrides"
 SUBSCRIPTION_INTENTS_TASK = "billwatch.billing.sweep_subscription_intents"
+IDEMPOTENCY_PRUNE_TASK = "billwatch.jobs.idempotency_prune"
+AUDIT_SEAL_TASK = "billwatch.audit.seal"
 
 
-def beat_schedule() -> dict[str, dict[str, Any]]:
+def beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """Daily metrics at 00:00 UTC, anomaly checks at the top of every hour, the audit
-    checkpoint at :15 and the Stripe reconcile at :30 of every hour, and an alert sweep every
+    checkpoint at :15 and the Stripe reconcile at :30 of every hour, the audit seal every
+    ``audit_seal_interval_seconds`` (the embedded runner's interval too), and an alert sweep every
     minute (re-sends hand-offs that were lost, mails counts whose window ended), a refund
     sweep every minute (settles refund intents left pending) and the expiry of free grants and
-    timed overrides every minute."""
+    timed overrides every minute, and the pruning of expired idempotency keys at :45."""
+    seal_every = float((settings or get_settings()).audit_seal_interval_seconds)
     return {
         "daily-metrics": {"task": DAILY_METRICS_TASK, "schedule": crontab(minute="0", hour="0")},
         "anomaly-checks": {"task": ANOMALY_CHECKS_TASK, "schedule": crontab(minute="0")},
         "audit-checkpoint": {"task": AUDIT_CHECKPOINT_TASK, "schedule": crontab(minute="15")},
+        "audit-seal": {"task": AUDIT_SEAL_TASK, "schedule": seal_every},
         "webhooks-reconcile": {"task": WEBHOOKS_RECONCILE_TASK, "schedule": crontab(minute="30")},
         "alerts-sweep": {"task": SWEEP_TASK, "schedule": 60.0},
         "refunds-sweep": {"task": REFUNDS_SWEEP_TASK, "schedule": 60.0},
         "overrides-expire": {"task": OVERRIDES_EXPIRE_TASK, "schedule": 60.0},
         "subscription-intents-sweep": {"task": SUBSCRIPTION_INTENTS_TASK, "schedule": 60.0},
+        "idempotency-prune": {"task": IDEMPOTENCY_PRUNE_TASK, "schedule": crontab(minute="45")},
     }
 
 
@@ -75,7 +81,7 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json", result_serializer="json", accept_content=["json"],
         timezone="UTC", enable_utc=True,
         worker_hijack_root_logger=False,
-        beat_schedule=beat_schedule(),
+        beat_schedule=beat_schedule(settings),
     )
     return celery
 

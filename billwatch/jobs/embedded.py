@@ -108,6 +108,8 @@ class EmbeddedRunner:
         await sweep_pending_refunds(self.db, self.settings, now=now)
         await sweep_subscription_intents(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)
+        if self.schedule:  # last: housekeeping never holds up the tick's deliveries
+            await service.idempotency_prune_job(self.db, self.settings, now=now)
         self.ticks += 1
 
     async def _raise_audit_failures(self) -> None:

@@ -170,7 +170,7 @@ async def audit_checkpoint_job(db: Database, settings: Settings, *, now: datetim
 
 async def audit_seal_due(db: Database, settings: Settings, *,
                          now: datetime | None = None) -> RunOutcome:
-    """The embedded scheduler's seal: once per ``BILLWATCH_AUDIT_SEAL_INTERVAL_SECONDS`` slot.
+    """The frequent seal (embedded tick, beat): once per ``BILLWATCH_AUDIT_SEAL_INTERVAL_SECONDS`` slot.
 
     Without it an embedded deployment never seals, and an unsealed row deleted by hand leaves
     no trace. An idle slot writes no checkpoint; a failed one is retried by the next tick and
@@ -209,3 +209,26 @@ async def webhooks_reconcile_job(db: Database, settings: Settings, *,
 
     return await run_claimed(db, job=WEBHOOKS_RECONCILE, period=hour_period(hour), work=work,
                              task_id=task_id)
+
+
+IDEMPOTENCY_PRUNE = "idempotency_prune"
+
+
+async def idempotency_prune_job(db: Database, settings: Settings, *, now: datetime | None = None,
+                                task_id: str | None = None) -> RunOutcome:
+    """Delete client idempotency keys past their replay window, once per hour.
+
+    Without it ``idempotency_keys`` grows with every keyed POST for the life of the database.
+    The embedded tick calls this every poll, so an hour that already ran is answered by a read.
+    """
+    from billwatch.idempotency import prune
+
+    moment = now or utcnow()
+    period = hour_period(hour_floor(moment))
+    if period in await succeeded_periods(db, IDEMPOTENCY_PRUNE, [period]):
+        return RunOutcome(ran=False)
+
+    async def work() -> dict[str, Any]:
+        return {"pruned": await prune(db, now=moment)}
+
+    return await run_claimed(db, job=IDEMPOTENCY_PRUNE, period=period, work=work, task_id=task_id)

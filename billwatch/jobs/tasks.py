@@ -33,9 +33,11 @@ from billwatch.jobs.celery_app import (
     ANOMALY_CHECKS_TASK,
     AUDIT_CHECKPOINT_TASK,
     AUDIT_FAILURE_TASK,
+    AUDIT_SEAL_TASK,
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
+    IDEMPOTENCY_PRUNE_TASK,
     OVERRIDES_EXPIRE_TASK,
     REFUNDS_SWEEP_TASK,
     SUBSCRIPTION_INTENTS_TASK,
@@ -218,6 +220,13 @@ def audit_checkpoint(self: Task) -> dict[str, Any]:
     return {"ran": outcome.ran, **outcome.result}
 
 
+@task(name=AUDIT_SEAL_TASK, **JOB_RETRY)
+def audit_seal(self: Task) -> dict[str, Any]:
+    """Every ``audit_seal_interval_seconds``: seal new audit rows, as the embedded runner does."""
+    outcome = run_async(lambda db, settings: service.audit_seal_due(db, settings))
+    return {"ran": outcome.ran, **outcome.result}
+
+
 @task(name=WEBHOOKS_RECONCILE_TASK, **JOB_RETRY)
 def webhooks_reconcile(self: Task) -> dict[str, Any]:
     """``billwatch webhooks reconcile``, hourly: process events no webhook delivered."""
@@ -249,3 +258,12 @@ def sweep_subscription_intents(self: Task) -> dict[str, Any]:
     return {"checkouts": [str(i) for i in result.checkouts],
             "cancellations": [str(i) for i in result.cancellations],
             "still_pending": result.still_pending}
+
+
+@task(name=IDEMPOTENCY_PRUNE_TASK, **JOB_RETRY)
+def prune_idempotency_keys(self: Task) -> dict[str, Any]:
+    """Hourly: delete client idempotency keys past their replay window (once per hour)."""
+    task_id = self.request.id
+    outcome = run_async(lambda db, settings: service.idempotency_prune_job(db, settings,
+                                                                           task_id=task_id))
+    return {"ran": outcome.ran, **outcome.result}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from billwatch.webhooks.handlers.checkout import checkout_completed
+from billwatch.webhooks.handlers.checkout import checkout_completed, checkout_expired
 from billwatch.webhooks.handlers.common import EventContext, Handled
 from billwatch.webhooks.handlers.invoices import invoice_paid, invoice_payment_failed
 from billwatch.webhooks.handlers.refunds import charge_refunded, refund_event
@@ -14,6 +14,7 @@ Handler = Callable[[EventContext], Awaitable[Handled]]
 
 HANDLERS: dict[str, Handler] = {
     "checkout.session.completed": checkout_completed,
+    "checkout.session.expired": checkout_expired,
     "customer.subscription.created": subscription_event,
     "customer.subscription.updated": subscription_event,
     "customer.subscription.deleted": subscription_event,

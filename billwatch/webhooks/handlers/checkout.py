@@ -1,9 +1,12 @@
-"""checkout.session.completed: the owner paid on Stripe's page; close our checkout session.
+"""checkout.session.completed / expired: the owner paid on Stripe's page, or never did.
 
 When a proxy opened the checkout, the subscription it created keeps that fact
 (``managed_by_proxy_id``, ``manager_assignment_id``), taken from our checkout row or from the
 metadata our checkout sent to Stripe. The subscription's own events may arrive before or after
 this one: whichever comes first creates the row, the other fills in what it knows.
+
+An expired session (abandoned, or expired early at Stripe) closes our checkout as ``expired`` at
+once, so the owner may start another without waiting for our own ``expires_at``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.audit import recorder
@@ -77,6 +80,39 @@ async def checkout_completed(ctx: EventContext) -> Handled:
               "manager_assignment_id": meta.get("billwatch_assignment_id")})
     return Handled(owner=owner, refs=refs,
                    data={"checkout_id": str(checkout.id) if checkout is not None else None})
+
+
+async def checkout_expired(ctx: EventContext) -> Handled:
+    """Close our checkout whose Stripe session expired unpaid, freeing the owner for a new one."""
+    session_id = shapes.required_str(ctx.obj, "id")
+    customer_id = shapes.ref(ctx.obj.get("customer"))
+    meta = shapes.metadata(ctx.obj)
+    refs = ctx.refs(customer_id=customer_id)
+    checkout = (await ctx.session.scalars(
+        select(CheckoutSession).where(CheckoutSession.stripe_session_id == session_id)
+        .with_for_update())).first()
+    if checkout is None:
+        checkout = await _adopt_pending(ctx, session_id, customer_id, meta)
+    if checkout is None:
+        return Handled.ignored(f"checkout {session_id} was not opened by billwatch", refs=refs)
+    owner = OwnerRef(checkout.owner_type, checkout.owner_id)
+    # Compare-and-set: the lazy expiry of a new checkout request may have closed it first.
+    result = await ctx.session.execute(
+        update(CheckoutSession).where(CheckoutSession.id == checkout.id,
+                                      CheckoutSession.status == CheckoutStatus.OPEN)
+        .values(status=CheckoutStatus.EXPIRED)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return Handled.ignored(f"checkout {checkout.id} is already {checkout.status.value}",
+                               refs=refs, owner=owner)
+    checkout.status = CheckoutStatus.EXPIRED
+    recorder.record(
+        ctx.session, AuditEvent.CHECKOUT_EXPIRED, actor=STRIPE, owner=owner,
+        resource=Resource("checkout_session", checkout.id), stripe=refs,
+        data={"plan": checkout.plan_code, "stripe_session_id": session_id,
+              "expires_at": checkout.expires_at.isoformat() if checkout.expires_at else None,
+              "stripe_expires_at": ctx.obj.get("expires_at"), "from": ctx.type})
+    return Handled(owner=owner, refs=refs, data={"checkout_id": str(checkout.id)})
 
 
 async def _adopt_pending(ctx: EventContext, session_id: str, customer_id: str | None,
