@@ -283,14 +283,20 @@ def api_page(app: FastAPI) -> str:
                                   for p in operation.get("parameters", [])) else "")
             rows.append((f"`{method.upper()} {path}`", _md(summary), _auth_text(operation),
                          f"`{event}`" if event else "", key, errors))
+    from billwatch.openapi_errors import ERROR_DESCRIPTIONS
+
     intro = ("Every route of the OpenAPI document (`/openapi.json` when "
              "`BILLWATCH_ENABLE_API_DOCS` is on); the console's pages under `/console` are not "
-             "part of it ([console.md](../console.md)). Every error answers "
-             "`{\"error\": code, \"detail\": reason}`; what each status means is in "
-             "[api.md](../api.md). Who may call a route (admin, owner, proxy) is checked inside it "
-             "and answered with 403.")
-    return _page("The API", intro, _table(
-        ("route", "summary", "auth", "audit event", "Idempotency-Key", "error statuses"), rows))
+             "part of it ([console.md](../console.md)). Who may call a route (admin, owner, "
+             "proxy) is checked inside it and answered with 403; [api.md](../api.md) says who "
+             "may call which.")
+    statuses = ["", "## Error statuses", "",
+                "Every error answers `{\"error\": code, \"detail\": reason}`.", "",
+                *_table(("status", "means"), [(str(code), _md(text))
+                                              for code, text in sorted(ERROR_DESCRIPTIONS.items())])]
+    return _page("The API", intro, [*_table(
+        ("route", "summary", "auth", "audit event", "Idempotency-Key", "error statuses"), rows),
+        *statuses])
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -338,13 +344,17 @@ def cli_page() -> str:
     return _page("The command line", intro, body[:-1] if body and not body[-1] else body)
 
 
-def cli_commands() -> list[str]:
-    """Every command's full name (``billwatch audit verify``), for checks on the runbooks."""
+def cli_commands() -> dict[str, frozenset[str]]:
+    """Every command's full name (``billwatch audit verify``) and its options, for the runbooks."""
     from billwatch.cli import app as cli_app
 
     root = typer.main.get_command(cli_app)
     assert isinstance(root, typer.core.TyperGroup)
-    return [name for name, _command in _commands(root, "billwatch")]
+    return {name: frozenset(option for param in command.params
+                            if isinstance(param, typer.core.TyperOption)
+                            for option in (*param.opts, *param.secondary_opts))
+            | {"--help"}
+            for name, command in _commands(root, "billwatch")}
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ class TestPagesSayWhatEachThingIs:
     def test_every_command_has_help(self) -> None:
         page = docs_reference.cli_page()
         commands = docs_reference.cli_commands()
-        assert "billwatch audit verify" in commands and "billwatch webhooks replay" in commands
+        assert "--anchor" in commands["billwatch audit verify"]
+        assert "--no-migrate" in commands["billwatch serve"]
         for command in commands:
             section = page.split(f"## `{command}`\n\n", 1)[1]
             assert section.split("\n", 1)[0].strip(), f"`{command}` has no help text"
