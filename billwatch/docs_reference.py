@@ -242,7 +242,7 @@ def events_page(app: FastAPI) -> str:
     for event, meaning, outcome in event_docs():
         written_by = ", ".join(routes.get(event.value, []))
         if event.value in proxy_of:
-            written_by = f"as `{proxy_of[event.value]}`, when a proxy acts for a patient"
+            written_by = f"instead of `{proxy_of[event.value]}` when a proxy acts for a patient"
         rows.append((f"`{event.value}`", _md(meaning), _md(outcome), written_by))
     intro = ("Every name the audit trail may hold, from `billwatch.audit.events.AuditEvent`; the "
              "recorder accepts nothing else. A route that names an event writes it as "
@@ -250,7 +250,7 @@ def events_page(app: FastAPI) -> str:
              "followed by one failure row (anonymous callers are counted per minute in "
              "`audit.anonymous_refusals`). See [audit.md](../audit.md).")
     return _page("Audit events", intro,
-                 _table(("event", "means", "outcome", "routes that name it"), rows))
+                 _table(("event", "means", "outcome", "API routes that name it"), rows))
 
 
 # --- the API ----------------------------------------------------------------------------------

@@ -88,8 +88,8 @@ class AuditEvent(StrEnum):
     PROXY_CHECKOUT_REUSED = "billing.proxy.checkout.reused"
     """``billing.checkout.reused``, by a proxy for a patient. Outcome: `success`."""
     CHECKOUT_EXPIRED = "billing.checkout.expired"
-    """An open checkout session passed its expiry and was closed by the sweeper. Outcome:
-    `success`."""
+    """An open checkout session past its expiry was marked expired, by whoever saw it first.
+    Outcome: `success`."""
     SUBSCRIPTION_CANCEL_REQUESTED = "billing.subscription.cancel_requested"
     """The cancellation's intent, recorded before Stripe is asked. Outcome: `success`."""
     PROXY_SUBSCRIPTION_CANCEL_REQUESTED = "billing.proxy.subscription.cancel_requested"
@@ -144,9 +144,9 @@ class AuditEvent(StrEnum):
     `failure` when the request is refused or fails."""
     # the admin console
     CONSOLE_SIGN_IN_REQUESTED = "console.sign_in.requested"
-    """A console sign-in link was asked for (by the form or ``billwatch console link``).
-    Outcome: `success`; `failure` when refused (unknown address, not an admin, over the
-    limit)."""
+    """A console sign-in link was asked for (by the form or ``billwatch console link``); a
+    request over the sign-in limit writes no row. Outcome: `success`; `failure` for an
+    unknown address or a user who is not an admin."""
     CONSOLE_SIGNED_IN = "console.signed_in"
     """A sign-in link was used and a console session opened. Outcome: `success`; `failure`
     for a link that is unknown, used or expired."""
@@ -156,8 +156,8 @@ class AuditEvent(StrEnum):
     """An admin opened a console page (the page and its filters are in the row). Outcome:
     `success`."""
     WEBHOOK_REPLAY_REQUESTED = "billing.webhook.replay_requested"
-    """An admin replayed a stored Stripe event from the console. Outcome: `success`;
-    `failure` when refused or the replay fails."""
+    """An admin asked the console to replay a stored Stripe event; the row is written before
+    the replay runs. Outcome: `success`; `failure` when the request is refused."""
 
 
 PROXY_VARIANTS: dict[AuditEvent, AuditEvent] = {
