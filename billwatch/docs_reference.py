@@ -137,7 +137,18 @@ def settings_page() -> str:
              "written comma-separated (`BILLWATCH_PLANS` is JSON). Secrets never show their "
              "value here; which of them billwatch refuses to start with outside "
              "`BILLWATCH_ENV=development` is in [security.md](../security.md).")
-    return _page("Settings", intro, _table(("variable", "type", "default", "meaning"), rows))
+    from billwatch.alerts.explain import format_money
+    from billwatch.config import DEFAULT_PLANS
+
+    plans = [(f"`{plan.code}`", plan.name, plan.interval.value,
+              format_money(plan.amount_cents, plan.currency),
+              f"`{plan.stripe_price}`") for plan in DEFAULT_PLANS]
+    catalogue = ["", "## The default `BILLWATCH_PLANS`", "",
+                 "`billwatch sync-plans` creates the prices that are missing at the configured "
+                 "Stripe.", "",
+                 *_table(("code", "name", "interval", "amount", "Stripe price"), plans)]
+    return _page("Settings", intro,
+                 [*_table(("variable", "type", "default", "meaning"), rows), *catalogue])
 
 
 # --- metrics ----------------------------------------------------------------------------------

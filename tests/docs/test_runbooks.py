@@ -71,7 +71,8 @@ class TestEveryAlertHasItsRunbook:
 
 
 class TestRunbooksNameWhatExists:
-    PAGES = [*OPERATIONS, DOCS / "architecture.md", DOCS / "alerts.md", ROOT / "README.md"]
+    PAGES = [*OPERATIONS, DOCS / "architecture.md", DOCS / "alerts.md", DOCS / "jobs.md",
+             ROOT / "README.md"]
 
     @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
     def test_links_resolve(self, page: Path) -> None:
