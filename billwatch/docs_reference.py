@@ -370,15 +370,19 @@ def cli_commands() -> dict[str, frozenset[str]]:
 
 # --- writing ----------------------------------------------------------------------------------
 
-def reference_app() -> FastAPI:
-    """An app built as production builds it, on a database it never opens, with docs on."""
+def reference_app(*, log_level: str = "WARNING") -> FastAPI:
+    """An app built as production builds it, on a database it never opens, with docs on.
+
+    Building it configures the process's logging; WARNING is what the test settings use, and
+    the command line passes ERROR to keep the development-secrets warning off its output.
+    """
     from billwatch.app import create_app
 
     return create_app(Settings(_env_file=None,
                                env=Environment.DEVELOPMENT, enable_api_docs=True,
                                enable_billing_metrics=True,
                                database_url="sqlite+aiosqlite:///:memory:",
-                               log_level="ERROR", log_json=False))
+                               log_level=log_level, log_json=False))
 
 
 def render_all(app: FastAPI | None = None) -> dict[str, str]:
@@ -415,12 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 naming the pages that differ from the code")
     args = parser.parse_args(argv)
+    app = reference_app(log_level="ERROR")
     if args.check:
-        differing = stale(args.out)
+        differing = stale(args.out, app)
         for name in differing:
             sys.stdout.write(f"stale: {name}\n")
         return 1 if differing else 0
-    for path in write(args.out):
+    for path in write(args.out, app):
         sys.stdout.write(f"wrote {path.name}\n")
     return 0
 

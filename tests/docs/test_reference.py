@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,23 @@ class TestCommittedPagesAreCurrent:
             "`BILLWATCH_AUDIT_RETENTION_DAYS`", "`BILLWATCH_AUDIT_KEEP_DAYS`"), encoding="utf-8")
         (tmp_path / "cli.md").unlink()
         assert docs_reference.stale(tmp_path, app) == ["settings.md", "cli.md"]
+
+
+    def test_the_command_writes_the_pages_and_check_names_the_stale_ones(
+            self, tmp_path: Path) -> None:
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "billwatch.docs_reference",
+                                   "--out", str(tmp_path), *args],
+                                  capture_output=True, text=True, timeout=90, check=False)
+
+        missing = run("--check")
+        assert missing.returncode == 1 and "stale: settings.md" in missing.stdout
+        assert not (tmp_path / "settings.md").exists()  # --check writes nothing
+        written = run()
+        assert written.returncode == 0 and "wrote cli.md" in written.stdout, written.stderr
+        assert run("--check").returncode == 0
+        assert (tmp_path / "api.md").read_text(encoding="utf-8") == (
+            REFERENCE / "api.md").read_text(encoding="utf-8")
 
 
 class TestPagesSayWhatEachThingIs:
