@@ -67,22 +67,26 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    """billwatch configuration; the README documents each field."""
+    """billwatch configuration; docs/reference/settings.md is generated from these docstrings."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BILLWATCH_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="BILLWATCH_", env_file=".env", extra="ignore", frozen=True,
+        use_attribute_docstrings=True,  # the docstring under a field is its description
     )
 
     env: Environment = Environment.PRODUCTION
-    """``BILLWATCH_ENV``: only ``development`` may run on the secrets that ship in the source."""
+    """Only ``development`` may run on the secrets that ship in the source (with a warning)."""
     database_url: str = "sqlite+aiosqlite:///./billwatch.db"
     """SQLAlchemy async URL; PostgreSQL via ``postgresql+asyncpg://user@host/db``."""
 
     stripe_api_key: SecretStr = SecretStr(DEVELOPMENT_STRIPE_API_KEY)
+    """Stripe secret key (never logged)."""
     stripe_api_base: str | None = None
     """Where the Stripe API lives; set to a local Stripe peer (localstripe) for tests and demo."""
     stripe_webhook_secret: SecretStr = SecretStr(DEVELOPMENT_WEBHOOK_SECRET)
+    """The ``whsec_...`` signing secret of the webhook endpoint."""
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    """How old a webhook signature may be and still be accepted."""
     stripe_webhook_secrets_previous: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Older signing secrets still accepted during a rotation (comma-separated), then removed."""
     stripe_local_standins: bool | None = None
@@ -93,11 +97,14 @@ class Settings(BaseSettings):
     """A refund intent pending longer than this is settled by the sweeper (keep it above the budget)."""
 
     token_secret: SecretStr = SecretStr(DEVELOPMENT_TOKEN_SECRET)
+    """HS256 key of bearer tokens, at least 32 bytes."""
     token_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+    """Lifetime of a minted bearer token."""
     token_max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     """The longest lifetime a minted token may have (``billwatch token --ttl`` included)."""
 
     public_base_url: str = "http://127.0.0.1:8000"
+    """Base of the default Checkout success/cancel and portal return URLs."""
     allowed_redirect_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins Checkout/portal may send a browser back to; empty = the public base URL's."""
     enable_api_docs: bool | None = None
@@ -111,61 +118,98 @@ class Settings(BaseSettings):
     subscription_intent_grace_seconds: int = Field(default=300, ge=0)
     """A checkout or cancel intent pending this long is retried by the sweeper (same key)."""
     plans: Annotated[list[Plan], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PLANS))
+    """The catalogue, as JSON ``[{code, name, stripe_price, interval, amount_cents, currency}]``.
+
+    All plans share one currency; ``billwatch sync-plans`` creates missing prices at Stripe.
+    """
 
     billing_alert_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Recipients of alert e-mails (comma-separated)."""
     enable_billing_metrics: bool = True
+    """``false`` turns billing metrics off; callers keep working."""
     metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     """How long /metrics reuses the database gauges before querying again."""
     enable_billing_alerts: bool = True
+    """``false`` turns alert e-mails off."""
 
     # --- alerts and jobs (billwatch.alerts, billwatch.jobs; the README lists each) ---
     smtp_host: str = "127.0.0.1"
+    """SMTP server billwatch sends its mails through."""
     smtp_port: int = Field(default=25, ge=1, le=65535)
+    """Port of the SMTP server."""
     smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS."""
     smtp_user: str | None = None
+    """SMTP login; unset = no AUTH."""
     smtp_password: SecretStr | None = None
+    """SMTP password (never logged)."""
     smtp_from: str = "billwatch@localhost"
+    """Sender address of billwatch's mails."""
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Wait for the reply to each SMTP command (connect and DATA have their own)."""
     broker_url: str = ""
     """Celery broker (Redis in production); empty = embedded in-process delivery and schedule."""
     broker_visibility_timeout_seconds: int = Field(default=3600, ge=1)
+    """Redis broker: when a message no worker acknowledged is handed out again."""
     celery_queue: str = "billwatch"
+    """Queue the app publishes to and workers consume."""
     alert_cooldown_seconds: int = Field(default=3600, ge=0)
+    """Repeat interval: identical repeats of one fact mail again only after this long."""
     alert_payment_failure_attempts: int = Field(default=3, ge=1)
+    """The payment attempt that counts as final (and raises ``payment_final_failure``)."""
     alert_refunds_per_day: int = Field(default=5, ge=0)
+    """Alert when more refunds than this are issued in one UTC day."""
     alert_churn_rate: float = Field(default=0.05, ge=0, le=1)
+    """Alert when the 30-day customer churn is above this ratio."""
     alert_payment_failure_rate_factor: float = Field(default=3.0, ge=1)
+    """"Far above": an hour's failure rate at least this many times its 7-day baseline..."""
     alert_payment_failure_min_attempts: int = Field(default=10, ge=1)
+    """...with at least this many payment attempts in the hour."""
     alert_payment_failure_rate_min_increase: float = Field(default=0.10, ge=0, le=1)
+    """...and at least this much above the baseline..."""
     alert_retry_base_seconds: float = Field(default=30.0, gt=0)
+    """First wait before an alert mail that failed is retried; it doubles each time."""
     alert_retry_max_seconds: float = Field(default=1800.0, gt=0)
+    """The longest wait between two delivery attempts of one alert."""
     alert_max_attempts: int = Field(default=50, ge=1)
+    """Delivery attempts before an alert is ``failed`` (it stays in the ledger)."""
     alert_poll_seconds: float = Field(default=15.0, gt=0)
+    """Embedded mode: how often the app looks for alert mails that are due."""
     shutdown_grace_seconds: float = Field(default=5.0, gt=0, le=120)
     """How long stopping a background loop waits for its current step before cancelling it."""
     embedded_scheduler: bool = True
+    """Without a broker, the app itself runs the daily and hourly jobs, sealing and expiry."""
     job_catch_up_days: int = Field(default=3, ge=1, le=31)
+    """How many complete past days the daily job makes sure are computed."""
 
     # --- the admin console (billwatch.console; the README's "Console" section) ---
     console_base_url: str | None = None
     """Public base of the console's links (sign-in mails, alert mails); default PUBLIC_BASE_URL."""
     console_link_ttl_seconds: int = Field(default=900, ge=60, le=3600)
+    """How long a console sign-in link can be used (once)."""
     console_session_idle_seconds: int = Field(default=1800, ge=60, le=86400)
+    """A console session unused this long is signed out."""
     console_session_max_seconds: int = Field(default=12 * 3600, ge=300, le=7 * 86400)
+    """A console session ends this long after sign-in, however active."""
     console_sign_in_limit: int = Field(default=5, ge=1, le=100)
     """Sign-in requests accepted per e-mail address and per client address in a window."""
     console_sign_in_window_seconds: int = Field(default=900, ge=60, le=86400)
+    """The window ``console_sign_in_limit`` counts in."""
     # --- alert incidents and mail delivery (docs/alerts.md explains each) ---
     alert_group_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
     """How long a new non-critical incident waits for company before its first mail."""
     alert_group_interval_critical_seconds: float = Field(default=300.0, ge=0)
+    """After a mail, how long new occurrences of a critical incident wait for their summary."""
     alert_group_interval_error_seconds: float = Field(default=300.0, ge=0)
+    """The same, for ``error`` incidents."""
     alert_group_interval_warning_seconds: float = Field(default=900.0, ge=0)
+    """The same, for ``warning`` incidents."""
     alert_group_interval_info_seconds: float = Field(default=3600.0, ge=0)
-    """After a mail, how long new occurrences of a firing incident wait for their summary."""
+    """The same, for ``info`` incidents."""
     alert_resolve_seconds: float = Field(default=600.0, gt=0)
     """An incident quiet this long is resolved; the key's next occurrence mails at once."""
     smtp_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Wait for the TCP connection and the SMTP server's greeting."""
     smtp_data_timeout_seconds: float = Field(default=600.0, gt=0, le=1800)
     """The final reply to DATA: RFC 5321 (4.5.3.2.6) lets a server take ten minutes."""
     alert_uncertain_resend_seconds: float = Field(default=21600.0, gt=0)
@@ -176,7 +220,9 @@ class Settings(BaseSettings):
     """How mails show an owner's e-mail address: not at all, as ``j***@example.com``, or whole."""
 
     log_level: str = "INFO"
+    """Level of the structured log on stdout."""
     log_json: bool = True
+    """One JSON object per log line; ``false`` for readable console lines."""
 
     # --- the audit trail (billwatch.audit; the README's "Audit trail" section) ---
     audit_encryption_keys: SecretStr = SecretStr(DEVELOPMENT_ENCRYPTION_KEYS)
@@ -200,6 +246,7 @@ class Settings(BaseSettings):
     audit_anchor_mail: bool = False
     """Also mail every new checkpoint to ``billing_alert_emails`` through the SMTP settings."""
     audit_anchor_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """How long sending a checkpoint to an anchor may take."""
 
     @field_validator("plans", mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """What an alert mail tells a person: what happened, to whom, and what happens next.
 
-One function per alert kind turns the stored payload into sentences; the runbook anchors here
-are the section ids of docs/alerts.md, so a mail links to what the operator should do.
+One function per alert kind turns the stored payload into sentences; each kind's runbook is a
+page under docs/operations/alerts/, so a mail links to what the operator should do.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ RUNBOOKS: dict[str, str] = {
     AlertKind.REFUNDS_HIGH: "refunds-high",
     AlertKind.PAYMENT_FAILURE_RATE: "payment-failure-rate",
     AlertKind.DAILY_REPORT: "daily-report",
+    AlertKind.DUPLICATE_SUBSCRIPTION: "duplicate-subscription",
 }
+"""Each alert kind's runbook page, ``docs/operations/alerts/<name>.md``."""
+
+
+def runbook_path(kind: str) -> str | None:
+    """The runbook of ``kind`` relative to docs/ (and to ``BILLWATCH_DOCS_BASE_URL``)."""
+    name = RUNBOOKS.get(kind)
+    return f"operations/alerts/{name}.md" if name else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 import aiosmtplib
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from billwatch.alerts.explain import RUNBOOKS, Owner, explain, format_money, link
+from billwatch.alerts.explain import Owner, explain, format_money, link, runbook_path
 from billwatch.alerts.models import Alert, AlertKind
 from billwatch.alerts.raising import spec_for
 from billwatch.audit.redaction import redact, redact_text
@@ -72,10 +72,10 @@ def _concerns(owner: Owner | None) -> str | None:
 
 
 def _links(alert: Alert, settings: Settings, owner: Owner | None) -> list[tuple[str, str]]:
-    anchor = RUNBOOKS.get(alert.kind)
+    runbook = runbook_path(alert.kind)
     console = settings.console_url if settings.console_base_url else ""  # links only when declared
     candidates = [
-        ("Runbook", link(settings.docs_base_url, f"alerts.md#{anchor}") if anchor else None),
+        ("Runbook", link(settings.docs_base_url, runbook) if runbook else None),
         ("This alert", link(console, f"alerts/{alert.id}")),
         ("The owner", link(console, f"owners/{owner.kind}/{owner.id}")
          if owner is not None else None),

@@ -229,11 +229,11 @@ def archive_command(
 
 @audit_app.command("keygen")
 def keygen_command(
-    kid: Annotated[str, typer.Option(help="Id of the new key (letters, digits, _ . -).")] =
-        f"k{datetime.now(UTC):%Y%m%d}",
+    kid: Annotated[str | None, typer.Option(
+        help="Id of the new key (letters, digits, _ . -); default k and today's UTC date.")] = None,
 ) -> None:
     """Print a new encryption key entry to put first in BILLWATCH_AUDIT_ENCRYPTION_KEYS."""
-    typer.echo(crypto.generate_key_entry(kid))
+    typer.echo(crypto.generate_key_entry(kid or f"k{datetime.now(UTC):%Y%m%d}"))
 
 
 @audit_app.command("grants")

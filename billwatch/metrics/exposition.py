@@ -68,7 +68,8 @@ class MetricsExporter:
 
 
 @router.get("/metrics", response_class=Response, dependencies=[Depends(require_metrics_token)],
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text."}})
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text."}},
+            openapi_extra={"x-billwatch-auth": "bearer `BILLWATCH_METRICS_TOKEN` (none in development)"})
 async def metrics(request: Request) -> Response:
     """Prometheus exposition: counters and histograms of all workers, gauges from the database."""
     exporter: MetricsExporter = request.app.state.metrics

@@ -63,7 +63,8 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("/webhooks/stripe", responses=_RESPONSES)
+@router.post("/webhooks/stripe", responses=_RESPONSES,
+             openapi_extra={"x-billwatch-auth": "Stripe-Signature header (the webhook secret)"})
 async def stripe_webhook(request: Request) -> JSONResponse:
     """Verify, store and handle one Stripe event."""
     settings: Settings = request.app.state.settings

@@ -91,7 +91,7 @@ class TestAMailAPersonCanActOn:
             assert "15.00 USD" in body and "1500" not in body  # money, not minor units
             assert "Ada Lovelace" in body and masked in body and patient.email not in body
             assert "What happens next" in body and "Stripe makes no further automatic attempt" in body
-            assert "https://docs.example.test/billwatch/alerts.md#payment-final-failure" in body
+            assert "https://docs.example.test/billwatch/operations/alerts/payment-final-failure.md" in body
             assert f"https://console.example.test/console/alerts/{alert.id}" in body
             assert f"https://console.example.test/console/owners/patient/{patient.id}" in body
             assert_no_card(body)
