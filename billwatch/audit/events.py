@@ -39,8 +39,7 @@ class AuditEvent(StrEnum):
     `success`."""
     REFUND_FAILED = "billing.refund.failed"
     """Stripe refused a refund and the reservation was released; the actor is the admin who
-    asked. Outcome: `success` (the row records a settled intent; the event name says the
-    refund failed)."""
+    asked. Outcome: `failure`: no money moved, and a reader filtering on failures must find it."""
     FREE_SUBSCRIPTION_GRANTED = "billing.free_subscription.granted"
     """An admin granted a free subscription. Outcome: `success`; `failure` when the request
     is refused or fails."""

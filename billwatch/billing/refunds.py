@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import User
 from billwatch.audit import recorder
-from billwatch.audit.events import AuditEvent
+from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.db import Database, after_commit
@@ -212,7 +212,8 @@ async def settle_refund(session: AsyncSession, refund_id: uuid.UUID, *, info: Re
             "refundable_remaining_cents": payment.refundable_cents}
     recorder.record(
         session, AuditEvent.REFUND_FAILED if failed else AuditEvent.REFUND_ISSUED, actor=actor,
-        owner=_owner(payment), resource=Resource("transaction", payment.id),
+        outcome=Outcome.FAILURE if failed else Outcome.SUCCESS, owner=_owner(payment),
+        resource=Resource("transaction", payment.id),
         stripe=StripeRefs(event_id=event_id, invoice_id=payment.stripe_invoice_id),
         idempotency_key=refund.idempotency_key, reason=failure,
         data=data)

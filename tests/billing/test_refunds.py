@@ -127,7 +127,7 @@ class TestRefunds:
         assert (await reload(db, Transaction, payment.id)).refunded_cents == 0
         rows = [(r.event_type, r.outcome, r.actor_user_id) for r in await audit_rows(db)]
         assert rows == [("billing.refund.requested", Outcome.SUCCESS, people.admin.id),
-                        ("billing.refund.failed", Outcome.SUCCESS, people.admin.id),
+                        ("billing.refund.failed", Outcome.FAILURE, people.admin.id),
                         ("billing.refund.issued", Outcome.FAILURE, people.admin.id)]
 
 

@@ -11,6 +11,7 @@ import stripe
 
 from billwatch.accounts.actor import Actor
 from billwatch.accounts.models import Role, User
+from billwatch.audit.events import Outcome
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.billing.refunds import RefundReason, refund_key, reserve_refund
 from billwatch.db import Database
@@ -146,7 +147,7 @@ class TestAdoption:
         paid = next(t for t in await transactions_of(db, patient.id) if t.id == payment.id)
         assert paid.refunded_cents == 0
         [row] = await audit_rows(db, event_type="billing.refund.failed")
-        assert row.actor_user_id == admin.id
+        assert row.actor_user_id == admin.id and row.outcome is Outcome.FAILURE
 
     async def test_a_refund_event_naming_nothing_of_ours_is_ignored(
             self, asgi: Server, db: Database) -> None:
