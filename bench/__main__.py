@@ -19,7 +19,7 @@ from rich.console import Console
 from bench import machine, report
 from bench.context import BenchContext
 from bench.scratch import ADMIN_DSN
-from bench.suites import audit_overhead, audit_trail, daily_metrics, webhooks
+from bench.suites import audit_overhead, audit_query, audit_trail, daily_metrics, webhooks
 
 Suite = Callable[[BenchContext], Awaitable[None]]
 SUITES: dict[str, Suite] = {
@@ -27,6 +27,7 @@ SUITES: dict[str, Suite] = {
     "overhead": audit_overhead.run,
     "daily": daily_metrics.run,
     "audit": audit_trail.run,
+    "query": audit_query.run,
 }
 
 
