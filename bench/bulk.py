@@ -92,7 +92,8 @@ async def bulk_load_mode(conn: asyncpg.Connection, table: str) -> AsyncIterator[
         yield
     finally:
         for index in indexes:
-            await conn.execute(index["definition"])
+            # a partitioned table's index prints as ``ON ONLY``, which would build no partition's
+            await conn.execute(index["definition"].replace(" ON ONLY ", " ON ", 1))
         await conn.execute("RESET session_replication_role")
 
 
