@@ -175,7 +175,8 @@ def _latency_limit(full: Measured) -> str:
         return (f"{offered:,.0f} req/s offered is above the {full.closed.per_second:,.0f} req/s "
                 f"the path completes at most, so a queue grows for the whole run and latency "
                 f"counted from the intended send time grows with it ({late:,} of "
-                f"{full.open.requests:,} had no answer within {OPEN_LOOP_TIMEOUT:g} s)")
+                f"{full.open.requests:,} had no answer within {OPEN_LOOP_TIMEOUT:g} s"
+                f"{', so the p99 shown is that cut-off' if late > full.open.requests / 100 else ''})")
     return (f"the path's capacity ({full.closed.per_second:,.0f} req/s) is close to the "
             f"{offered:,.0f} req/s offered: at {full.cpu_ms:.2f} ms of CPU per delivery, bursts "
             f"of arrivals queue behind each other")

@@ -6,6 +6,7 @@ never a test's.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -81,3 +82,49 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+PARTITION_BY_MONTH = """
+CREATE TABLE audit_logs_by_month (LIKE audit_logs INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    PARTITION BY RANGE (occurred_at);
+DROP TABLE audit_logs;
+ALTER TABLE audit_logs_by_month RENAME TO audit_logs;
+ALTER TABLE audit_logs ADD CONSTRAINT pk_audit_logs PRIMARY KEY (id, occurred_at);
+CREATE INDEX ix_audit_logs_owner_time ON audit_logs (owner_type, owner_id, occurred_at);
+CREATE INDEX ix_audit_logs_time_brin ON audit_logs USING brin (occurred_at);
+"""
+
+
+async def test_the_audit_loader_serves_a_table_partitioned_by_month(tmp_path: Path) -> None:
+    """Partitions for the months ahead only, as a scheduler leaves them: the loader adds the past
+    months, keeps the existing one, and builds the indexes on every partition."""
+    import asyncpg
+    from rich.console import Console
+
+    from bench.audit_data import AuditData
+    from bench.context import BenchContext
+    from bench.scratch import scratch_database
+    from bench.suites.audit_trail import bench_keys, load
+
+    data = AuditData(bench_keys()[0])
+    month = data.end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    ctx = BenchContext(Console(file=io.StringIO()), 1.0, tmp_path)
+    async with scratch_database("partitioned") as db:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            await conn.execute(PARTITION_BY_MONTH)
+            await conn.execute("CREATE TABLE audit_logs_ahead PARTITION OF audit_logs "
+                               f"FOR VALUES FROM ('{month.isoformat()}') TO (MAXVALUE)")
+            await load(ctx, db, data, 3000, keep=0)
+            per_partition = dict(await conn.fetch(
+                "SELECT tableoid::regclass::text, count(*) FROM audit_logs GROUP BY 1"))
+            unbuilt = await conn.fetchval(  # partitions with fewer indexes than the table has
+                "SELECT count(*) FROM pg_inherits i WHERE i.inhparent = 'audit_logs'::regclass "
+                "AND (SELECT count(*) FROM pg_index WHERE indrelid = i.inhrelid) < "
+                "(SELECT count(*) FROM pg_index WHERE indrelid = 'audit_logs'::regclass)")
+        finally:
+            await conn.close()
+    assert sum(per_partition.values()) == 3000
+    assert per_partition.get("audit_logs_ahead", 0) > 0
+    assert len(per_partition) >= 12  # a year of rows over monthly partitions
+    assert unbuilt == 0
