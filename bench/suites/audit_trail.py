@@ -1,4 +1,4 @@
-"""The audit trail at 1 M rows: ``audit verify`` throughput (sealing as context), then queries.
+"""The audit trail at 1 M rows: ``audit verify`` throughput (sealing as context), then console pages.
 
 Rows are COPY-loaded as the recorder writes them (see :mod:`bench.audit_data`), sealed into the
 chain by the trail's own sealer (as ``billwatch audit checkpoint`` does), then re-verified by its
