@@ -56,8 +56,8 @@ async def scratch_database(label: str, *, keep: bool = False) -> AsyncIterator[S
 async def drops_deferred() -> AsyncIterator[None]:
     """Drop the scratch databases made inside only on the way out, one after the other.
 
-    PostgreSQL 15 waits for a checkpoint in every DROP DATABASE: on a server other work keeps
-    busy the first one can take many seconds, and the ones right after it are quick.
+    PostgreSQL 15 waits for a checkpoint in every DROP DATABASE, which on a server other work
+    keeps busy takes seconds: the wait stays out of the suites' time and comes after the figures.
     """
     names: list[str] = []
     token = _deferred.set(names)
