@@ -18,8 +18,8 @@ from rich.console import Console
 
 from bench import machine, report
 from bench.context import BenchContext
-from bench.scratch import ADMIN_DSN
-from bench.suites import audit_overhead, audit_trail, daily_metrics, webhooks
+from bench.scratch import ADMIN_DSN, drops_deferred
+from bench.suites import audit_overhead, audit_query, audit_trail, daily_metrics, webhooks
 
 Suite = Callable[[BenchContext], Awaitable[None]]
 SUITES: dict[str, Suite] = {
@@ -27,6 +27,7 @@ SUITES: dict[str, Suite] = {
     "overhead": audit_overhead.run,
     "daily": daily_metrics.run,
     "audit": audit_trail.run,
+    "query": audit_query.run,
 }
 
 
@@ -55,15 +56,20 @@ async def main() -> None:
     described = await machine.describe(ADMIN_DSN)
     with tempfile.TemporaryDirectory(prefix="billwatch-bench-") as logs:
         ctx = BenchContext(console, args.scale, Path(logs), args.keep_databases, args.smoke)
-        for name in chosen:
-            started = time.monotonic()
-            console.rule(f"[bold]{name}")
-            await SUITES[name](ctx)
-            console.print(f"  {name} took {time.monotonic() - started:.0f} s")
-    report.render(console, ctx.figures, described, args.scale, smoke=args.smoke)
-    path = report.write(ctx.figures, described, args.scale, ctx.sizes, args.results,
-                        smoke=args.smoke)
-    console.print(f"JSON: {path}")
+        async with drops_deferred():  # the figures are out before the databases go
+            await _run_suites(ctx, chosen)
+            report.render(console, ctx.figures, described, args.scale, smoke=args.smoke)
+            path = report.write(ctx.figures, described, args.scale, ctx.sizes, args.results,
+                                smoke=args.smoke)
+            console.print(f"JSON: {path}")
+
+
+async def _run_suites(ctx: BenchContext, chosen: list[str]) -> None:
+    for name in chosen:
+        started = time.monotonic()
+        ctx.console.rule(f"[bold]{name}")
+        await SUITES[name](ctx)
+        ctx.console.print(f"  {name} took {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ class AuditData:
     sample: list[dict[str, Any]] = field(default_factory=list)
     """The first rows as plain dicts (content plus metadata), for the pure-Python baseline."""
 
+    @property
+    def start(self) -> datetime:
+        """The time of the first row: the rows cover the year up to :attr:`end`."""
+        return self.end - timedelta(days=365)
+
     def rows(self, count: int, *, keep: int = 0) -> Iterator[tuple[Any, ...]]:
         rng = random.Random(self.seed)
         self.owners = [("organization" if n % 12 == 0 else "patient", uuid.UUID(int=rng.getrandbits(128)))
@@ -59,8 +64,8 @@ class AuditData:
         self.actors = {kind: [uuid.UUID(int=rng.getrandbits(128)) for _ in range(n)]
                        for kind, n in (("patient", 4000), ("proxy", 800), ("admin", 20))}
         kinds, weights = list(range(len(EVENTS))), [e[3] for e in EVENTS]
-        step = timedelta(days=365) / count
-        start = self.end - timedelta(days=365)
+        step = (self.end - self.start) / count
+        start = self.start
         for n in range(count):
             event, outcome, actor, _ = EVENTS[rng.choices(kinds, weights)[0]]
             fields, data = self._row(rng, start + step * n, event, outcome, actor)

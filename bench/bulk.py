@@ -6,13 +6,16 @@ for the load and rebuilt from their own definitions afterwards, and foreign-key 
 skipped for the loading session (the generators produce consistent rows); primary keys and
 unique constraints stay and are checked. What is measured afterwards meets the same schema.
 The column lists are checked against the live schema first, so a migration that adds a
-required column makes the benchmark fail with the column's name, not a COPY error.
+required column makes the benchmark fail with the column's name, not a COPY error. A table that
+is range-partitioned gets a partition for each month of the rows that no partition covers yet
+(the scheduler creates only the months ahead), so the same loader serves either schema.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -43,6 +46,37 @@ def _chunks(records: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tupl
         yield chunk
 
 
+def _month_after(month: datetime) -> datetime:
+    return month.replace(year=month.year + 1, month=1) if month.month == 12 else \
+        month.replace(month=month.month + 1)
+
+
+async def cover_months(conn: asyncpg.Connection, table: str, first: datetime,
+                       last: datetime) -> list[str]:
+    """On a range-partitioned ``table``, create monthly partitions for ``first``..``last`` where
+    none covers the month yet; returns their names (none for a plain table)."""
+    key = await conn.fetchval("SELECT pg_get_partkeydef(oid) FROM pg_class "
+                              "WHERE relname = $1 AND relkind = 'p'", table)
+    if key is None:
+        return []
+    if not key.startswith("RANGE ("):
+        raise RuntimeError(f"bench loader for {table}: cannot load into a {key} partitioning")
+    created = []
+    month = first.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    while month <= last:
+        following = _month_after(month)
+        name = f"{table}_bench_{month:%Y_%m}"
+        try:
+            async with conn.transaction():
+                await conn.execute(f'CREATE TABLE "{name}" PARTITION OF "{table}" FOR VALUES '
+                                   f"FROM ('{month.isoformat()}') TO ('{following.isoformat()}')")
+            created.append(name)
+        except asyncpg.InvalidObjectDefinitionError:
+            pass  # a partition of the schema's own already covers (part of) this month
+        month = following
+    return created
+
+
 @asynccontextmanager
 async def bulk_load_mode(conn: asyncpg.Connection, table: str) -> AsyncIterator[None]:
     """Drop ``table``'s plain indexes and skip FK triggers; rebuild the indexes on the way out."""
@@ -58,7 +92,8 @@ async def bulk_load_mode(conn: asyncpg.Connection, table: str) -> AsyncIterator[
         yield
     finally:
         for index in indexes:
-            await conn.execute(index["definition"])
+            # a partitioned table's index prints as ``ON ONLY``, which would build no partition's
+            await conn.execute(index["definition"].replace(" ON ONLY ", " ON ", 1))
         await conn.execute("RESET session_replication_role")
 
 

@@ -30,6 +30,8 @@ class Figure:
     """None when the figure has no target of its own (context for another figure)."""
     ratio: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    limit: str | None = None
+    """What holds the figure back, from the run's own measurements; printed when it misses."""
 
 
 def ratio(value: float, baseline: float) -> float | None:
@@ -79,3 +81,9 @@ def write(figures: list[Figure], machine: dict[str, Any], scale: float,
 def render(console: Console, figures: list[Figure], machine: dict[str, Any], scale: float, *,
            smoke: bool = False) -> None:
     console.print(table(figures, machine, scale, smoke=smoke))
+    missed = [f for f in figures if f.met is False]
+    if missed:
+        console.print("[bold]Missed targets and what limits them:[/bold]")
+    for f in missed:
+        console.print(f"  - {f.suite}, {f.name} ({f.target}): {f.limit or 'not analysed'}",
+                      highlight=False)

@@ -7,6 +7,7 @@ the only difference measured is the application's own work.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,3 +50,21 @@ def _serving(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
         yield service
     finally:
         service.stop()
+
+
+def cpu_seconds(service: Service) -> float:
+    """User + system CPU used so far by the server's processes (its process group, workers
+    included); read from ``/proc``, so 0.0 where there is none."""
+    group, total = service.process.pid, 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        # after the command name: state, ppid, pgrp, ..., utime (12th), stime (13th)
+        if int(fields[2]) == group:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total

@@ -1,10 +1,13 @@
-"""Audit query: filtered, paginated admin reads of ``GET /admin/audit-logs`` at 1 M rows.
+"""Audit query: filtered, paginated admin reads of ``GET /admin/audit-logs`` at 10 M rows.
 
-A mix of what an admin asks (one owner's history, one actor's actions, refunds in a month,
-failed payments, the newest page, and second pages through the keyset cursor), sent one at a
+A year of audit rows is COPY-loaded as the recorder writes them (:func:`audit_trail.load`; on a
+partitioned ``audit_logs`` the loader adds the months the schema lacks, the reads are the same).
+Then a mix of what an admin asks (one owner's history, one actor's actions, refunds in a month,
+failed payments, the newest page, and second pages through the keyset cursor) is sent one at a
 time to billwatch under uvicorn; every read is itself audited, as in production.
 Baseline: the same filters as hand-written SQL straight on asyncpg (same join, order and limit,
-no decryption or JSON): the database's share of each read. Target: p99 < 20 ms.
+no decryption or JSON): the database's share of each read. Targets: a page of 50 at p99 < 20 ms,
+and p50 <= 4x the raw SQL's p50.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from bench import loadgen
 from bench.audit_data import AuditData
 from bench.context import TOKEN_SECRET, BenchContext
 from bench.report import Figure
-from bench.scratch import ScratchDatabase
+from bench.scratch import ScratchDatabase, scratch_database
 from bench.serving import serve_billwatch
+from bench.suites.audit_trail import bench_keys, load
 from billwatch.accounts.models import Role, User
 from billwatch.accounts.tokens import mint_token
 from billwatch.audit.events import matching
@@ -34,6 +38,9 @@ from billwatch.config import Settings
 SUITE = "audit query"
 LIMIT = 50
 COLUMNS = "a.*, s.seq"
+P99_TARGET_MS = 20.0
+P50_TARGET_RATIO = 4.0
+"""The API's p50 at most this many times the raw SQL's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,15 @@ def _flat(read: Read) -> list[Any]:
     return [sql, *args]
 
 
+async def run(ctx: BenchContext) -> None:
+    count = ctx.size("audit_query_rows", 10_000_000, 100_000)
+    keys, env = bench_keys()
+    data = AuditData(keys)
+    async with scratch_database("query", keep=ctx.keep_databases) as db:
+        await load(ctx, db, data, count, keep=0)
+        await measure(ctx, db, data, env)
+
+
 async def measure(ctx: BenchContext, db: ScratchDatabase, data: AuditData,
                   env: dict[str, str]) -> None:
     count = ctx.size("audit_reads", 2000, 500)
@@ -151,9 +167,18 @@ async def measure(ctx: BenchContext, db: ScratchDatabase, data: AuditData,
 
 def _figures(ctx: BenchContext, result: loadgen.LoadResult, baseline: loadgen.LoadResult) -> None:
     p50, p99 = result.percentile(50), result.percentile(99)
+    raw_p50, raw_p99 = baseline.percentile(50), baseline.percentile(99)
+    p50_ratio = p50 / raw_p50
+    rows = ctx.sizes.get("audit_query_rows")
+    limit = (f"the SQL takes {raw_p50:.2f} ms (p50); the other {p50 - raw_p50:.2f} ms of a read "
+             f"are billwatch's: the HTTP stack, the token and the admin's row, the read's own "
+             f"audit row committed, decrypting and serialising {LIMIT} rows (not broken down here)")
     ctx.figures += [
-        Figure(SUITE, "page of 50, p50", p50, "ms", "raw SQL p50", baseline.percentile(50),
-               "context", None, p50 / baseline.percentile(50), details=result.summary()),
-        Figure(SUITE, "page of 50, p99", p99, "ms", "raw SQL p99", baseline.percentile(99),
-               "< 20 ms", p99 < 20, p99 / baseline.percentile(99), details=baseline.summary()),
+        Figure(SUITE, f"page of 50, p50{f', {rows:,} rows' if rows else ''}", p50, "ms",
+               "raw SQL p50", raw_p50, f"<= {P50_TARGET_RATIO:g}x raw SQL",
+               p50_ratio <= P50_TARGET_RATIO, p50_ratio, details=result.summary(), limit=limit),
+        Figure(SUITE, "page of 50, p99", p99, "ms", "raw SQL p99", raw_p99,
+               f"< {P99_TARGET_MS:g} ms", p99 < P99_TARGET_MS, p99 / raw_p99,
+               details=baseline.summary(),
+               limit=f"the SQL's p99 is {raw_p99:.2f} ms; the rest is billwatch's, as for p50"),
     ]

@@ -1,10 +1,11 @@
-"""The audit trail at 1 M rows: ``audit verify`` throughput (sealing as context), then queries.
+"""The audit trail at 1 M rows: ``audit verify`` throughput (sealing as context), then console pages.
 
 Rows are COPY-loaded as the recorder writes them (see :mod:`bench.audit_data`), sealed into the
 chain by the trail's own sealer (as ``billwatch audit checkpoint`` does), then re-verified by its
 own :func:`billwatch.audit.verify.verify`. Baseline: a bare SHA-256 chain over each row's
 canonical JSON in pure Python, in the same run (on up to 200,000 of the same rows).
-Target: >= 150,000 rows/s. The same rows then serve :mod:`bench.suites.audit_query`.
+Target: >= 150,000 rows/s. The same rows then serve :mod:`bench.suites.console_pages`; the
+query suite (:mod:`bench.suites.audit_query`) loads its own, larger table with :func:`load`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 import asyncpg
 
 from bench.audit_data import AUDIT_COLUMNS, AuditData, baseline_chain
-from bench.bulk import copy
+from bench.bulk import copy, cover_months
 from bench.context import BenchContext
 from bench.report import Figure
 from bench.scratch import ScratchDatabase, scratch_database
-from bench.suites import audit_query, console_pages
+from bench.suites import console_pages
 from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.crypto import AuditKeys, generate_key_entry, keys_from
 from billwatch.audit.sealing import seal
@@ -39,12 +40,15 @@ def bench_keys() -> tuple[AuditKeys, dict[str, str]]:
                                        "BILLWATCH_AUDIT_HMAC_KEY": hmac_key}
 
 
-async def load(ctx: BenchContext, db: ScratchDatabase, data: AuditData, count: int) -> None:
+async def load(ctx: BenchContext, db: ScratchDatabase, data: AuditData, count: int, *,
+               keep: int = BASELINE_ROWS) -> None:
+    """COPY ``count`` rows of ``data`` (the first ``keep`` also kept as plain dicts), analysed."""
     conn = await asyncpg.connect(db.dsn)
     try:
         started = time.monotonic()
-        await copy(conn, "audit_logs", AUDIT_COLUMNS,
-                   data.rows(count, keep=min(count, BASELINE_ROWS)), count, ctx.console)
+        await cover_months(conn, "audit_logs", data.start, data.end)
+        await copy(conn, "audit_logs", AUDIT_COLUMNS, data.rows(count, keep=min(count, keep)),
+                   count, ctx.console)
         await conn.execute("VACUUM ANALYZE audit_logs")
         ctx.console.print(f"  loaded {count:,} audit rows in {time.monotonic() - started:.0f} s")
     finally:
@@ -58,7 +62,6 @@ async def run(ctx: BenchContext) -> None:
     async with scratch_database("audit", keep=ctx.keep_databases) as db:
         await load(ctx, db, data, count)
         await measure_verify(ctx, db, keys, data)
-        await audit_query.measure(ctx, db, data, env)
         await console_pages.measure(ctx, db, data, env)
 
 
