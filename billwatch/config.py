@@ -132,7 +132,11 @@ class Settings(BaseSettings):
     celery_queue: str = "billwatch"
     alert_cooldown_seconds: int = Field(default=3600, ge=0)
     alert_payment_failure_attempts: int = Field(default=3, ge=1)
+    """The attempt at which a failed invoice payment counts as final: the audit row's
+    ``final_attempt``, the final-failure metric and alert (Stripe's default retries stop near 3)."""
     alert_refunds_per_day: int = Field(default=5, ge=0)
+    alert_webhook_backlog_seconds: int = Field(default=300, ge=30, le=86400)
+    """Prometheus alerts when the oldest unprocessed Stripe event has waited longer than this."""
     alert_churn_rate: float = Field(default=0.05, ge=0, le=1)
     alert_payment_failure_rate_factor: float = Field(default=3.0, ge=1)
     alert_payment_failure_min_attempts: int = Field(default=10, ge=1)

@@ -119,7 +119,7 @@ def _initialise_series(plans: Iterable[str]) -> None:
         WEBHOOKS_REJECTED.labels(reason=reason)
     for outcome in labels.AUDIT_OUTCOMES:
         AUDIT_WRITES.labels(outcome=outcome)
-    for kind in labels.ALERT_KINDS:
+    for kind in labels.alert_kinds():
         ALERTS_SENT.labels(kind=kind)
 
 
