@@ -20,12 +20,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,12 +32,7 @@ from billwatch import money
 from billwatch.alerts.models import Alert, AlertStatus
 from billwatch.audit.models import AuditLog, AuditSeal
 from billwatch.billing import revenue
-from billwatch.billing.models import (
-    ACTIVE_SUBSCRIPTION_STATUSES,
-    REVENUE_SUBSCRIPTION_STATUSES,
-    Subscription,
-    SubscriptionSource,
-)
+from billwatch.billing.models import ACTIVE_SUBSCRIPTION_STATUSES, Subscription
 from billwatch.config import Plan, Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs.models import DailyBillingMetrics
@@ -162,30 +156,15 @@ async def _active_subscriptions(conn: AsyncConnection,
     return result
 
 
-def _per_owner_mrr(plans: Sequence[Plan], now: datetime) -> Select[Any]:
-    adjustments = revenue.adjustments_at(now)
-    price: Any = revenue.subscription_mrr(plans, adjustments)
-    return (select(Subscription.owner_type.label("owner_type"), func.sum(price).label("mrr"))
-            .select_from(Subscription)
-            .outerjoin(adjustments, revenue.join_adjustments(adjustments))
-            .where(Subscription.status.in_(REVENUE_SUBSCRIPTION_STATUSES),
-                   Subscription.source == SubscriptionSource.STRIPE)
-            .group_by(Subscription.owner_type, Subscription.owner_id))
-
-
 async def _revenue(conn: AsyncConnection, plans: Sequence[Plan],
                    now: datetime) -> tuple[dict[str, int], dict[str, int]]:
-    """MRR and paying customers (owners whose MRR is above zero) by owner type."""
-    per_owner = _per_owner_mrr(plans, now).subquery()
-    rows = await conn.execute(
-        select(per_owner.c.owner_type, func.sum(per_owner.c.mrr), func.count())
-        .where(per_owner.c.mrr > 0).group_by(per_owner.c.owner_type))
+    """MRR and paying customers by owner type, as :mod:`billwatch.billing.revenue` counts them."""
     mrr = dict.fromkeys(labels.OWNER_TYPES, 0)
     paying = dict.fromkeys(labels.OWNER_TYPES, 0)
-    for owner_type, total, owners in rows:
+    for owner_type, (total, owners) in (await revenue.mrr_by_owner_type(conn, plans, now)).items():
         key = labels.owner_type(owner_type)
-        mrr[key] = mrr.get(key, 0) + int(total or 0)
-        paying[key] = paying.get(key, 0) + int(owners)
+        mrr[key] = mrr.get(key, 0) + total
+        paying[key] = paying.get(key, 0) + owners
     return mrr, paying
 
 
