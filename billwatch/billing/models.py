@@ -332,7 +332,3 @@ class BillingOverride(UUIDPrimaryKey, Timestamped, Base):
     """When the state last moved; a ``pending`` or ``revoking`` one older than the sweeper's
     grace was left by a process that died between its Stripe call and its settlement."""
     failure_code: Mapped[str | None] = mapped_column(String(80))
-
-    @property
-    def is_active(self) -> bool:
-        return self.state is OverrideState.ACTIVE
