@@ -24,6 +24,7 @@ from billwatch.db import Database
 from billwatch.demo.cli import demo as demo_command
 from billwatch.errors import BillwatchError
 from billwatch.jobs import cli as jobs_cli
+from billwatch.metrics.cli import monitoring_app
 from billwatch.startup import InsecureSettings, checked_settings
 from billwatch.webhooks.cli import app as webhooks_app
 
@@ -50,6 +51,7 @@ app.command("demo")(demo_command)
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_cli.jobs_app, name="jobs")
+app.add_typer(monitoring_app, name="monitoring")
 console_app = typer.Typer(help="The admin console.", no_args_is_help=True)
 app.add_typer(console_app, name="console")
 app.command("worker")(jobs_cli.worker)

@@ -156,9 +156,12 @@ class Settings(BaseSettings):
     alert_cooldown_seconds: int = Field(default=3600, ge=0)
     """Repeat interval: identical repeats of one fact mail again only after this long."""
     alert_payment_failure_attempts: int = Field(default=3, ge=1)
-    """The payment attempt that counts as final (and raises ``payment_final_failure``)."""
+    """The attempt at which a failed invoice payment counts as final: the audit row's
+    ``final_attempt``, the final-failure metric and alert (Stripe's default retries stop near 3)."""
     alert_refunds_per_day: int = Field(default=5, ge=0)
     """Alert when more refunds than this are issued in one UTC day."""
+    alert_webhook_backlog_seconds: int = Field(default=300, ge=30, le=86400)
+    """Prometheus alerts when the oldest unprocessed Stripe event has waited longer than this."""
     alert_churn_rate: float = Field(default=0.05, ge=0, le=1)
     """Alert when the 30-day customer churn is above this ratio."""
     alert_payment_failure_rate_factor: float = Field(default=3.0, ge=1)

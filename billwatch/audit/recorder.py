@@ -67,11 +67,6 @@ def subscribe(listener: AuditListener) -> AuditListener:
     return listener
 
 
-def unsubscribe(listener: AuditListener) -> None:
-    if listener in _listeners:
-        _listeners.remove(listener)
-
-
 def on_write_failure(hook: WriteFailureHook) -> WriteFailureHook:
     """Call ``hook(failure)`` whenever an audit row cannot be written.
 

@@ -34,6 +34,27 @@ LIVE_SUBSCRIPTION_STATUSES = (
     SubscriptionStatus.INCOMPLETE, SubscriptionStatus.UNPAID, SubscriptionStatus.PAUSED)
 """Statuses in which an owner still has a subscription (and may not start another)."""
 
+ACTIVE_SUBSCRIPTION_STATUSES = (
+    SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING, SubscriptionStatus.PAST_DUE)
+"""Counted as active subscriptions (the gauge, the daily job and the demo's summary)."""
+
+REVENUE_SUBSCRIPTION_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
+"""Counted in MRR: paying or expected to pay; trials are excluded."""
+
+NEVER_PAID_SUBSCRIPTION_STATUSES = (
+    SubscriptionStatus.TRIALING, SubscriptionStatus.INCOMPLETE,
+    SubscriptionStatus.INCOMPLETE_EXPIRED)
+"""A subscription in one of these has not paid yet, so it never counts as churned revenue."""
+
+STOPPED_SUBSCRIPTION_STATUSES = (
+    SubscriptionStatus.CANCELED, SubscriptionStatus.UNPAID, SubscriptionStatus.PAUSED,
+    SubscriptionStatus.INCOMPLETE_EXPIRED)
+"""The subscription no longer charges: its owner is lost from the time it stopped."""
+
+NOT_STARTED_SUBSCRIPTION_STATUSES = (
+    SubscriptionStatus.INCOMPLETE, SubscriptionStatus.INCOMPLETE_EXPIRED)
+"""The first payment never went through: not a customer yet."""
+
 LIVE_WHERE = ("duplicate_of_id IS NULL AND status IN ("
               + ", ".join(f"'{s.value}'" for s in LIVE_SUBSCRIPTION_STATUSES) + ")")
 """The predicate of the one-live-subscription-per-owner index (and of migration 0420)."""
@@ -67,6 +88,17 @@ class IntentStatus(StrEnum):
 class CancelMode(StrEnum):
     PERIOD_END = "period_end"
     IMMEDIATELY = "immediately"
+
+
+class RefundReason(StrEnum):
+    """The closed set of refund reasons; metrics label by it, so it must stay small."""
+
+    REQUESTED_BY_CUSTOMER = "requested_by_customer"
+    DUPLICATE = "duplicate"
+    FRAUDULENT = "fraudulent"
+    SERVICE_ISSUE = "service_issue"
+    BILLING_ERROR = "billing_error"
+    OTHER = "other"
 
 
 class TransactionKind(StrEnum):
@@ -300,7 +332,3 @@ class BillingOverride(UUIDPrimaryKey, Timestamped, Base):
     """When the state last moved; a ``pending`` or ``revoking`` one older than the sweeper's
     grace was left by a process that died between its Stripe call and its settlement."""
     failure_code: Mapped[str | None] = mapped_column(String(80))
-
-    @property
-    def is_active(self) -> bool:
-        return self.state is OverrideState.ACTIVE

@@ -27,6 +27,7 @@ from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.billing.models import (
     LIVE_OVERRIDE_STATES,
+    LIVE_SUBSCRIPTION_STATUSES,
     BillingOverride,
     OverrideKind,
     OverrideState,
@@ -34,11 +35,7 @@ from billwatch.billing.models import (
     SubscriptionSource,
     SubscriptionStatus,
 )
-from billwatch.billing.subscriptions import (
-    LIVE_STATUSES,
-    ensure_no_live_subscription,
-    require_plan,
-)
+from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
 from billwatch.config import Settings
 from billwatch.db import Database, UTCDateTime, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError, Unprocessable
@@ -148,7 +145,7 @@ async def _live_stripe_subscription(session: AsyncSession, owner: OwnerRef) -> S
         Subscription.owner_type == owner.type, Subscription.owner_id == owner.id,
         Subscription.source == SubscriptionSource.STRIPE,
         Subscription.stripe_subscription_id.is_not(None),
-        Subscription.status.in_(LIVE_STATUSES)).order_by(Subscription.created_at.desc()))).first()
+        Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES)).order_by(Subscription.created_at.desc()))).first()
     if found is None:
         raise Conflict("owner has no live Stripe subscription to apply the override to",
                        code="no_stripe_subscription")

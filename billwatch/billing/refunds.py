@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from enum import StrEnum
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,22 +29,12 @@ from billwatch.accounts.models import User
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
+from billwatch.billing.models import RefundReason as RefundReason  # defined beside the other enums
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.db import Database, after_commit
 from billwatch.errors import BillwatchError, Conflict, GatewayTimeout, NotFound, PaymentProviderError
 from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import OutcomeUnknown, PaymentsGateway, RefundInfo
-
-
-class RefundReason(StrEnum):
-    """The closed set of refund reasons; metrics label by it, so it must stay small."""
-
-    REQUESTED_BY_CUSTOMER = "requested_by_customer"
-    DUPLICATE = "duplicate"
-    FRAUDULENT = "fraudulent"
-    SERVICE_ISSUE = "service_issue"
-    BILLING_ERROR = "billing_error"
-    OTHER = "other"
 
 
 class RefundSettlementPending(BillwatchError):

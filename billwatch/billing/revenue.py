@@ -5,7 +5,8 @@ it): the plan's amount, less the discount in effect at that instant, divided by 
 invoice pays for, rounded by :mod:`billwatch.money`'s one rule. A subscription whose collection
 is paused by a payment exemption adds nothing. The live gauge (at now) and the daily job (at a
 day's end and its churn window's start) both build their MRR from :func:`subscription_mrr`, so
-the two agree by construction.
+the two agree by construction; :func:`mrr_by_owner_type` is the live figure the gauge and the
+demo's summary read.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Subquery, and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, Subquery, and_, case, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
 from billwatch import money
+from billwatch.accounts.models import OwnerType
 from billwatch.billing.models import (
     ADJUSTMENT_KINDS,
+    REVENUE_SUBSCRIPTION_STATUSES,
     BillingOverride,
     OverrideKind,
     Subscription,
+    SubscriptionSource,
 )
 from billwatch.config import Plan
 
@@ -63,3 +68,28 @@ def subscription_mrr(plans: Sequence[Plan], adjustments: Subquery) -> ColumnElem
                                    adjustments.c.amount_off_cents)
     monthly = money.sql_divide_half_up(amount - off, months)
     return case((adjustments.c.exempt == 1, literal(0)), else_=monthly)
+
+
+def _per_owner_mrr(plans: Sequence[Plan], moment: datetime) -> Select[Any]:
+    adjustments = adjustments_at(moment)
+    price: Any = subscription_mrr(plans, adjustments)
+    return (select(Subscription.owner_type.label("owner_type"), func.sum(price).label("mrr"))
+            .select_from(Subscription)
+            .outerjoin(adjustments, join_adjustments(adjustments))
+            .where(Subscription.status.in_(REVENUE_SUBSCRIPTION_STATUSES),
+                   Subscription.source == SubscriptionSource.STRIPE)
+            .group_by(Subscription.owner_type, Subscription.owner_id))
+
+
+async def mrr_by_owner_type(conn: AsyncConnection, plans: Sequence[Plan],
+                            moment: datetime) -> dict[OwnerType, tuple[int, int]]:
+    """MRR in minor units and paying customers (owners whose MRR is above zero) per owner type
+    at ``moment``; every owner type is present."""
+    per_owner = _per_owner_mrr(plans, moment).subquery()
+    rows = await conn.execute(
+        select(per_owner.c.owner_type, func.sum(per_owner.c.mrr), func.count())
+        .where(per_owner.c.mrr > 0).group_by(per_owner.c.owner_type))
+    result = dict.fromkeys(OwnerType, (0, 0))
+    for owner_type, total, owners in rows:
+        result[OwnerType(owner_type)] = (int(total or 0), int(owners))
+    return result

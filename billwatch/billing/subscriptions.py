@@ -24,8 +24,6 @@ from billwatch.db import after_commit
 from billwatch.errors import Conflict, NotFound
 from billwatch.metrics import billing as billing_metrics
 
-LIVE_STATUSES = LIVE_SUBSCRIPTION_STATUSES
-
 TRANSACTIONS_SHOWN = 100
 
 
@@ -48,7 +46,7 @@ async def ensure_no_live_subscription(session: AsyncSession, owner: OwnerRef) ->
     """An owner holds at most one live subscription; a second one must wait for a cancel."""
     live = await session.scalars(select(Subscription.id).where(
         Subscription.owner_type == owner.type, Subscription.owner_id == owner.id,
-        Subscription.status.in_(LIVE_STATUSES)))
+        Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES)))
     if live.first() is not None:
         raise Conflict("owner already has a live subscription; cancel it first",
                        code="subscription_exists")

@@ -24,7 +24,9 @@ from sqlalchemy import func, select
 
 from billwatch.alerts.models import Alert
 from billwatch.audit.models import AuditLog
+from billwatch.billing import revenue
 from billwatch.billing.models import (
+    ACTIVE_SUBSCRIPTION_STATUSES,
     Subscription,
     SubscriptionSource,
     SubscriptionStatus,
@@ -33,7 +35,7 @@ from billwatch.billing.models import (
     TransactionStatus,
 )
 from billwatch.config import Settings
-from billwatch.db import Database
+from billwatch.db import Database, utcnow
 from billwatch.demo.environment import DemoEnvironment
 from billwatch.demo.stack import executable
 from billwatch.jobs.models import DailyBillingMetrics
@@ -137,19 +139,17 @@ async def daily_figures(db: Database) -> dict[str, str] | None:
 
 
 async def database_figures(db: Database, settings: Settings) -> dict[str, str]:
-    """MRR and active subscriptions straight from the subscriptions table (no job needed)."""
-    async with db.sessionmaker() as session:
-        rows = (await session.execute(select(Subscription.plan_code, Subscription.source, func.count())
-                                      .where(Subscription.status.in_((SubscriptionStatus.ACTIVE,
-                                                                      SubscriptionStatus.PAST_DUE)))
-                                      .group_by(Subscription.plan_code, Subscription.source))).all()
-        ended = int(await session.scalar(select(func.count()).where(
+    """MRR and active subscriptions straight from the subscriptions table (no job needed),
+    counted as the live gauges count them."""
+    async with db.engine.connect() as conn:
+        mrr = sum(total for total, _ in (await revenue.mrr_by_owner_type(
+            conn, settings.plans, utcnow())).values())
+        active = int(await conn.scalar(select(func.count()).select_from(Subscription).where(
+            Subscription.status.in_(ACTIVE_SUBSCRIPTION_STATUSES))) or 0)
+        ended = int(await conn.scalar(select(func.count()).select_from(Subscription).where(
             Subscription.status == SubscriptionStatus.CANCELED)) or 0)
-    monthly = {plan.code: plan.monthly_cents for plan in settings.plans}
-    mrr = sum(int(n) * monthly.get(code, 0) for code, source, n in rows
-              if source is SubscriptionSource.STRIPE)
-    active = sum(int(n) for _, _, n in rows)
-    return {"MRR": _money(mrr, "usd"), "active subscriptions": str(active),
+    currency = settings.plans[0].currency if settings.plans else "usd"
+    return {"MRR": _money(mrr, currency), "active subscriptions": str(active),
             "subscriptions ended this month": str(ended),
             "churn (ended / ever started)": _percent(ended / (active + ended) if active + ended else None)}
 
@@ -161,14 +161,13 @@ async def month_churn(db: Database) -> dict[str, str]:
     and a demo's customers all joined inside the window; this figure is the demo's own, labelled
     as such: lost paying customers / paying customers of the month.
     """
-    live = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE, SubscriptionStatus.TRIALING)
     async with db.sessionmaker() as session:
         paid = set((await session.execute(select(Transaction.owner_type, Transaction.owner_id).where(
             Transaction.kind == TransactionKind.PAYMENT,
             Transaction.status == TransactionStatus.SUCCEEDED).distinct())).tuples().all())
         keeping = set((await session.execute(select(Subscription.owner_type, Subscription.owner_id).where(
-            Subscription.status.in_(live), Subscription.source == SubscriptionSource.STRIPE)
-            .distinct())).tuples().all())
+            Subscription.status.in_(ACTIVE_SUBSCRIPTION_STATUSES),
+            Subscription.source == SubscriptionSource.STRIPE).distinct())).tuples().all())
     lost = len(paid - keeping)
     return {"paying customers lost this month (demo's own figure)":
             f"{lost} of {len(paid)} ({_percent(lost / len(paid) if paid else None)})"}

@@ -51,10 +51,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch import money
 from billwatch.billing import revenue
+from billwatch.billing.models import NEVER_PAID_SUBSCRIPTION_STATUSES as NEVER_PAID
+from billwatch.billing.models import NOT_STARTED_SUBSCRIPTION_STATUSES as NOT_STARTED
+from billwatch.billing.models import STOPPED_SUBSCRIPTION_STATUSES as STOPPED
 from billwatch.billing.models import (
     Subscription,
     SubscriptionSource,
-    SubscriptionStatus,
     Transaction,
     TransactionKind,
     TransactionStatus,
@@ -70,11 +72,6 @@ WORK_MEM = "128MB"
 
 S = Subscription
 T = Transaction
-NEVER_PAID = (SubscriptionStatus.TRIALING, SubscriptionStatus.INCOMPLETE,
-              SubscriptionStatus.INCOMPLETE_EXPIRED)
-STOPPED = (SubscriptionStatus.CANCELED, SubscriptionStatus.UNPAID, SubscriptionStatus.PAUSED,
-           SubscriptionStatus.INCOMPLETE_EXPIRED)
-NOT_STARTED = (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.INCOMPLETE_EXPIRED)
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:

@@ -30,7 +30,3 @@ class BillingManagerAssignment(UUIDPrimaryKey, Base):
     assigned_at: Mapped[datetime] = mapped_column(default=utcnow)
     removed_at: Mapped[datetime | None]
     removed_by_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
-
-    @property
-    def is_active(self) -> bool:
-        return self.removed_at is None

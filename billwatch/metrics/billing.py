@@ -73,7 +73,6 @@ AUDIT_WRITE_FAILURES = BillingCounter(
 ALERTS_SENT = BillingCounter("billing_alerts_sent_total", "Alert e-mails delivered.", ["kind"],
                              closed={"kind": labels.alert_kind})
 
-PAYMENT_FAILURE_REASONS = frozenset(labels.PAYMENT_FAILURE_REASONS)
 payment_failure_reason = labels.payment_failure_reason
 
 
@@ -86,10 +85,6 @@ def configure(settings: Settings) -> None:
     SWITCH.apply(settings)
     if SWITCH.is_enabled():
         _initialise_series(sorted(SWITCH.plans or ()))
-
-
-def is_enabled() -> bool:
-    return SWITCH.is_enabled()
 
 
 def _initialise_series(plans: Iterable[str]) -> None:
@@ -119,7 +114,7 @@ def _initialise_series(plans: Iterable[str]) -> None:
         WEBHOOKS_REJECTED.labels(reason=reason)
     for outcome in labels.AUDIT_OUTCOMES:
         AUDIT_WRITES.labels(outcome=outcome)
-    for kind in labels.ALERT_KINDS:
+    for kind in labels.alert_kinds():
         ALERTS_SENT.labels(kind=kind)
 
 
@@ -165,22 +160,6 @@ def payment_failed(owner_type: str, code: str | None, *, final: bool) -> None:
 
 def subscription_created(owner_type: str, plan: str) -> None:
     SUBSCRIPTIONS_CREATED.labels(owner_type=owner_type, plan=plan).inc()
-
-
-def webhook_received(event_type: str | None) -> None:
-    WEBHOOKS_RECEIVED.labels(event_type=event_type).inc()
-
-
-def webhook_failed(event_type: str | None) -> None:
-    WEBHOOKS_FAILED.labels(event_type=event_type).inc()
-
-
-def webhook_rejected(reason: str) -> None:
-    WEBHOOKS_REJECTED.labels(reason=reason).inc()
-
-
-def webhook_processed(event_type: str | None, seconds: float) -> None:
-    WEBHOOK_SECONDS.labels(event_type=event_type).observe(seconds)
 
 
 # --- the audit trail and alerts -------------------------------------------------------------

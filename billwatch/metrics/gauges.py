@@ -1,4 +1,6 @@
-"""Gauges computed from the database: active subscriptions, MRR, paying customers, ARPU, churn.
+"""Gauges computed from the database: active subscriptions, MRR, paying customers, ARPU, churn,
+and the backlogs (Stripe events by status, the oldest unprocessed event and pending alert, audit
+rows not yet sealed).
 
 They are SQL aggregates rather than process-local Gauge objects, so they are right straight after
 a restart and identical whichever worker is scraped. The query runs asynchronously in the
@@ -6,7 +8,9 @@ a restart and identical whichever worker is scraped. The query runs asynchronous
 ``metrics_cache_seconds``, so scrapes never hammer the database; the synchronous collector that
 ``prometheus_client`` calls while rendering only reads that cached snapshot. In multiprocess mode
 the collector is added to the per-scrape registry of the scraping process, never written to the
-shared gauge files, so workers' values are never summed.
+shared gauge files, so workers' values are never summed. The backlog ages are stored as the
+oldest timestamps and turned into ages when rendered, so a cached snapshot never reads younger
+than the truth.
 """
 
 from __future__ import annotations
@@ -16,30 +20,26 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Select, func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billwatch import money
+from billwatch.alerts.models import Alert, AlertStatus
+from billwatch.audit.models import AuditLog, AuditSeal
 from billwatch.billing import revenue
-from billwatch.billing.models import Subscription, SubscriptionSource, SubscriptionStatus
+from billwatch.billing.models import ACTIVE_SUBSCRIPTION_STATUSES, Subscription
 from billwatch.config import Plan, Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs.models import DailyBillingMetrics
 from billwatch.metrics import labels
+from billwatch.webhooks.models import TERMINAL_EVENT_STATUSES, EventStatus, StripeEvent
 
 log = structlog.get_logger(__name__)
-
-ACTIVE_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING,
-                   SubscriptionStatus.PAST_DUE)
-"""Counted as active subscriptions (and as proxy-managed ones)."""
-REVENUE_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
-"""Counted in MRR: paying or expected to pay; trials and free grants are excluded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +52,24 @@ class DailyFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits: Stripe events by status, the oldest unprocessed event and pending alert,
+    and audit rows the sealer has not chained yet."""
+
+    events: Mapping[str, int]
+    oldest_unprocessed_event: datetime | None
+    oldest_pending_alert: datetime | None
+    unsealed_audit_rows: int
+
+
+@dataclass(frozen=True, slots=True)
 class GaugeSnapshot:
     active: Mapping[tuple[str, str], int]
     mrr_cents: Mapping[str, int]
     paying_customers: Mapping[str, int]
     proxy_managed: int
     daily: DailyFigures | None = None
+    backlog: Backlog | None = None
 
     @property
     def arpu_cents(self) -> int:
@@ -109,16 +121,33 @@ async def query_snapshot(db: Database, plans: Sequence[Plan],
         active = await _active_subscriptions(conn, frozenset(plan.code for plan in plans))
         mrr, paying = await _revenue(conn, plans, now or utcnow())
         proxy_managed = await conn.scalar(select(func.count()).select_from(Subscription).where(
-            Subscription.status.in_(ACTIVE_STATUSES), Subscription.managed_by_proxy_id.is_not(None)))
+            Subscription.status.in_(ACTIVE_SUBSCRIPTION_STATUSES),
+            Subscription.managed_by_proxy_id.is_not(None)))
         daily = await _daily_figures(conn)
-    return GaugeSnapshot(active, mrr, paying, int(proxy_managed or 0), daily)
+        backlog = await query_backlog(conn)
+    return GaugeSnapshot(active, mrr, paying, int(proxy_managed or 0), daily, backlog)
+
+
+async def query_backlog(conn: AsyncConnection) -> Backlog:
+    """The backlog figures; unsealed rows use the sealer's own test (no seal names the row)."""
+    by_status = dict.fromkeys((status.value for status in EventStatus), 0)
+    for status, count in await conn.execute(
+            select(StripeEvent.status, func.count()).group_by(StripeEvent.status)):
+        by_status[EventStatus(status).value] = int(count)
+    oldest_event = await conn.scalar(select(func.min(StripeEvent.received_at)).where(
+        StripeEvent.status.not_in(TERMINAL_EVENT_STATUSES)))
+    oldest_alert = await conn.scalar(select(func.min(Alert.created_at)).where(
+        Alert.status == AlertStatus.PENDING))
+    unsealed = await conn.scalar(select(func.count()).select_from(AuditLog).where(
+        ~exists().where(AuditSeal.audit_log_id == AuditLog.id)))
+    return Backlog(by_status, oldest_event, oldest_alert, int(unsealed or 0))
 
 
 async def _active_subscriptions(conn: AsyncConnection,
                                 plans: frozenset[str]) -> dict[tuple[str, str], int]:
     rows = await conn.execute(
         select(Subscription.owner_type, Subscription.plan_code, func.count())
-        .where(Subscription.status.in_(ACTIVE_STATUSES))
+        .where(Subscription.status.in_(ACTIVE_SUBSCRIPTION_STATUSES))
         .group_by(Subscription.owner_type, Subscription.plan_code))
     result = {(owner, plan): 0 for owner in labels.OWNER_TYPES for plan in sorted(plans)}
     for owner_type, plan_code, count in rows:
@@ -127,30 +156,15 @@ async def _active_subscriptions(conn: AsyncConnection,
     return result
 
 
-def _per_owner_mrr(plans: Sequence[Plan], now: datetime) -> Select[Any]:
-    adjustments = revenue.adjustments_at(now)
-    price: Any = revenue.subscription_mrr(plans, adjustments)
-    return (select(Subscription.owner_type.label("owner_type"), func.sum(price).label("mrr"))
-            .select_from(Subscription)
-            .outerjoin(adjustments, revenue.join_adjustments(adjustments))
-            .where(Subscription.status.in_(REVENUE_STATUSES),
-                   Subscription.source == SubscriptionSource.STRIPE)
-            .group_by(Subscription.owner_type, Subscription.owner_id))
-
-
 async def _revenue(conn: AsyncConnection, plans: Sequence[Plan],
                    now: datetime) -> tuple[dict[str, int], dict[str, int]]:
-    """MRR and paying customers (owners whose MRR is above zero) by owner type."""
-    per_owner = _per_owner_mrr(plans, now).subquery()
-    rows = await conn.execute(
-        select(per_owner.c.owner_type, func.sum(per_owner.c.mrr), func.count())
-        .where(per_owner.c.mrr > 0).group_by(per_owner.c.owner_type))
+    """MRR and paying customers by owner type, as :mod:`billwatch.billing.revenue` counts them."""
     mrr = dict.fromkeys(labels.OWNER_TYPES, 0)
     paying = dict.fromkeys(labels.OWNER_TYPES, 0)
-    for owner_type, total, owners in rows:
+    for owner_type, (total, owners) in (await revenue.mrr_by_owner_type(conn, plans, now)).items():
         key = labels.owner_type(owner_type)
-        mrr[key] = mrr.get(key, 0) + int(total or 0)
-        paying[key] = paying.get(key, 0) + int(owners)
+        mrr[key] = mrr.get(key, 0) + total
+        paying[key] = paying.get(key, 0) + owners
     return mrr, paying
 
 
@@ -183,6 +197,8 @@ class GaugeCollector(Collector):
         if snapshot is None:
             return
         yield from _families(snapshot)
+        if snapshot.backlog is not None:
+            yield from _backlog_families(snapshot.backlog, utcnow())
 
 
 def _families(snapshot: GaugeSnapshot) -> Iterator[Metric]:
@@ -228,3 +244,28 @@ def _daily_families(daily: DailyFigures | None) -> Iterator[Metric]:
     for name, value, documentation in figures:
         if value is not None:
             yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def age_seconds(oldest: datetime | None, now: datetime) -> float:
+    """How long ``oldest`` has waited at ``now``; 0 when nothing waits (never negative)."""
+    return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+
+
+def _backlog_families(backlog: Backlog, now: datetime) -> Iterator[Metric]:
+    events = GaugeMetricFamily("billwatch_webhook_events",
+                               "Stored Stripe events by status, from the database.",
+                               labels=["status"])
+    for status, count in sorted(backlog.events.items()):
+        events.add_metric([status], count)
+    yield events
+    yield GaugeMetricFamily(
+        "billwatch_webhook_oldest_unprocessed_age_seconds",
+        "Age of the oldest Stripe event not yet processed, ignored or failed; 0 when none waits.",
+        value=age_seconds(backlog.oldest_unprocessed_event, now))
+    yield GaugeMetricFamily(
+        "billwatch_alert_oldest_pending_age_seconds",
+        "Age of the oldest alert waiting for delivery; 0 when none waits.",
+        value=age_seconds(backlog.oldest_pending_alert, now))
+    yield GaugeMetricFamily("billwatch_audit_unsealed_rows",
+                            "Audit rows not yet given their place in the seal chain.",
+                            value=backlog.unsealed_audit_rows)

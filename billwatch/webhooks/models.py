@@ -35,6 +35,12 @@ class EventSource(StrEnum):
     RECONCILE = "reconcile"
 
 
+TERMINAL_EVENT_STATUSES: frozenset[EventStatus] = frozenset(
+    {EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.FAILED})
+"""Statuses in which an event waits for nothing; every other status counts as unprocessed
+(the backlog gauge), so a new waiting status needs no change here, a new final one does."""
+
+
 class StripeEvent(UUIDPrimaryKey, Base):
     __tablename__ = "stripe_events"
     __table_args__ = (

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from billwatch.alerts.models import Severity
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -67,6 +69,10 @@ GAUGES: dict[str, tuple[str, ...]] = {
     "billing_monthly_customer_churn_ratio": (),
     "billing_monthly_revenue_churn_ratio": (),
     "billing_daily_revenue_cents": (),
+    "billwatch_webhook_events": ("status",),
+    "billwatch_webhook_oldest_unprocessed_age_seconds": (),
+    "billwatch_alert_oldest_pending_age_seconds": (),
+    "billwatch_audit_unsealed_rows": (),
 }
 # Label values that come from a closed set.
 CLOSED_LABEL_VALUES: dict[str, set[str]] = {
@@ -279,7 +285,7 @@ def recorded_series() -> dict[str, tuple[str, ...]]:
 
 EXPECTED_ALERTS = {
     "BillwatchWebhookFailures",
-    "BillwatchWebhookSignatureRejections",
+    "BillwatchWebhookRejections",
     "BillwatchPaymentFailureSpike",
     "BillwatchPaymentFinalFailure",
     "BillwatchRefundsHigh",
@@ -287,6 +293,7 @@ EXPECTED_ALERTS = {
     "BillwatchAuditWriteFailures",
     "BillwatchScrapeFailing",
     "BillwatchTargetMissing",
+    "BillwatchWebhookBacklog",
 }
 
 
@@ -298,7 +305,7 @@ def test_the_expected_alerts_exist() -> None:
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
 def test_alert_has_severity_and_annotations(rule: dict[str, Any]) -> None:
-    assert rule["labels"]["severity"] in {"warning", "critical"}
+    assert rule["labels"]["severity"] in {severity.value for severity in Severity}
     assert rule["annotations"]["summary"].strip()
     assert rule["annotations"]["description"].strip()
 

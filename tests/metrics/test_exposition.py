@@ -15,6 +15,7 @@ from billwatch.http import AuditedRoute
 from billwatch.metrics import billing
 from billwatch.metrics.exposition import router as metrics_router
 from billwatch.metrics.middleware import route_template
+from billwatch.metrics.switched import SWITCH
 from tests.metrics.helpers import parse, value
 from tests.support import Factory, People, audit_rows
 
@@ -70,7 +71,7 @@ class TestEndpoint:
     async def test_billing_switched_off_still_answers(self, client: httpx.AsyncClient,
                                                       settings: Settings) -> None:
         billing.configure(settings.model_copy(update={"enable_billing_metrics": False}))
-        assert not billing.is_enabled()
+        assert not SWITCH.is_enabled()
         billing.refund_issued("duplicate", 500)
         assert (await client.get("/metrics")).status_code == 200
 
@@ -107,7 +108,7 @@ class TestPromtool:
                           json={**people.owner_body, "plan_code": "basic_monthly"})
         await client.get("/admin/overrides", headers=factory.headers(admin))
         billing.payment_succeeded("organization", "clinic_monthly", 9900)
-        billing.webhook_processed("invoice.paid", 0.042)
+        billing.WEBHOOK_SECONDS.labels(event_type="invoice.paid").observe(0.042)
         body = (await client.get("/metrics")).text
         checked = await asyncio.create_subprocess_exec(
             str(PROMTOOL), "check", "metrics", stdin=asyncio.subprocess.PIPE,

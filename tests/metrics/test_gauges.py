@@ -18,6 +18,7 @@ from billwatch.app import create_app
 from billwatch.billing.models import SubscriptionSource, SubscriptionStatus
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.demo import summary
 from billwatch.jobs.models import DailyBillingMetrics
 from tests.metrics.helpers import Samples, Sub, add_subscriptions, parse, scrape, value
 from tests.support import Factory
@@ -105,6 +106,17 @@ class TestFigures:
                           "patient/plus_monthly": 2, "patient/other": 1,
                           "organization/clinic_monthly": 1, "organization/basic_monthly": 1,
                           "organization/plus_monthly": 1}
+
+    async def test_the_demo_summary_counts_as_the_gauges_do(
+            self, fresh: httpx.AsyncClient, db: Database, factory: Factory,
+            settings: Settings) -> None:
+        """One MRR and one "active" set: the summary's fallback reads what /metrics shows."""
+        await a_month_of_customers(db, factory)
+        samples = await scrape(fresh)
+        active = sum(v for (name, _), v in samples.items() if name == "billing_active_subscriptions")
+        figures = await summary.database_figures(db, settings)
+        assert figures["MRR"] == "169.00 USD"  # 5500 + 11400, the hand-computed month
+        assert figures["active subscriptions"] == str(int(active)) == "9"
 
     async def test_an_empty_database_reads_zero_not_nothing(self, fresh: httpx.AsyncClient) -> None:
         samples = await scrape(fresh)

@@ -34,7 +34,7 @@ class TestClosedSets:
     def test_alert_kinds_mirror_the_alert_model(self) -> None:
         from billwatch.alerts.models import AlertKind
 
-        assert set(labels.ALERT_KINDS) == {k.value for k in AlertKind}
+        assert set(labels.alert_kinds()) == {k.value for k in AlertKind}
 
     def test_owner_types_mirror_the_model(self) -> None:
         assert set(labels.OWNER_TYPES) == {t.value for t in OwnerType}
@@ -81,8 +81,7 @@ class TestHostileCallers:
         billing.subscription_cancelled("cus_NffrFeUfNV2Hib", "someone@example.test")
         billing.refund_issued("refund for invoice in_1MtHbELkdIwHu7ixl4OzzPMv", 1200)
         billing.payment_failed("patient", "do_not_honor_123456", final=True)
-        billing.webhook_received("evt_1NG8Du2eZvKYlo2CUI79vXWy")
-        billing.webhook_rejected("3f2b8c1e-9a4d-4e8b-b1c2-0d9e8f7a6b5c")
+        billing.WEBHOOKS_REJECTED.labels(reason="3f2b8c1e-9a4d-4e8b-b1c2-0d9e8f7a6b5c").inc()
         billing.alert_sent("alert-4242424242424242")
         billing.manager_assigned("someone@example.test")
         billing.WEBHOOKS_RECEIVED.labels(event_type="evt_1NG8Du2eZvKYlo2CUI79vXWy").inc()

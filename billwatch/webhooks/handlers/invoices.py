@@ -41,8 +41,6 @@ from billwatch.webhooks.handlers.subscriptions import create_subscription
 from billwatch.webhooks.store import insert_once_statement
 
 TRANSACTIONS = cast(Table, Transaction.__table__)
-FINAL_ATTEMPT = 3
-"""Stripe's default smart-retry schedule gives up around the third attempt."""
 
 
 async def _subscription_and_owner(ctx: EventContext, invoice: dict[str, Any], customer_id: str | None,
@@ -159,7 +157,7 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
         failure_code=failure.most_specific, attempt_count=attempt, idempotency_key=key)
     if attempt_id is None:
         return Handled(owner=owner, refs=refs, note=f"attempt {attempt} already recorded")
-    final = attempt >= FINAL_ATTEMPT
+    final = attempt >= ctx.settings.alert_payment_failure_attempts
     recorder.record(
         ctx.session, AuditEvent.PAYMENT_FAILED, actor=STRIPE, owner=owner, outcome=Outcome.FAILURE,
         resource=Resource("transaction", attempt_id), stripe=refs, idempotency_key=key,
