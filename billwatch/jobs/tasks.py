@@ -33,6 +33,7 @@ from billwatch.jobs.celery_app import (
     ANOMALY_CHECKS_TASK,
     AUDIT_CHECKPOINT_TASK,
     AUDIT_FAILURE_TASK,
+    AUDIT_PARTITIONS_TASK,
     CHECK_TASK,
     DAILY_METRICS_TASK,
     DELIVER_TASK,
@@ -214,6 +215,15 @@ def audit_checkpoint(self: Task) -> dict[str, Any]:
     """``billwatch audit checkpoint``, hourly: seal new audit rows, write a signed checkpoint."""
     task_id = self.request.id
     outcome = run_async(lambda db, settings: service.audit_checkpoint_job(db, settings,
+                                                                          task_id=task_id))
+    return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=AUDIT_PARTITIONS_TASK, **JOB_RETRY)
+def audit_partitions(self: Task) -> dict[str, Any]:
+    """Daily: make the audit partitions of this month and the months ahead (PostgreSQL)."""
+    task_id = self.request.id
+    outcome = run_async(lambda db, settings: service.audit_partitions_job(db, settings,
                                                                           task_id=task_id))
     return {"ran": outcome.ran, **outcome.result}
 
