@@ -76,10 +76,17 @@ def run_with_database(work: Callable[[Database], Awaitable[T]]) -> T:
 
 @app.command()
 def migrate() -> None:
-    """Create or upgrade the database schema (SQLite or PostgreSQL)."""
+    """Create or upgrade the database schema (SQLite or PostgreSQL), then make the audit
+    partitions of this month and BILLWATCH_AUDIT_PARTITIONS_AHEAD more (PostgreSQL)."""
+    from billwatch.audit.partitions import ensure_partitions
     from billwatch.migrations import upgrade
 
-    upgrade(checked_settings().database_url)
+    settings = checked_settings()
+    upgrade(settings.database_url)
+    created = run_with_database(lambda db: ensure_partitions(
+        db, ahead=settings.audit_partitions_ahead))
+    if created:
+        console.print(f"audit partitions created: {', '.join(created)}")
     console.print("[green]database is at the newest schema[/green]")
 
 

@@ -240,6 +240,8 @@ class Settings(BaseSettings):
     """Days of audit rows kept online; never fewer than 90."""
     audit_seal_interval_seconds: int = Field(default=300, ge=10, le=86400)
     """How often new audit rows are sealed (and checkpointed): the embedded runner and beat alike."""
+    audit_partitions_ahead: int = Field(default=3, ge=1, le=24)
+    """PostgreSQL: months of ``audit_logs`` partitions kept ready beyond the current one."""
     audit_sealer_database_url: SecretStr | None = None
     """The sealing job's own connection (a role that may insert seals); default: database_url."""
     audit_anchor_url: str | None = Field(default=None, pattern=r"^https?://")

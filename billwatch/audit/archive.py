@@ -77,7 +77,8 @@ def manifest_payload(manifest: AuditArchive) -> dict[str, object]:
             "row_count": manifest.row_count, "prev_hash": manifest.prev_hash.hex(),
             "head_hash": manifest.head_hash.hex(), "before": manifest.before.isoformat(),
             "created_at": manifest.created_at.isoformat(), "file_name": manifest.file_name,
-            "file_sha256": manifest.file_sha256.hex()}
+            "file_sha256": manifest.file_sha256.hex(),
+            **({"month": manifest.month} if manifest.month is not None else {})}
 
 
 def read_archive(path: Path, batch: int = 5000) -> tuple[dict[str, Any], Iterator[list[bytes]]]:
@@ -138,11 +139,13 @@ async def _last_archivable(conn: AsyncConnection, anchor: Anchor, before: dateti
 
 
 def _header(anchor: Anchor, last_seq: int, head: bytes, before: datetime, now: datetime,
-            keys: AuditKeys) -> dict[str, Any]:
+            keys: AuditKeys, month: str | None = None) -> dict[str, Any]:
     header: dict[str, Any] = {
         "kind": KIND, "version": 1, "first_seq": anchor.seq + 1, "last_seq": last_seq,
         "row_count": last_seq - anchor.seq, "prev_hash": anchor.chain.hex(),
         "head_hash": head.hex(), "before": before.isoformat(), "created_at": now.isoformat()}
+    if month is not None:
+        header["month"] = month
     header["signature"] = sign(keys.hmac_key, header_payload(header))
     return header
 
@@ -202,18 +205,24 @@ async def _verify_file(path: Path, keys: AuditKeys, anchor: Anchor) -> None:
         raise ArchiveRefused(f"archive {path.name} did not verify after writing; rows kept")
 
 
-async def _delete_archived(db: Database, keys: AuditKeys, header: dict[str, Any],
-                           path: Path) -> None:
-    """Delete the archived rows and record the signed manifest, in one transaction."""
-    span = {"first": header["first_seq"], "last": header["last_seq"]}
+def signed_manifest(keys: AuditKeys, header: dict[str, Any], path: Path) -> AuditArchive:
+    """The manifest row of a written archive file, signed like the file's header."""
     manifest = AuditArchive(
         first_seq=header["first_seq"], last_seq=header["last_seq"],
         row_count=header["row_count"], prev_hash=bytes.fromhex(header["prev_hash"]),
         head_hash=bytes.fromhex(header["head_hash"]),
         before=datetime.fromisoformat(header["before"]),
         created_at=datetime.fromisoformat(header["created_at"]), file_name=path.name,
-        file_sha256=_file_sha256(path), signature=b"")
+        file_sha256=_file_sha256(path), signature=b"", month=header.get("month"))
     manifest.signature = bytes.fromhex(sign(keys.hmac_key, manifest_payload(manifest)))
+    return manifest
+
+
+async def _delete_archived(db: Database, keys: AuditKeys, header: dict[str, Any],
+                           path: Path) -> None:
+    """Delete the archived rows and record the signed manifest, in one transaction."""
+    span = {"first": header["first_seq"], "last": header["last_seq"]}
+    manifest = signed_manifest(keys, header, path)
     async with db.unit_of_work() as session:
         async with maintenance(session, "archive"):
             await session.execute(text(

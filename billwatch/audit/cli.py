@@ -27,6 +27,8 @@ from billwatch.audit import crypto, verify_runs
 from billwatch.audit.anchors import AnchorUnreadable, anchors_for, load_anchor
 from billwatch.audit.archive import ArchiveRefused, archive
 from billwatch.audit.checkpoints import CheckpointStore
+from billwatch.audit.monthly import archive_month
+from billwatch.audit.partitions import Month
 from billwatch.audit.roles import app_role_grants, sealer_role_grants
 from billwatch.audit.rotation import rotate, rows_to_rotate
 from billwatch.audit.sealing import SealResult, seal, sealer_database
@@ -199,16 +201,34 @@ def rotate_key_command(
                   "archive needs them.")
 
 
+def _month(value: str | None) -> Month | None:
+    if value is None:
+        return None
+    try:
+        return Month.parse(value)
+    except ValueError as error:
+        raise typer.BadParameter("expected YYYY-MM, e.g. 2026-03") from error
+
+
 @audit_app.command("archive")
 def archive_command(
     before: Annotated[datetime | None, typer.Option(
         formats=["%Y-%m-%d"], help="Archive rows before this UTC date "
         "(default: today minus BILLWATCH_AUDIT_RETENTION_DAYS); never within 90 days.")] = None,
+    month: Annotated[str | None, typer.Option(
+        help="Archive this whole sealed month (YYYY-MM, UTC) instead; on PostgreSQL its "
+        "partition is detached and dropped.")] = None,
     archive_dir: ArchiveDir = None,
     checkpoint_dir: CheckpointDir = None,
 ) -> None:
     """Move rows older than the retention window to a verifiable gzip JSONL archive."""
+    chosen = _month(month)
+    if chosen is not None and before is not None:
+        raise typer.BadParameter("give --before or --month, not both")
     settings, keys = _settings()
+    if chosen is not None:
+        _archive_month(settings, keys, chosen, archive_dir, checkpoint_dir)
+        return
     cutoff = (before.replace(tzinfo=UTC) if before is not None
               else datetime.now(UTC) - timedelta(days=settings.audit_retention_days))
     store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
@@ -224,6 +244,27 @@ def archive_command(
         return
     console.print(f"archived {result.rows:,} rows (seq {result.first_seq:,}..{result.last_seq:,}) "
                   f"to {escape(str(result.path))}; verify with --archive-dir "
+                  f"{escape(str(directory))}")
+
+
+def _archive_month(settings: Settings, keys: crypto.AuditKeys, month: Month,
+                   archive_dir: Path | None, checkpoint_dir: Path | None) -> None:
+    store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
+    directory = archive_dir or settings.audit_archive_dir
+    try:
+        done = _run(settings, "archive", lambda db: archive_month(
+            db, keys=keys, store=store, directory=directory, month=month))
+    except ArchiveRefused as refused:
+        errors.print(f"[red]{escape(str(refused))}[/red]")
+        raise typer.Exit(1) from refused
+    if done is None:
+        console.print(f"no rows of {month} to archive")
+        return
+    result = done.archive
+    dropped = f"; partition {done.partition_dropped} dropped" if done.partition_dropped else ""
+    console.print(f"archived {month}: {done.month_rows:,} rows and {done.strays:,} of other months "
+                  f"sealed among them (seq {result.first_seq:,}..{result.last_seq:,}) to "
+                  f"{escape(str(result.path))}{dropped}; verify with --archive-dir "
                   f"{escape(str(directory))}")
 
 

@@ -6,6 +6,11 @@ copy of every signed checkpoint (the authoritative copy lives outside the databa
 ``audit_archives`` records signed manifests of rows moved to archive files. All four are
 append-only on PostgreSQL (triggers, see the ``0200_audit`` migration) except through the one
 maintenance path in :mod:`billwatch.audit.maintenance`.
+
+On PostgreSQL ``audit_logs`` is partitioned by month on ``occurred_at`` (migration
+``0610_audit_partitions``, :mod:`billwatch.audit.partitions`): its primary key there is
+``(id, occurred_at)`` and it has a BRIN index on ``occurred_at`` as well; the ORM still
+identifies a row by its id.
 """
 
 from __future__ import annotations
@@ -144,6 +149,8 @@ class AuditArchive(UUIDPrimaryKey, Base):
     file_name: Mapped[str] = mapped_column(String(255))
     file_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     signature: Mapped[bytes] = mapped_column(LargeBinary(32))
+    month: Mapped[str | None] = mapped_column(String(7))
+    """``YYYY-MM`` when the archive took one whole month (``archive --month``); signed when set."""
 
 
 class AuditMaintenance(Base):

@@ -12,6 +12,13 @@ Three roles, each holding only what it needs:
   ``billwatch audit checkpoint`` and ``verify``) reads the audit tables and INSERTs seals and
   checkpoints only.
 
+On PostgreSQL ``audit_logs`` is partitioned by month. Statements through the parent are
+checked against the parent's privileges only, so the partitions themselves are closed to both
+roles (a broad ``GRANT ... ON ALL TABLES`` would otherwise reach them, and with them rows a
+direct ``DELETE`` could name); partitions made later are created by the owner with no grants.
+The service role may call ``billwatch_audit_ensure_partitions``, which only ever adds
+partitions, so the scheduler can make them ahead.
+
 ``billwatch audit grants --role NAME --sealer-role NAME`` prints this SQL; the README shows it
 and a test applies it.
 """
@@ -25,6 +32,17 @@ SEALER_WRITES = ("audit_seals", "audit_checkpoints")
 OWNER_ONLY = ("audit_maintenance", "audit_maintenance_windows", "alembic_version")
 MAINTENANCE_FUNCTIONS = ("billwatch_audit_open_maintenance(text)",
                          "billwatch_audit_close_maintenance()")
+PARTITION_FUNCTION = "billwatch_audit_ensure_partitions(date, integer)"
+CLOSE_PARTITIONS = """DO $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN SELECT inhrelid::regclass FROM pg_inherits
+                WHERE inhparent = to_regclass('{schema}.audit_logs') LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM {role}', part);
+    END LOOP;
+END
+$$"""
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -41,6 +59,7 @@ def _closed_to(role: str, schema: str) -> list[str]:
         f"REVOKE ALL ON {owner_only} FROM {role}",
         f"GRANT SELECT ON {schema}.alembic_version TO {role}",
         f"REVOKE ALL ON FUNCTION {functions} FROM {role}",
+        CLOSE_PARTITIONS.format(schema=schema, role=role),
     ]
 
 
@@ -56,6 +75,7 @@ def app_role_grants(role: str, schema: str = "public") -> list[str]:
         f"REVOKE UPDATE, DELETE, TRUNCATE ON {audit} FROM {role}",
         f"REVOKE INSERT ON {sealed} FROM {role}",
         *_closed_to(role, schema),
+        f"GRANT EXECUTE ON FUNCTION {schema}.{PARTITION_FUNCTION} TO {role}",
     ]
 
 

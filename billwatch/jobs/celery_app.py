@@ -27,6 +27,7 @@ REDIS_SOCKET_TIMEOUT = 10.0
 """Seconds any Redis call (publish, result) may hang before it fails and is retried."""
 AUDIT_FAILURE_TASK = "billwatch.alerts.audit_write_failed"
 AUDIT_CHECKPOINT_TASK = "billwatch.audit.checkpoint"
+AUDIT_PARTITIONS_TASK = "billwatch.audit.partitions"
 WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
 REFUNDS_SWEEP_TASK = "billwatch.billing.refunds_sweep"
 OVERRIDES_EXPIRE_TASK = "billwatch.billing.expire_overrides"
@@ -36,18 +37,21 @@ AUDIT_SEAL_TASK = "billwatch.audit.seal"
 
 
 def beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """Daily metrics at 00:00 UTC, anomaly checks at the top of every hour, the audit
-    checkpoint at :15 and the Stripe reconcile at :30 of every hour, the audit seal every
-    ``audit_seal_interval_seconds`` (the embedded runner's interval too), and an alert sweep every
-    minute (re-sends hand-offs that were lost, mails counts whose window ended), a refund
-    sweep every minute (settles refund intents left pending) and the expiry of free grants and
-    timed overrides every minute, and the pruning of expired idempotency keys at :45."""
+    """Daily metrics at 00:00 UTC and the audit partitions ahead at 00:05, anomaly checks at
+    the top of every hour, the audit checkpoint at :15 and the Stripe reconcile at :30 of every
+    hour, the audit seal every ``audit_seal_interval_seconds`` (the embedded runner's interval
+    too), and an alert sweep every minute (re-sends hand-offs that were lost, mails counts whose
+    window ended), a refund sweep every minute (settles refund intents left pending) and the
+    expiry of free grants and timed overrides every minute, and the pruning of expired
+    idempotency keys at :45."""
     seal_every = float((settings or get_settings()).audit_seal_interval_seconds)
     return {
         "daily-metrics": {"task": DAILY_METRICS_TASK, "schedule": crontab(minute="0", hour="0")},
         "anomaly-checks": {"task": ANOMALY_CHECKS_TASK, "schedule": crontab(minute="0")},
         "audit-checkpoint": {"task": AUDIT_CHECKPOINT_TASK, "schedule": crontab(minute="15")},
         "audit-seal": {"task": AUDIT_SEAL_TASK, "schedule": seal_every},
+        "audit-partitions": {"task": AUDIT_PARTITIONS_TASK,
+                             "schedule": crontab(minute="5", hour="0")},
         "webhooks-reconcile": {"task": WEBHOOKS_RECONCILE_TASK, "schedule": crontab(minute="30")},
         "alerts-sweep": {"task": SWEEP_TASK, "schedule": 60.0},
         "refunds-sweep": {"task": REFUNDS_SWEEP_TASK, "schedule": 60.0},

@@ -104,6 +104,7 @@ class EmbeddedRunner:
         if self.schedule:
             await service.run_due_schedule(self.db, self.settings, now=now)
             await service.audit_seal_due(self.db, self.settings, now=now)
+            await service.audit_partitions_due(self.db, self.settings, now=now)
             await expiry.expire_due_overrides(self.db, self.settings, now=now)
         await sweep_pending_refunds(self.db, self.settings, now=now)
         await sweep_subscription_intents(self.db, self.settings, now=now)

@@ -23,6 +23,7 @@ DAILY_METRICS = "daily_metrics"
 ANOMALY_CHECKS = "anomaly_checks"
 AUDIT_CHECKPOINT = "audit_checkpoint"
 AUDIT_SEAL = "audit_seal"
+AUDIT_PARTITIONS = "audit_partitions"
 WEBHOOKS_RECONCILE = "webhooks_reconcile"
 RECONCILE_LOOKBACK = timedelta(hours=3)
 """How far back the hourly reconcile asks Stripe (overlapping runs cost only duplicates)."""
@@ -189,6 +190,33 @@ async def audit_seal_due(db: Database, settings: Settings, *,
 
     try:
         return await run_claimed(db, job=AUDIT_SEAL, period=period, work=work)
+    except Exception:  # recorded as a failed run by run_claimed; the next tick retries
+        return RunOutcome(ran=False)
+
+
+async def audit_partitions_job(db: Database, settings: Settings, *, now: datetime | None = None,
+                               task_id: str | None = None) -> RunOutcome:
+    """Make the audit partitions of this month and the next ones, once a day (PostgreSQL)."""
+    from billwatch.audit.partitions import ensure_partitions
+
+    moment = (now or utcnow()).astimezone(UTC)
+
+    async def work() -> dict[str, Any]:
+        return {"created": await ensure_partitions(db, ahead=settings.audit_partitions_ahead,
+                                                   now=moment)}
+
+    return await run_claimed(db, job=AUDIT_PARTITIONS, period=moment.date().isoformat(),
+                             work=work, task_id=task_id)
+
+
+async def audit_partitions_due(db: Database, settings: Settings, *,
+                               now: datetime | None = None) -> RunOutcome:
+    """The embedded scheduler's daily partition run; a failure is retried by the next tick."""
+    period = (now or utcnow()).astimezone(UTC).date().isoformat()
+    if period in await succeeded_periods(db, AUDIT_PARTITIONS, [period]):
+        return RunOutcome(ran=False)
+    try:
+        return await audit_partitions_job(db, settings, now=now)
     except Exception:  # recorded as a failed run by run_claimed; the next tick retries
         return RunOutcome(ran=False)
 

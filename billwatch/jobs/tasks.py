@@ -33,6 +33,7 @@ from billwatch.jobs.celery_app import (
     ANOMALY_CHECKS_TASK,
     AUDIT_CHECKPOINT_TASK,
     AUDIT_FAILURE_TASK,
+    AUDIT_PARTITIONS_TASK,
     AUDIT_SEAL_TASK,
     CHECK_TASK,
     DAILY_METRICS_TASK,
@@ -224,6 +225,15 @@ def audit_checkpoint(self: Task) -> dict[str, Any]:
 def audit_seal(self: Task) -> dict[str, Any]:
     """Every ``audit_seal_interval_seconds``: seal new audit rows, as the embedded runner does."""
     outcome = run_async(lambda db, settings: service.audit_seal_due(db, settings))
+    return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=AUDIT_PARTITIONS_TASK, **JOB_RETRY)
+def audit_partitions(self: Task) -> dict[str, Any]:
+    """Daily: make the audit partitions of this month and the months ahead (PostgreSQL)."""
+    task_id = self.request.id
+    outcome = run_async(lambda db, settings: service.audit_partitions_job(db, settings,
+                                                                          task_id=task_id))
     return {"ran": outcome.ran, **outcome.result}
 
 

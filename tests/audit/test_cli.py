@@ -15,6 +15,7 @@ from sqlalchemy import delete
 from billwatch.audit import crypto
 from billwatch.audit.crypto import AuditKeys, KeyRing
 from billwatch.audit.models import AuditLog
+from billwatch.audit.partitions import Month, ensure_partitions
 from billwatch.db import Database, utcnow
 from tests.audit.conftest import write_rows, write_rows_at
 from tests.audit.tampering import row_at, tampering
@@ -95,6 +96,35 @@ class TestArchiveCommand:
         assert code == 0 and "archived 9 rows (seq 1..9)" in out, out
         code, out = await run(cli_env, "verify", "--archive-dir", cli_env["BILLWATCH_AUDIT_ARCHIVE_DIR"])
         assert code == 0 and "archived 9" in out, out
+
+
+class TestArchiveMonthCommand:
+    async def test_archives_one_month_and_verify_passes(
+            self, db: Database, keys: AuditKeys, cli_env: dict[str, str]) -> None:
+        month = Month.of(utcnow()).plus(-6)
+        await ensure_partitions(db, ahead=0, first=month)
+        await write_rows_at(db, 6, month.start + timedelta(days=2))
+        await write_rows(db, 2)
+        code, out = await run(cli_env, "archive", "--month", "2026-13")
+        assert code == 2 and "YYYY-MM" in out, out
+        code, out = await run(cli_env, "archive", "--month", str(month))
+        assert code == 0 and f"archived {month}: 6 rows and 0 of other months" in out, out
+        assert (f"partition {month.partition} dropped" in out) == (db.dialect == "postgresql")
+        code, out = await run(cli_env, "verify", "--archive-dir", cli_env["BILLWATCH_AUDIT_ARCHIVE_DIR"])
+        assert code == 0 and "archived 6" in out and "intact" in out, out
+
+
+async def test_migrate_makes_the_partitions_the_setting_asks_for(
+        fresh_url: str, cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "BILLWATCH_DATABASE_URL": fresh_url, "BILLWATCH_AUDIT_PARTITIONS_AHEAD": "5"}
+    process = await asyncio.create_subprocess_exec(
+        BILLWATCH, "migrate", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    output = (await process.communicate())[0].decode()
+    assert process.returncode == 0, output
+    ahead = Month.of(utcnow()).plus(5).partition
+    assert (f"audit partitions created: {Month.of(utcnow()).plus(4).partition}, {ahead}" in output) == (
+        fresh_url.startswith("postgresql")), output
 
 
 async def test_keygen_prints_a_usable_ring_entry() -> None:

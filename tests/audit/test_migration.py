@@ -1,16 +1,16 @@
-"""The 0200_audit migration: rows written before it are encrypted, hashed and verifiable after."""
+"""The audit migrations: rows written before each are kept, protected and verifiable after."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from billwatch.accounts.actor import SystemActor
@@ -20,10 +20,12 @@ from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.maintenance import maintenance
 from billwatch.audit.models import AuditLog
+from billwatch.audit.partitions import Month
 from billwatch.audit.sealing import seal
 from billwatch.audit.verify import verify
-from billwatch.db import Database
+from billwatch.db import Database, utcnow
 from billwatch.migrations import alembic_config, upgrade
+from tests.audit.conftest import write_rows, write_rows_at
 
 ROW_ID = uuid.uuid4()
 FOUNDATION_ROW = (
@@ -103,3 +105,74 @@ class TestIntegrityMigration:
             assert (await verify(db, keys=keys, store=store)).problem is not None
         finally:
             await db.dispose()
+
+
+class TestPartitionMigration:
+    """0610 converts a trail that already has rows: same rows, same chain, same grants."""
+
+    async def test_rows_move_into_their_months_and_the_chain_goes_on(
+            self, fresh_url: str, keys: AuditKeys, tmp_path: Path) -> None:
+        await asyncio.to_thread(upgrade, fresh_url, "0210_audit_integrity")
+        db = Database(fresh_url)
+        this_month = Month.of(utcnow())
+        role = f"billwatch_reader_{uuid.uuid4().hex[:10]}"
+        try:
+            ids = [*await write_rows_at(db, 4, this_month.plus(-9).start + timedelta(days=9)),
+                   *await write_rows_at(db, 3, this_month.plus(-3).start + timedelta(days=1)),
+                   *await write_rows(db, 2)]
+            store = CheckpointStore(tmp_path / "checkpoints")
+            before = (await seal(db, keys=keys, store=store)).checkpoint
+            if db.dialect == "postgresql":
+                async with db.engine.begin() as conn:
+                    await conn.execute(text(f"CREATE ROLE {role}"))
+                    await conn.execute(text(f"GRANT SELECT, INSERT ON audit_logs TO {role}"))
+            await asyncio.to_thread(upgrade, fresh_url)
+            async with db.sessionmaker() as session:
+                found = set((await session.scalars(select(AuditLog.id))).all())
+            assert found == set(ids)
+            if db.dialect == "postgresql":
+                assert await _placement(db) == {this_month.plus(-9).partition: 4,
+                                                this_month.plus(-3).partition: 3,
+                                                this_month.partition: 2}
+                assert await _privileges(db, role) == (True, True, False)
+            report = await verify(db, keys=keys, store=store)
+            assert report.ok, report.problem
+            assert report.head_seq == before.last_seq == 9
+            await write_rows(db, 1)
+            after = (await seal(db, keys=keys, store=store)).checkpoint
+            assert (after.last_seq, after.prev_hash) == (10, before.digest())
+            assert (await verify(db, keys=keys, store=store)).ok
+
+            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url),
+                                    "0210_audit_integrity")
+            async with db.engine.connect() as conn:
+                assert (await conn.execute(text("SELECT count(*) FROM audit_logs"))).scalar() == 10
+                if db.dialect == "postgresql":
+                    kind = await conn.execute(text(
+                        "SELECT relkind::text FROM pg_class WHERE oid = 'audit_logs'::regclass"))
+                    assert kind.scalar() == "r"
+            if db.dialect == "postgresql":
+                assert await _privileges(db, role) == (True, True, False)
+        finally:
+            if db.dialect == "postgresql":
+                async with db.engine.begin() as conn:
+                    await conn.execute(text(f"DROP OWNED BY {role}"))
+                    await conn.execute(text(f"DROP ROLE {role}"))
+            await db.dispose()
+
+
+async def _placement(db: Database) -> dict[str, int]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(text(
+            "SELECT tableoid::regclass::text, count(*) FROM audit_logs GROUP BY 1"))
+        return {str(name): int(count) for name, count in rows.all()}
+
+
+async def _privileges(db: Database, role: str) -> tuple[bool, bool, bool]:
+    async with db.engine.connect() as conn:
+        found = await conn.execute(text(
+            "SELECT has_table_privilege(:role, 'audit_logs', 'SELECT'), "
+            "has_table_privilege(:role, 'audit_logs', 'INSERT'), "
+            "has_table_privilege(:role, 'audit_logs', 'DELETE')"), {"role": role})
+        select_, insert, delete = found.one()
+        return bool(select_), bool(insert), bool(delete)

@@ -22,11 +22,12 @@ from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.maintenance import maintenance
 from billwatch.audit.models import AuditLog
+from billwatch.audit.partitions import DEFAULT_PARTITION, Month, ensure_partitions, partitions
 from billwatch.audit.roles import app_role_grants, sealer_role_grants
 from billwatch.audit.sealing import checkpoint, seal
 from billwatch.audit.verify import verify
 from billwatch.config import Settings
-from billwatch.db import Database
+from billwatch.db import Database, utcnow
 from tests.audit.conftest import write_rows
 
 FAKE_SEAL = ("INSERT INTO audit_seals (seq, audit_log_id, chain_hash, sealed_at) "
@@ -130,6 +131,25 @@ class TestServiceRole:
         with pytest.raises(DBAPIError, match="permission denied"):
             await seal(roles.app, keys=keys, store=CheckpointStore(tmp_path))
         assert (await verify(roles.app, keys=keys, store=CheckpointStore(tmp_path))).ok
+
+
+    async def test_partitions_are_closed_to_it_but_it_can_make_them_ahead(
+            self, roles: Roles, db: Database) -> None:
+        await _one_row(roles.app)
+        month = Month.of(utcnow()).plus(100)
+        assert await ensure_partitions(roles.app, ahead=0, first=month) == [month.partition]
+        async with db.engine.connect() as conn:
+            made = await partitions(conn)
+        assert month.partition in made
+        for table in (Month.of(utcnow()).partition, month.partition, DEFAULT_PARTITION):
+            for statement in (f"SELECT count(*) FROM {table}", f"DELETE FROM {table}"):
+                with pytest.raises(DBAPIError, match="permission denied"):
+                    async with roles.app.engine.begin() as conn:
+                        await conn.execute(text(statement))
+        with pytest.raises(DBAPIError, match="permission denied"):
+            async with roles.app.engine.begin() as conn:
+                await conn.execute(text("SELECT billwatch_audit_create_partition(CURRENT_DATE)"))
+        assert await _rows(roles.app) == 1
 
 
 class TestSealerRole:
