@@ -31,14 +31,18 @@ WEBHOOKS_RECONCILE_TASK = "billwatch.webhooks.reconcile"
 REFUNDS_SWEEP_TASK = "billwatch.billing.refunds_sweep"
 OVERRIDES_EXPIRE_TASK = "billwatch.billing.expire_overrides"
 SUBSCRIPTION_INTENTS_TASK = "billwatch.billing.sweep_subscription_intents"
+WEBHOOKS_INBOX_TASK = "billwatch.webhooks.process_inbox"
+WEBHOOKS_PRUNE_TASK = "billwatch.webhooks.prune_payloads"
 
 
-def beat_schedule() -> dict[str, dict[str, Any]]:
+def beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """Daily metrics at 00:00 UTC, anomaly checks at the top of every hour, the audit
     checkpoint at :15 and the Stripe reconcile at :30 of every hour, and an alert sweep every
     minute (re-sends hand-offs that were lost, mails counts whose window ended), a refund
     sweep every minute (settles refund intents left pending) and the expiry of free grants and
-    timed overrides every minute."""
+    timed overrides every minute; the webhook inbox every ``webhook_poll_seconds`` (due
+    retries, lapsed leases, hand-offs that were lost) and the payload pruning at 03:45 UTC."""
+    poll = (settings or Settings()).webhook_poll_seconds
     return {
         "daily-metrics": {"task": DAILY_METRICS_TASK, "schedule": crontab(minute="0", hour="0")},
         "anomaly-checks": {"task": ANOMALY_CHECKS_TASK, "schedule": crontab(minute="0")},
@@ -48,6 +52,9 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "refunds-sweep": {"task": REFUNDS_SWEEP_TASK, "schedule": 60.0},
         "overrides-expire": {"task": OVERRIDES_EXPIRE_TASK, "schedule": 60.0},
         "subscription-intents-sweep": {"task": SUBSCRIPTION_INTENTS_TASK, "schedule": 60.0},
+        "webhooks-inbox": {"task": WEBHOOKS_INBOX_TASK, "schedule": poll},
+        "webhooks-prune": {"task": WEBHOOKS_PRUNE_TASK,
+                           "schedule": crontab(minute="45", hour="3")},
     }
 
 
@@ -75,7 +82,7 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json", result_serializer="json", accept_content=["json"],
         timezone="UTC", enable_utc=True,
         worker_hijack_root_logger=False,
-        beat_schedule=beat_schedule(),
+        beat_schedule=beat_schedule(settings),
     )
     return celery
 

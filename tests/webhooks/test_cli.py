@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from typer.testing import CliRunner, Result
 
@@ -32,8 +33,14 @@ from tests.webhooks.test_failures import NEW_PRICE, PREMIUM
 
 
 @pytest.fixture
-async def asgi(client: httpx.AsyncClient) -> Server:
-    return Server("/webhooks/stripe", client)
+def settings(settings: Settings) -> Settings:
+    """One attempt per event: a failing handler leaves its event ``failed`` at once."""
+    return settings.model_copy(update={"webhook_max_attempts": 1})
+
+
+@pytest.fixture
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    return Server("/webhooks/stripe", client, app)
 
 
 async def billwatch(settings: Settings, *args: str, premium: bool = False) -> Result:
@@ -60,7 +67,7 @@ async def failing_subscription(asgi: Server, db: Database, factory: Factory,
     _, customer_id = await linked_customer(db, factory, peer)
     event = se.event("customer.subscription.created", se.subscription(
         sub_id=se.new_id("sub"), customer=customer_id, price=NEW_PRICE))
-    assert (await asgi.deliver(event)).status_code == 500
+    assert (await asgi.deliver(event)).outcome == "failed"
     return event
 
 

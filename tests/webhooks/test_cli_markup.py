@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy import update
+
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.webhooks import store
-from billwatch.webhooks.models import EventSource
+from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import Server
 from tests.webhooks.test_cli import asgi, billwatch
@@ -28,7 +30,9 @@ class TestListEscapesMarkup:
             self, db: Database, settings: Settings) -> None:
         event = se.event("invoice.paid", {"id": "in_markup", "object": "invoice"})
         async with db.unit_of_work() as session:  # a handler's error quoting what it was sent
-            await store.mark_failed(session, event, event, EventSource.WEBHOOK, MARKUP_ERROR)
+            row_id = await store.store(session, event, event, EventSource.WEBHOOK)
+            await session.execute(update(StripeEvent).where(StripeEvent.id == row_id).values(
+                status=EventStatus.FAILED, last_error=MARKUP_ERROR, attempts=1))
         listed = await billwatch(settings, "list", "--status", "failed")
         assert listed.exit_code == 0, listed.output
         assert "[link=https://evil.test/login]" in listed.output  # unescaped, Rich eats the tags
