@@ -17,7 +17,7 @@ import stripe
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import OwnerType, Role, User
@@ -25,9 +25,9 @@ from billwatch.billing.models import CheckoutSession, StripeCustomer, Subscripti
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import handoff
+from billwatch.webhooks import handoff, store
 from billwatch.webhooks.inbox import drain
-from billwatch.webhooks.models import EventStatus, StripeEvent
+from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
 from billwatch.webhooks.processing import ProcessResult
 from tests.support import TEST_WEBHOOK_SECRET, Factory, LocalStripe, free_port, snapshot
 from tests.webhooks import stripe_events
@@ -295,6 +295,14 @@ async def stored_event(db: Database, event_id: str) -> StripeEvent | None:
     async with db.sessionmaker() as session:
         return (await session.scalars(
             select(StripeEvent).where(StripeEvent.stripe_event_id == event_id))).first()
+
+
+async def stored_as_failed(db: Database, event: dict[str, Any], error: str) -> None:
+    """An event stored as its handler's last attempt left it: ``failed`` with that error."""
+    async with db.unit_of_work() as session:
+        row_id = await store.store(session, event, event, EventSource.WEBHOOK)
+        await session.execute(update(StripeEvent).where(StripeEvent.id == row_id).values(
+            status=EventStatus.FAILED, last_error=error, attempts=1))
 
 
 async def subscription_row(db: Database, stripe_id: str) -> Subscription | None:
