@@ -19,10 +19,12 @@ from billwatch.billing.models import StripeCustomer, Subscription
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import service as jobs
-from billwatch.jobs.celery_app import WEBHOOKS_INBOX_TASK
+from billwatch.jobs.celery_app import WEBHOOKS_INBOX_TASK, WEBHOOKS_PRUNE_TASK, beat_schedule
 from billwatch.jobs.embedded import EmbeddedRunner
+from billwatch.jobs.lifecycle import start_delivery
+from billwatch.jobs.tasks import CelerySink
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import service, store
+from billwatch.webhooks import handoff, service, store
 from billwatch.webhooks.inbox import accept, drain, lease, process_now
 from billwatch.webhooks.models import (
     UNFINISHED,
@@ -170,6 +172,38 @@ class TestPruning:
         assert not (await jobs.webhooks_prune_job(db, settings, now=later)).ran
 
 
+# --- real Celery workers ----------------------------------------------------------------------
+
+WORKER_ENV = {"BILLWATCH_WEBHOOK_LEASE_SECONDS": "2", "BILLWATCH_WEBHOOK_BATCH_SIZE": "40",
+              "BILLWATCH_STRIPE_API_BASE": "http://127.0.0.1:9",
+              "BILLWATCH_ENABLE_BILLING_ALERTS": "false"}
+"""Short leases, so a dead worker's claims lapse within the test; no Stripe is ever reached."""
+
+
+class TestCelery:
+    def test_the_beat_sweeps_the_inbox_every_poll_and_prunes_daily(self, settings: Settings) -> None:
+        schedule = beat_schedule(settings.model_copy(update={"webhook_poll_seconds": 7.0}))
+        assert schedule["webhooks-inbox"] == {"task": WEBHOOKS_INBOX_TASK, "schedule": 7.0}
+        assert schedule["webhooks-prune"]["task"] == WEBHOOKS_PRUNE_TASK
+
+    async def test_an_event_the_app_stores_is_handed_to_a_worker_after_commit(
+            self, db: Database, database_url: str, tmp_path: Path) -> None:
+        settings = worker_settings(database_url, 9, new_queue())
+        stop_delivery = await start_delivery(db, settings)  # what the app's lifespan does
+        worker = Worker(settings, tmp_path / "workers", concurrency=1, extra_env=WORKER_ENV)
+        try:
+            assert isinstance(handoff.installed(), CelerySink)
+            event = ignored_event()
+            assert (await accept(db, event)).stored  # no beat runs: only the hand-off can wake it
+            await eventually(lambda: _status_is(db, event["id"], EventStatus.IGNORED),
+                             within=30, what="the worker to process the event")
+        finally:
+            await stop_delivery()
+            worker.stop()
+        [attempt] = await attempt_rows(db, event["id"])
+        assert ":celery-" in attempt.worker and attempt.outcome is AttemptOutcome.IGNORED
+
+
 # --- a real worker killed mid-batch ---------------------------------------------------------
 
 EVENTS = 240
@@ -204,9 +238,7 @@ class TestKilledWorker:
         if backend != "postgresql":
             pytest.skip("several worker processes on one database: PostgreSQL")
         settings = worker_settings(database_url, 9, new_queue())
-        extra = {"BILLWATCH_WEBHOOK_LEASE_SECONDS": "2", "BILLWATCH_WEBHOOK_BATCH_SIZE": "40",
-                 "BILLWATCH_STRIPE_API_BASE": "http://127.0.0.1:9",
-                 "BILLWATCH_ENABLE_BILLING_ALERTS": "false"}
+        extra = WORKER_ENV
         events = await seeded_events(db, factory)
         for event in events:
             assert (await accept(db, event)).stored
