@@ -132,7 +132,8 @@ class EmbeddedRunner:
 
     async def process_inbox(self, *, now: datetime | None = None) -> int:
         """Every due inbox event (received, retry due, lease lapsed); returns how many ran."""
-        return len(await drain(self.db, self.gateway, self.settings, worker=self.worker, now=now))
+        return len(await drain(self.db, self.gateway, self.settings, worker=self.worker, now=now,
+                               stopping=self._stopping.is_set))
 
     async def tick(self, *, now: datetime | None = None) -> None:
         """Requested checks, due scheduled jobs, pending refund intents, then every due alert."""

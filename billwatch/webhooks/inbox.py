@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,11 +99,17 @@ async def process_due(db: Database, gateway: PaymentsGateway, settings: Settings
 
 async def drain(db: Database, gateway: PaymentsGateway, settings: Settings, *,
                 worker: str | None = None, now: datetime | None = None,
-                max_batches: int = MAX_BATCHES_PER_DRAIN) -> list[ProcessResult]:
-    """Process batches until nothing is due (retries scheduled later stay for their time)."""
+                max_batches: int = MAX_BATCHES_PER_DRAIN,
+                stopping: Callable[[], bool] | None = None) -> list[ProcessResult]:
+    """Process batches until nothing is due (retries scheduled later stay for their time).
+
+    ``stopping`` is asked between batches, so a shutdown never waits for a whole backlog.
+    """
     worker = worker or processor_id("drain")
     results: list[ProcessResult] = []
     for _ in range(max_batches):
+        if stopping is not None and stopping():
+            break
         batch = await process_due(db, gateway, settings, worker=worker, now=now)
         if not batch:
             break

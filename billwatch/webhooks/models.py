@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billwatch.db import Base, UUIDPrimaryKey, enum_column, utcnow
@@ -36,6 +36,7 @@ class EventStatus(StrEnum):
 
 UNFINISHED = (EventStatus.RECEIVED, EventStatus.PROCESSING, EventStatus.RETRYING)
 """Statuses whose event still waits for a processor (the backlog)."""
+UNFINISHED_SQL = "status IN ('received', 'processing', 'retrying')"
 
 
 class EventSource(StrEnum):
@@ -51,7 +52,9 @@ class StripeEvent(UUIDPrimaryKey, Base):
         Index("ix_stripe_events_status_received", "status", "received_at"),
         Index("ix_stripe_events_type_created", "type", "stripe_created"),
         Index("ix_stripe_events_object", "object_id"),
-        Index("ix_stripe_events_status_next_attempt", "status", "next_attempt_at"),
+        # the processors' claim: the backlog only, in arrival order, however large the store
+        Index("ix_stripe_events_unfinished", "received_at", postgresql_where=text(UNFINISHED_SQL),
+              sqlite_where=text(UNFINISHED_SQL)),
     )
 
     stripe_event_id: Mapped[str] = mapped_column(RedactedString(255), unique=True)

@@ -20,6 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 OLD_STATUSES = ("received", "processed", "failed", "ignored")
 NEW_STATUSES = ("received", "processing", "retrying", "processed", "failed", "ignored")
+UNFINISHED = "status IN ('received', 'processing', 'retrying')"
 OUTCOMES = ("processed", "ignored", "failed", "abandoned", "superseded")
 PAYLOAD = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 NEW_COLUMNS = ("payload_sha256", "payload_pruned_at", "next_attempt_at", "claimed_by",
@@ -58,8 +59,8 @@ def upgrade() -> None:
         op.alter_column("stripe_events", "payload", existing_type=PAYLOAD, nullable=True)
         for column in _columns():
             op.add_column("stripe_events", column)
-    op.create_index("ix_stripe_events_status_next_attempt", "stripe_events",
-                    ["status", "next_attempt_at"], unique=False)
+    op.create_index("ix_stripe_events_unfinished", "stripe_events", ["received_at"], unique=False,
+                    postgresql_where=sa.text(UNFINISHED), sqlite_where=sa.text(UNFINISHED))
     op.create_table(
         "stripe_event_attempts",
         sa.Column("event_id", sa.Uuid(), nullable=False),
@@ -85,7 +86,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_stripe_event_attempts_event", table_name="stripe_event_attempts")
     op.drop_table("stripe_event_attempts")
-    op.drop_index("ix_stripe_events_status_next_attempt", table_name="stripe_events")
+    op.drop_index("ix_stripe_events_unfinished", table_name="stripe_events")
     # the old statuses: an unfinished event is received again, a pruned payload an empty one
     op.execute("UPDATE stripe_events SET status = 'received' "
                "WHERE status IN ('processing', 'retrying')")
