@@ -4,7 +4,8 @@ Not an :class:`~billwatch.http.AuditedRouter` route: a verified event is only st
 inbox, :func:`~billwatch.webhooks.inbox.accept`) and acknowledged at once; processors handle it
 after the commit, so a slow handler or a Stripe brown-out never makes Stripe time out. Answers:
 200 when the event is stored or was already; 400 (413 for an oversized body) when the delivery
-is refused before anything is stored. Handler failures are billwatch's to retry, not Stripe's.
+is refused before anything is stored; 500 only when the event could not be stored (Stripe then
+retries). Handler failures are billwatch's to retry, not Stripe's.
 """
 
 from __future__ import annotations
