@@ -81,6 +81,24 @@ class TestLeases:
         assert rows[1].attempt == 2 and rows[1].outcome is AttemptOutcome.IGNORED
         assert len(await audit_rows(db, event_type="billing.webhook.received")) == 1
 
+    async def test_an_event_whose_processors_keep_dying_is_given_up_after_the_last_attempt(
+            self, db: Database, settings: Settings) -> None:
+        once = settings.model_copy(update={"webhook_max_attempts": 1})
+        event = ignored_event()
+        await accept(db, event)
+        await claim(db, once, "dead-processor")  # attempt 1 of 1 never finishes
+        lapsed = utcnow() + lease(once) + timedelta(seconds=1)
+        [result] = await drain(db, PaymentsGateway(once), once, now=lapsed)
+        assert result.outcome is ProcessOutcome.FAILED and result.error is not None
+        assert "gave up: 1 attempts never finished" in result.error
+        stored = await stored_event(db, event["id"])
+        assert stored is not None and stored.status is EventStatus.FAILED
+        assert [a.outcome for a in await attempt_rows(db, event["id"])] == [
+            AttemptOutcome.ABANDONED, AttemptOutcome.FAILED]
+        [failure] = await audit_rows(db, event_type="billing.webhook.failed")
+        assert failure.stripe_event_id == event["id"] and failure.data["attempts"] == 2
+        assert not await audit_rows(db, event_type="billing.webhook.received")  # never handled
+
     async def test_a_processor_that_lost_its_claim_changes_nothing(
             self, db: Database, settings: Settings) -> None:
         event = ignored_event()
