@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        stop_delivery = await start_delivery(db, settings)  # alerts leave after commit
+        # alerts and inbox events leave after commit
+        stop_delivery = await start_delivery(db, settings, gateway=_app.state.gateway)
         yield
         await refusals_of(_app.state).flush(db, everything=True)  # the last minute's counts
         await stop_delivery()

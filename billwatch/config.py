@@ -95,6 +95,23 @@ class Settings(BaseSettings):
     """Total time one Stripe call may take, the SDK's retries included; then 504."""
     refund_sweep_grace_seconds: float = Field(default=60.0, ge=0)
     """A refund intent pending longer than this is settled by the sweeper (keep it above the budget)."""
+    # --- the webhook inbox (billwatch.webhooks.inbox; docs/stripe.md "Webhooks") ---
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    """Handling attempts of one event before it is ``failed`` (and alerted)."""
+    webhook_retry_base_seconds: float = Field(default=10.0, gt=0)
+    """Delay before the second attempt; it doubles with every further attempt."""
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    """The longest wait between two attempts of one event."""
+    webhook_retry_jitter: float = Field(default=0.5, ge=0, le=1)
+    """Each delay is shortened by a random part of up to this fraction, so retries spread."""
+    webhook_batch_size: int = Field(default=50, ge=1, le=1000)
+    """Events one processor claims at a time."""
+    webhook_lease_seconds: float = Field(default=300.0, ge=1)
+    """How long a claim holds; past it a dead processor's events are claimed again."""
+    webhook_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    """How often processors look for due retries and lapsed leases (embedded loop, beat)."""
+    webhook_payload_retention_days: int = Field(default=90, ge=1)
+    """Stored payloads older than this are pruned (row, hash and metadata stay)."""
 
     token_secret: SecretStr = SecretStr(DEVELOPMENT_TOKEN_SECRET)
     """HS256 key of bearer tokens, at least 32 bytes."""

@@ -26,7 +26,7 @@ from billwatch.db import utcnow
 from billwatch.errors import NotFound
 from billwatch.jobs.models import DailyBillingMetrics
 from billwatch.managers.models import BillingManagerAssignment
-from billwatch.webhooks.models import EventStatus, StripeEvent
+from billwatch.webhooks.models import UNFINISHED, EventStatus, StripeEvent
 
 CHART_DAYS = 90
 RELATED_WINDOW = timedelta(hours=1)
@@ -64,7 +64,7 @@ async def overview(session: AsyncSession, *, now: datetime | None = None) -> Ove
         select(StripeEvent.status, func.count()).group_by(StripeEvent.status))).all()}
     oldest = (await session.scalars(
         select(func.min(StripeEvent.received_at)).where(
-            StripeEvent.status.in_([EventStatus.RECEIVED, EventStatus.FAILED])))).first()
+            StripeEvent.status.in_([*UNFINISHED, EventStatus.FAILED])))).first()
     return Overview(days[-1] if days else None, days, alerts, backlog, oldest,
                     await audit_state(session, now=now))
 

@@ -46,6 +46,7 @@ from billwatch.console.web import (
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Unprocessable
 from billwatch.http import AuditedRoute, audited, record_failure
+from billwatch.webhooks import store as webhook_store
 from billwatch.webhooks.models import EventStatus
 from billwatch.webhooks.service import replay
 
@@ -366,11 +367,12 @@ async def webhook(request: Request, event_id: str, confirm: int = 0) -> Response
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
         stored, rows = await data.event(session, event_id[:255])
+        attempts = await webhook_store.attempts_of(session, stored.id)
         names = await views.names_for(session, [e.row for e in rows])
         _viewed(session, who, "webhook", stripe_event_id=stored.stripe_event_id)
     written = [(e, views.sentence(e.row, audit_service.metadata_of(e.row)[0], names)) for e in rows]
     return render(request, "webhook.html.j2", who=who, event=stored, rows=written,
-                  confirm=bool(confirm))
+                  attempts=attempts, confirm=bool(confirm))
 
 
 @router.post("/webhooks/{event_id}/replay",

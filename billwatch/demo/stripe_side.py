@@ -22,6 +22,7 @@ from billwatch.db import Database
 from billwatch.demo import events
 from billwatch.demo.api import BillwatchApi, Owner, Person
 from billwatch.demo.peer import DECLINING_CARD, GOOD_CARD, StripePeer
+from billwatch.webhooks.models import EventStatus, StripeEvent
 
 PEER_EVENT_TYPES = ["customer.subscription.created", "customer.subscription.deleted"]
 """What the peer delivers itself; invoice and checkout events come from :class:`StripeSide`."""
@@ -52,6 +53,9 @@ class LiveSubscription:
         return self.clock
 
 
+WAITING = (EventStatus.RECEIVED, EventStatus.PROCESSING)
+
+
 @dataclass
 class StripeSide:
     peer: StripePeer
@@ -75,6 +79,21 @@ class StripeSide:
                 break
             await asyncio.sleep(0.2)
         (self.delivered if status < 300 else self.refused)[event_type] += 1
+        if status < 300:
+            await self._processed(signed.id)
+
+    async def _processed(self, event_id: str, *, within: float = 30.0) -> None:
+        """Wait until billwatch's processors have handled an acknowledged event (the inbox
+        answers before it handles), so the month's next step sees its effect as Stripe would."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            async with self.db.sessionmaker() as session:
+                status = await session.scalar(select(StripeEvent.status).where(
+                    StripeEvent.stripe_event_id == event_id))
+            if status is not None and status not in WAITING:  # handled (or failed and retrying)
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"event {event_id} still unprocessed after {within:.0f}s")
 
     async def _customer_of(self, session_id: str) -> str:
         """The customer a Checkout Session was opened for, as Stripe remembers it."""

@@ -34,17 +34,22 @@ OVERRIDES_EXPIRE_TASK = "billwatch.billing.expire_overrides"
 SUBSCRIPTION_INTENTS_TASK = "billwatch.billing.sweep_subscription_intents"
 IDEMPOTENCY_PRUNE_TASK = "billwatch.jobs.idempotency_prune"
 AUDIT_SEAL_TASK = "billwatch.audit.seal"
+WEBHOOKS_INBOX_TASK = "billwatch.webhooks.process_inbox"
+WEBHOOKS_PRUNE_TASK = "billwatch.webhooks.prune_payloads"
 
 
 def beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """Daily metrics at 00:00 UTC and the audit partitions ahead at 00:05, anomaly checks at
     the top of every hour, the audit checkpoint at :15 and the Stripe reconcile at :30 of every
     hour, the audit seal every ``audit_seal_interval_seconds`` (the embedded runner's interval
-    too), and an alert sweep every minute (re-sends hand-offs that were lost, mails counts whose
-    window ended), a refund sweep every minute (settles refund intents left pending) and the
-    expiry of free grants and timed overrides every minute, and the pruning of expired
-    idempotency keys at :45."""
-    seal_every = float((settings or get_settings()).audit_seal_interval_seconds)
+    too); every minute the alert sweep (re-sends hand-offs that were lost, mails counts whose
+    window ended), the refund and subscription-intent sweeps and the expiry of free grants and
+    timed overrides; the webhook inbox every ``webhook_poll_seconds`` (due retries, lapsed
+    leases, hand-offs that were lost); the pruning of expired idempotency keys at :45 and of
+    Stripe payloads past their retention at 03:45 UTC."""
+    settings = settings or get_settings()
+    seal_every = float(settings.audit_seal_interval_seconds)
+    poll = settings.webhook_poll_seconds
     return {
         "daily-metrics": {"task": DAILY_METRICS_TASK, "schedule": crontab(minute="0", hour="0")},
         "anomaly-checks": {"task": ANOMALY_CHECKS_TASK, "schedule": crontab(minute="0")},
@@ -58,6 +63,9 @@ def beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]
         "overrides-expire": {"task": OVERRIDES_EXPIRE_TASK, "schedule": 60.0},
         "subscription-intents-sweep": {"task": SUBSCRIPTION_INTENTS_TASK, "schedule": 60.0},
         "idempotency-prune": {"task": IDEMPOTENCY_PRUNE_TASK, "schedule": crontab(minute="45")},
+        "webhooks-inbox": {"task": WEBHOOKS_INBOX_TASK, "schedule": poll},
+        "webhooks-prune": {"task": WEBHOOKS_PRUNE_TASK,
+                           "schedule": crontab(minute="45", hour="3")},
     }
 
 

@@ -3,8 +3,10 @@
 Started and stopped by the app's lifespan. It wakes on every committed alert or requested
 check (a hand-off from :mod:`billwatch.alerts.handoff`) and at least every
 ``alert_poll_seconds`` for retries, so pending alerts left by a crash or a restart are picked
-up by the first tick. Its work runs on the app's event loop but never inside a request: a
-request only sets an event after its commit.
+up by the first tick. A second loop processes the webhook inbox: it wakes on every committed
+event (:mod:`billwatch.webhooks.handoff`) and every ``webhook_poll_seconds`` for due retries
+and lapsed leases, and is kept apart so a slow mail never delays an event. Its work runs on the
+app's event loop but never inside a request: a request only sets an event after its commit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from billwatch.billing.refund_sweeper import sweep_pending_refunds
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import service
+from billwatch.payments.gateway import PaymentsGateway
+from billwatch.webhooks import handoff as inbox_handoff
+from billwatch.webhooks.inbox import drain, processor_id
 
 log = structlog.get_logger(__name__)
 MAX_HELD = 100
@@ -35,9 +40,14 @@ MAX_HELD = 100
 class EmbeddedRunner:
     """The in-process deliverer and scheduler of one app process."""
 
-    def __init__(self, db: Database, settings: Settings, *, schedule: bool | None = None) -> None:
+    def __init__(self, db: Database, settings: Settings, *, schedule: bool | None = None,
+                 gateway: PaymentsGateway | None = None) -> None:
         self.db = db
         self.settings = settings
+        self.gateway = gateway or PaymentsGateway(settings)
+        self.worker = processor_id("embedded")
+        self._inbox_wake = asyncio.Event()
+        self._inbox_task: asyncio.Task[None] | None = None
         self.schedule = settings.embedded_scheduler if schedule is None else schedule
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -51,17 +61,25 @@ class EmbeddedRunner:
         self._loop = asyncio.get_running_loop()
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="billwatch-embedded-runner")
+        self._inbox_task = asyncio.create_task(self._run_inbox(), name="billwatch-inbox")
         handoff.install(self)
+        inbox_handoff.install(self)
 
     async def stop(self) -> None:
         """Signal the loop, let its current tick finish within the grace, else cancel or abandon it."""
         handoff.uninstall(self)
+        inbox_handoff.uninstall(self)
         self._stopping.set()
         self._wake.set()
+        self._inbox_wake.set()
         if self._task is not None:
             task, self._task = self._task, None
             await stop_task(task, grace_seconds=self.settings.shutdown_grace_seconds,
                             name="embedded-runner")
+        if self._inbox_task is not None:
+            inbox, self._inbox_task = self._inbox_task, None
+            await stop_task(inbox, grace_seconds=self.settings.shutdown_grace_seconds,
+                            name="embedded-inbox")
 
     # --- the AlertSink protocol (called after commits, maybe from another thread) ---
 
@@ -80,6 +98,12 @@ class EmbeddedRunner:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    # --- the InboxSink protocol (called after an event's commit) ---
+
+    def events_received(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._inbox_wake.set)
+
     # --- the loop ---
 
     async def _run(self) -> None:
@@ -95,6 +119,22 @@ class EmbeddedRunner:
                 break
             await wait_until_set(self._wake, self.settings.alert_poll_seconds)
 
+    async def _run_inbox(self) -> None:
+        while not self._stopping.is_set():
+            self._inbox_wake.clear()
+            try:
+                await self.process_inbox()
+            except Exception:  # the database may be gone for a while; the next wake retries
+                log.exception("embedded_inbox_failed")
+            if self._stopping.is_set():
+                break
+            await wait_until_set(self._inbox_wake, self.settings.webhook_poll_seconds)
+
+    async def process_inbox(self, *, now: datetime | None = None) -> int:
+        """Every due inbox event (received, retry due, lease lapsed); returns how many ran."""
+        return len(await drain(self.db, self.gateway, self.settings, worker=self.worker, now=now,
+                               stopping=self._stopping.is_set))
+
     async def tick(self, *, now: datetime | None = None) -> None:
         """Requested checks, due scheduled jobs, pending refund intents, then every due alert."""
         checks, self._checks = self._checks, set()
@@ -106,6 +146,7 @@ class EmbeddedRunner:
             await service.audit_seal_due(self.db, self.settings, now=now)
             await service.audit_partitions_due(self.db, self.settings, now=now)
             await expiry.expire_due_overrides(self.db, self.settings, now=now)
+            await service.webhooks_prune_job(self.db, self.settings, now=now)
         await sweep_pending_refunds(self.db, self.settings, now=now)
         await sweep_subscription_intents(self.db, self.settings, now=now)
         await deliver_due(self.db, self.settings, now=now)

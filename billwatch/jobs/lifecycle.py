@@ -2,7 +2,8 @@
 
 No broker (the embedded default): an :class:`~billwatch.jobs.embedded.EmbeddedRunner` on the
 app's event loop delivers alerts and runs the schedule. With ``BILLWATCH_BROKER_URL``: a Celery
-publisher hands every committed alert to the workers, and ``billwatch beat`` schedules.
+publisher hands every committed alert and inbox event to the workers, and ``billwatch beat``
+schedules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from billwatch.alerts import handoff
 from billwatch.background import settle
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.payments.gateway import PaymentsGateway
+from billwatch.webhooks import handoff as inbox_handoff
 
 log = structlog.get_logger(__name__)
 Stop = Callable[[], Awaitable[None]]
@@ -23,7 +26,8 @@ CLOSE_WAIT_SECONDS = 10.0
 """How long shutdown waits for queued hand-offs; unsent ones stay pending for the sweep."""
 
 
-async def start_delivery(db: Database, settings: Settings) -> Stop:
+async def start_delivery(db: Database, settings: Settings, *,
+                         gateway: PaymentsGateway | None = None) -> Stop:
     """Start this process's deliverer; returns the coroutine function that stops it."""
     if settings.broker_url:
         from billwatch.jobs.celery_app import make_celery
@@ -32,9 +36,11 @@ async def start_delivery(db: Database, settings: Settings) -> Stop:
         celery = make_celery(settings)
         sink = CelerySink(celery, background=True)
         handoff.install(sink)
+        inbox_handoff.install(sink)
 
         async def stop_publisher() -> None:
             handoff.uninstall(sink)
+            inbox_handoff.uninstall(sink)
             closing = asyncio.ensure_future(asyncio.to_thread(sink.close))
             if not await settle(closing, CLOSE_WAIT_SECONDS):  # a stuck broker must not block shutdown
                 log.warning("alert_publisher_close_abandoned", seconds=CLOSE_WAIT_SECONDS)
@@ -44,6 +50,6 @@ async def start_delivery(db: Database, settings: Settings) -> Stop:
 
     from billwatch.jobs.embedded import EmbeddedRunner
 
-    runner = EmbeddedRunner(db, settings)
+    runner = EmbeddedRunner(db, settings, gateway=gateway)
     await runner.start()
     return runner.stop

@@ -25,6 +25,7 @@ AUDIT_CHECKPOINT = "audit_checkpoint"
 AUDIT_SEAL = "audit_seal"
 AUDIT_PARTITIONS = "audit_partitions"
 WEBHOOKS_RECONCILE = "webhooks_reconcile"
+WEBHOOKS_PRUNE = "webhooks_prune"
 RECONCILE_LOOKBACK = timedelta(hours=3)
 """How far back the hourly reconcile asks Stripe (overlapping runs cost only duplicates)."""
 
@@ -260,3 +261,19 @@ async def idempotency_prune_job(db: Database, settings: Settings, *, now: dateti
         return {"pruned": await prune(db, now=moment)}
 
     return await run_claimed(db, job=IDEMPOTENCY_PRUNE, period=period, work=work, task_id=task_id)
+
+
+async def webhooks_prune_job(db: Database, settings: Settings, *, now: datetime | None = None,
+                             task_id: str | None = None) -> RunOutcome:
+    """Prune stored Stripe payloads past their retention, once per day (a no-op once it ran)."""
+    from billwatch.webhooks.retention import prune_payloads
+
+    moment = now or utcnow()
+    period = moment.astimezone(UTC).date().isoformat()
+    if period in await succeeded_periods(db, WEBHOOKS_PRUNE, [period]):
+        return RunOutcome(ran=False)
+
+    async def work() -> dict[str, Any]:
+        return {"pruned": await prune_payloads(db, settings, now=moment)}
+
+    return await run_claimed(db, job=WEBHOOKS_PRUNE, period=period, work=work, task_id=task_id)

@@ -43,10 +43,13 @@ from billwatch.jobs.celery_app import (
     REFUNDS_SWEEP_TASK,
     SUBSCRIPTION_INTENTS_TASK,
     SWEEP_TASK,
+    WEBHOOKS_INBOX_TASK,
+    WEBHOOKS_PRUNE_TASK,
     WEBHOOKS_RECONCILE_TASK,
     app,
 )
 from billwatch.logging import configure_logging
+from billwatch.webhooks import handoff as inbox_handoff
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -71,11 +74,12 @@ def run_async(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
 
 
 class CelerySink:
-    """Hands committed alerts and requested checks to the broker of ``celery``.
+    """Hands committed alerts, requested checks and inbox events to the broker of ``celery``.
 
     In the app, publishing runs on a one-thread executor so a slow or unreachable broker never
     holds up a request (the alert row stays pending and the sweep re-sends it); in a worker it
-    publishes inline.
+    publishes inline. Inbox hand-offs are coalesced: while one inbox task waits to be published,
+    further events add nothing (the task drains every due event, theirs included).
     """
 
     def __init__(self, celery: Celery, *, background: bool) -> None:
@@ -83,6 +87,18 @@ class CelerySink:
         self.background = background
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._inbox_queued = False
+
+    def events_received(self) -> None:
+        with self._lock:
+            if self._inbox_queued:
+                return
+            self._inbox_queued = True
+        self._publish(WEBHOOKS_INBOX_TASK, before=self._inbox_sent)
+
+    def _inbox_sent(self) -> None:
+        with self._lock:  # cleared before sending, so a commit after this publishes again
+            self._inbox_queued = False
 
     def alert_raised(self, alert_id: uuid.UUID) -> None:
         self._publish(DELIVER_TASK, str(alert_id))
@@ -93,14 +109,19 @@ class CelerySink:
     def audit_write_failed(self, details: dict[str, Any]) -> None:
         self._publish(AUDIT_FAILURE_TASK, details)
 
-    def _publish(self, name: str, *args: Any) -> None:
-        if not self.background:
+    def _publish(self, name: str, *args: Any, before: Callable[[], None] | None = None) -> None:
+        def send() -> None:
+            if before is not None:
+                before()
             self.celery.send_task(name, args=args)
+
+        if not self.background:
+            send()
             return
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bw-publish")
-        future = self._executor.submit(self.celery.send_task, name, args=args)
+        future = self._executor.submit(send)
         future.add_done_callback(_log_publish_failure)
 
     def close(self) -> None:
@@ -120,7 +141,9 @@ def prepare_process(**_: Any) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     configure_alerts(settings)
-    handoff.install(CelerySink(app, background=False))
+    sink = CelerySink(app, background=False)
+    handoff.install(sink)
+    inbox_handoff.install(sink)
 
 
 def task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -276,4 +299,41 @@ def prune_idempotency_keys(self: Task) -> dict[str, Any]:
     task_id = self.request.id
     outcome = run_async(lambda db, settings: service.idempotency_prune_job(db, settings,
                                                                            task_id=task_id))
+    return {"ran": outcome.ran, **outcome.result}
+
+
+@task(name=WEBHOOKS_INBOX_TASK, bind=True, max_retries=None)
+def process_inbox(self: Task) -> dict[str, int]:
+    """Drain the webhook inbox: every due event, in leased batches (several workers share it).
+
+    A database error rolled its transaction back and the claims lapse by their lease: try
+    again shortly, a few times, then the beat's next sweep takes over.
+    """
+    from billwatch.payments.gateway import PaymentsGateway
+    from billwatch.webhooks.inbox import drain, processor_id
+
+    worker = processor_id(f"celery-{self.request.id or 'inline'}"[:40])
+
+    async def work(db: Database, settings: Settings) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for result in await drain(db, PaymentsGateway(settings), settings, worker=worker):
+            counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
+        return counts
+
+    try:
+        return run_async(work)
+    except DBAPIError as error:
+        if self.request.retries >= DATABASE_RETRIES:
+            raise
+        log.warning("inbox_database_error",
+                    error=type(error.orig).__name__ if error.orig else type(error).__name__)
+        raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=error) from error
+
+
+@task(name=WEBHOOKS_PRUNE_TASK, **JOB_RETRY)
+def prune_webhook_payloads(self: Task) -> dict[str, Any]:
+    """Daily: drop stored Stripe payloads past their retention (rows and hashes stay)."""
+    task_id = self.request.id
+    outcome = run_async(lambda db, settings: service.webhooks_prune_job(db, settings,
+                                                                        task_id=task_id))
     return {"ran": outcome.ran, **outcome.result}

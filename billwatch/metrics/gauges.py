@@ -37,7 +37,7 @@ from billwatch.config import Plan, Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs.models import DailyBillingMetrics
 from billwatch.metrics import labels
-from billwatch.webhooks.models import TERMINAL_EVENT_STATUSES, EventStatus, StripeEvent
+from billwatch.webhooks.models import UNFINISHED, EventStatus, StripeEvent
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +135,7 @@ async def query_backlog(conn: AsyncConnection) -> Backlog:
             select(StripeEvent.status, func.count()).group_by(StripeEvent.status)):
         by_status[EventStatus(status).value] = int(count)
     oldest_event = await conn.scalar(select(func.min(StripeEvent.received_at)).where(
-        StripeEvent.status.not_in(TERMINAL_EVENT_STATUSES)))
+        StripeEvent.status.in_(UNFINISHED)))
     oldest_alert = await conn.scalar(select(func.min(Alert.created_at)).where(
         Alert.status == AlertStatus.PENDING))
     unsealed = await conn.scalar(select(func.count()).select_from(AuditLog).where(

@@ -1,4 +1,5 @@
-"""``billwatch webhooks list | replay | reconcile``: the operator's side of the event store."""
+"""``billwatch webhooks list | replay | reconcile | process | prune``: the operator's side of the
+event store."""
 
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ from billwatch.errors import NotFound
 from billwatch.logging import configure_logging
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.startup import checked_settings
-from billwatch.webhooks import service, store
+from billwatch.webhooks import inbox, retention, service, store
 from billwatch.webhooks.models import EventStatus, StripeEvent
 from billwatch.webhooks.processing import ProcessOutcome, ProcessResult
 
-app = typer.Typer(help="Stripe webhook events: list, replay, reconcile.", no_args_is_help=True)
+app = typer.Typer(help="Stripe webhook events: list, replay, reconcile, process, prune.",
+                  no_args_is_help=True)
 console = Console()
 T = TypeVar("T")
 
 _STYLE = {ProcessOutcome.PROCESSED: "green", ProcessOutcome.IGNORED: "yellow",
-          ProcessOutcome.DUPLICATE: "cyan", ProcessOutcome.FAILED: "red"}
+          ProcessOutcome.DUPLICATE: "cyan", ProcessOutcome.FAILED: "red",
+          ProcessOutcome.RETRYING: "magenta"}
 
 
 def _run(work: Callable[[Database, PaymentsGateway, Settings], Awaitable[T]]) -> T:
@@ -133,3 +136,26 @@ def reconcile(
                   f"{report.missed} had not been delivered, {report.failed} failed.")
     if report.failed or report.unreadable:
         raise typer.Exit(1)
+
+
+@app.command()
+def process() -> None:
+    """Process every due inbox event now (what the processors do), then print the outcomes."""
+
+    async def work(db: Database, gateway: PaymentsGateway, settings: Settings) -> list[ProcessResult]:
+        return await inbox.drain(db, gateway, settings, worker=inbox.processor_id("cli"))
+
+    results = _run(work)
+    for result in results:
+        _print_result(result)
+    console.print(f"{len(results)} event(s) processed")
+
+
+@app.command()
+def prune() -> None:
+    """Drop stored payloads older than BILLWATCH_WEBHOOK_PAYLOAD_RETENTION_DAYS (rows stay)."""
+
+    async def work(db: Database, _gateway: PaymentsGateway, settings: Settings) -> int:
+        return await retention.prune_payloads(db, settings)
+
+    console.print(f"{_run(work)} payload(s) pruned")

@@ -1,10 +1,11 @@
 """``POST /webhooks/stripe``: where Stripe (or localstripe, or ``stripe listen``) delivers events.
 
-Not an :class:`~billwatch.http.AuditedRouter` route: one request here needs its own
-transactions (the event's, and on failure a second one), so it manages them through
-:func:`~billwatch.webhooks.processing.process_event`. Answers: 200 when the event is processed,
-ignored or a duplicate; 400 (413 for an oversized body) when the delivery is refused before
-anything is stored; 500 when the handler failed, so Stripe retries.
+Not an :class:`~billwatch.http.AuditedRouter` route: a verified event is only stored (the
+inbox, :func:`~billwatch.webhooks.inbox.accept`) and acknowledged at once; processors handle it
+after the commit, so a slow handler or a Stripe brown-out never makes Stripe time out. Answers:
+200 when the event is stored or was already; 400 (413 for an oversized body) when the delivery
+is refused before anything is stored; 500 only when the event could not be stored (Stripe then
+retries). Handler failures are billwatch's to retry, not Stripe's.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from billwatch.context import current_origin
 from billwatch.db import Database, after_commit
 from billwatch.metrics import billing as billing_metrics
 from billwatch.openapi_errors import ErrorOut
-from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks.processing import ProcessOutcome, process_event
+from billwatch.webhooks.inbox import accept
 from billwatch.webhooks.signature import (
     MAX_BODY_BYTES,
     BodyTooLarge,
@@ -39,12 +39,13 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["webhooks"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Processed, ignored (a type billwatch does not handle) or a duplicate."},
+    200: {"description": "Stored for processing (`received`), or already stored (`duplicate`)."},
     400: {"model": ErrorOut, "description": "Missing, forged or stale signature, a body that is "
           "not an event, or a field no column can hold (`invalid_event_field`)."},
     413: {"model": ErrorOut, "description": "Body over 1 MiB."},
     500: {"model": ErrorOut,
-          "description": "The handler failed; the event is stored as failed and Stripe retries."},
+          "description": "The event could not be stored (the database is unreachable); "
+                         "nothing was acknowledged, so Stripe retries."},
 }
 
 
@@ -66,10 +67,9 @@ async def read_body(request: Request) -> bytes:
 @router.post("/webhooks/stripe", responses=_RESPONSES,
              openapi_extra={"x-billwatch-auth": "Stripe-Signature header (the webhook secret)"})
 async def stripe_webhook(request: Request) -> JSONResponse:
-    """Verify, store and handle one Stripe event."""
+    """Verify and store one Stripe event; processors handle it after the commit."""
     settings: Settings = request.app.state.settings
     db: Database = request.app.state.db
-    gateway: PaymentsGateway = request.app.state.gateway
     try:
         body = await read_body(request)
         text = verify(body, request.headers.get("stripe-signature"),
@@ -80,12 +80,9 @@ async def stripe_webhook(request: Request) -> JSONResponse:
         await record_rejection(db, request, rejection)
         return JSONResponse({"error": rejection.code, "detail": rejection.detail},
                             status_code=rejection.status_code)
-    result = await process_event(db, gateway, settings, event, body=body)
-    if result.outcome is ProcessOutcome.FAILED:
-        return JSONResponse({"error": "webhook_handler_failed", "event_id": redact_text(result.event_id),
-                             "detail": result.error}, status_code=500)
-    return JSONResponse({"received": True, "event_id": redact_text(result.event_id),
-                         "status": result.outcome.value})
+    accepted = await accept(db, event, body=body)
+    return JSONResponse({"received": True, "event_id": redact_text(accepted.event_id),
+                         "status": "received" if accepted.stored else "duplicate"})
 
 
 async def record_rejection(db: Database, request: Request,

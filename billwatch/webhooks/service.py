@@ -1,7 +1,8 @@
 """Replaying stored events and reconciling the store with Stripe's Events API.
 
-Both go through :func:`~billwatch.webhooks.processing.process_event`, the path deliveries take,
-so a replayed or reconciled event is handled, stored and audited exactly like a delivered one.
+Both claim the stored event and run it through
+:func:`~billwatch.webhooks.processing.process_claimed`, the path the inbox processors take, so a
+replayed or reconciled event is handled, stored and audited exactly like a delivered one.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.errors import NotFound
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import store
+from billwatch.webhooks import inbox, store
+from billwatch.webhooks.models import EventSource
 from billwatch.webhooks.processing import (
     Delivery,
     ProcessOutcome,
     ProcessResult,
     metric_label,
-    process_event,
 )
 from billwatch.webhooks.signature import WebhookRejected, checked_event
 
@@ -33,13 +34,14 @@ WEBHOOKS_MISSED = Counter(
 
 async def replay(db: Database, gateway: PaymentsGateway, settings: Settings,
                  event_id: str) -> ProcessResult:
-    """Run a stored event through its handler again (a processed event stays as it is)."""
-    async with db.sessionmaker() as session:
-        row = await store.get(session, event_id)
-        if row is None:
-            raise NotFound(f"no stored Stripe event {event_id}", code="event_not_found")
-        payload = row.payload
-    return await process_event(db, gateway, settings, payload, delivery=Delivery.REPLAY)
+    """Run a stored event through its handler again now (a processed event stays as it is).
+
+    One attempt: if it fails the event is ``failed`` again (no automatic retries).
+    """
+    result = await inbox.process_now(db, gateway, settings, event_id, delivery=Delivery.REPLAY)
+    if result is None:
+        raise NotFound(f"no stored Stripe event {event_id}", code="event_not_found")
+    return result
 
 
 async def replay_failed(db: Database, gateway: PaymentsGateway, settings: Settings, *,
@@ -58,14 +60,14 @@ class ReconcileReport:
     results: list[ProcessResult] = field(default_factory=list)
     """One per event the store lacked, in Stripe time order."""
     unreadable: list[str] = field(default_factory=list)
-
-    @property
-    def missed(self) -> int:
-        return sum(1 for r in self.results if r.outcome is not ProcessOutcome.DUPLICATE)
+    missed: int = 0
+    """Events this reconciliation stored (no delivery had)."""
 
     @property
     def failed(self) -> int:
-        return sum(1 for r in self.results if r.outcome is ProcessOutcome.FAILED)
+        """Events whose handling failed (retrying ones are retried by the processors)."""
+        return sum(1 for r in self.results
+                   if r.outcome in (ProcessOutcome.FAILED, ProcessOutcome.RETRYING))
 
 
 async def reconcile(db: Database, gateway: PaymentsGateway, settings: Settings, *,
@@ -90,10 +92,17 @@ async def reconcile(db: Database, gateway: PaymentsGateway, settings: Settings, 
         except WebhookRejected:
             report.unreadable.append(str(event.get("id")))
             continue
-        result = await process_event(db, gateway, settings, checked, delivery=Delivery.RECONCILE)
-        if result.outcome is not ProcessOutcome.DUPLICATE:  # a delivery raced us: not missed
-            WEBHOOKS_MISSED.labels(event_type=metric_label(result.type)).inc()
-        report.results.append(result)
+        accepted = await inbox.accept(db, checked, source=EventSource.RECONCILE, wake=False)
+        if not accepted.stored:  # a delivery raced us: not missed
+            report.results.append(ProcessResult(accepted.event_id, checked["type"],
+                                                ProcessOutcome.DUPLICATE, 0, note="delivered"))
+            continue
+        report.missed += 1
+        WEBHOOKS_MISSED.labels(event_type=metric_label(checked["type"])).inc()
+        result = await inbox.process_now(db, gateway, settings, accepted.event_id,
+                                         delivery=Delivery.RECONCILE)
+        report.results.append(result or ProcessResult(
+            accepted.event_id, checked["type"], ProcessOutcome.DUPLICATE, 0, note="not stored"))
     return report
 
 

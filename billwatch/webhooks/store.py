@@ -1,45 +1,58 @@
 """Reads and writes of the ``stripe_events`` table, race-safe on PostgreSQL and SQLite.
 
-Claiming an event is the first statement of its transaction: ``INSERT ... ON CONFLICT DO
-NOTHING``. On PostgreSQL a second worker inserting the same id waits on the unique index until
-the first commits or rolls back, then either sees the finished row (a duplicate) or claims the id
-itself. An existing row is locked with ``SELECT ... FOR UPDATE``. On SQLite the insert takes the
-database's single write lock, which serialises the same way.
+Storing an event is one ``INSERT ... ON CONFLICT DO NOTHING``: a second delivery of the same
+id inserts nothing. Processors claim stored events with a lease in a short transaction of its
+own (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so processors never wait on each other; on SQLite
+every write transaction begins IMMEDIATE, which serialises claims the same way). Each event is
+then handled in a transaction that first locks its row and checks the claim is still the
+processor's: a processor whose lease lapsed and was taken over changes nothing, so an event is
+applied once however many processors die or overlap.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.db import utcnow
-from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
+from billwatch.webhooks.models import (
+    UNFINISHED,
+    AttemptOutcome,
+    EventSource,
+    EventStatus,
+    StripeEvent,
+    StripeEventAttempt,
+)
 from billwatch.webhooks.shapes import ref, timestamp
 
 MAX_ERROR_CHARS = 2000
 EVENTS = cast(Table, StripeEvent.__table__)
 """Writes go through the table (Core), which skips the ORM's bulk machinery on the hot path."""
+ATTEMPTS = cast(Table, StripeEventAttempt.__table__)
+LEASE_LAPSED = "the processor's lease lapsed before it finished (killed or stuck); nothing committed"
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
+class Claimed:
+    """An event a processor holds under its lease, with what it needs to handle it."""
+
     row_id: uuid.UUID
-    status: EventStatus
-    attempts: int
-    inserted: bool
-
-
-def dialect_insert(session: AsyncSession) -> Any:
-    """The ``insert`` of the session's dialect, which has ``on_conflict_do_*``."""
-    dialect = session.get_bind().dialect.name
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stripe_event_id: str
+    type: str
+    attempt: int
+    """The number of this attempt (1 for the first)."""
+    payload: dict[str, Any]
+    claimed_at: datetime
 
 
 @lru_cache(maxsize=16)
@@ -53,65 +66,165 @@ def insert_once_statement(dialect: str, table: Table, unique_column: str) -> Any
     return insert(table).on_conflict_do_nothing(index_elements=[unique_column]).returning(table.c.id)
 
 
+def payload_hash(payload: dict[str, Any]) -> str:
+    """SHA-256 of the stored payload as canonical JSON: what stays once the payload is pruned."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def store(session: AsyncSession, event: dict[str, Any], payload: dict[str, Any],
+                source: EventSource) -> uuid.UUID | None:
+    """Store a verified event as ``received``; None when its id is already stored."""
+    obj = event["data"]["object"]
+    values = {
+        "id": uuid.uuid4(), "stripe_event_id": event["id"], "type": event["type"],
+        "stripe_created": timestamp(event["created"]) or utcnow(), "object_id": ref(obj.get("id")),
+        "livemode": bool(event.get("livemode")), "payload": payload,
+        "payload_sha256": payload_hash(payload), "source": source, "attempts": 0,
+        "received_at": utcnow(), "status": EventStatus.RECEIVED,
+    }
+    statement = insert_once_statement(session.get_bind().dialect.name, EVENTS, "stripe_event_id")
+    inserted: uuid.UUID | None = (await session.execute(statement, values)).scalar_one_or_none()
+    return inserted
+
+
+def claimable(now: datetime) -> ColumnElement[bool]:
+    """Received events, retries that are due, and events whose processor's lease lapsed.
+
+    The explicit ``IN`` matches the partial index of the backlog, so a claim reads the backlog
+    only, never the millions of finished rows beside it.
+    """
+    return and_(EVENTS.c.status.in_(UNFINISHED), or_(
+        EVENTS.c.status == EventStatus.RECEIVED,
+        and_(EVENTS.c.status == EventStatus.RETRYING, EVENTS.c.next_attempt_at <= now),
+        and_(EVENTS.c.status == EventStatus.PROCESSING, EVENTS.c.claimed_until < now)))
+
+
+async def claim_batch(session: AsyncSession, *, worker: str, now: datetime, lease: timedelta,
+                      limit: int) -> list[Claimed]:
+    """Claim up to ``limit`` claimable events, oldest first, skipping rows others have locked."""
+    candidates = (await session.execute(
+        select(EVENTS.c.id, EVENTS.c.status, EVENTS.c.attempts, EVENTS.c.claimed_by,
+               EVENTS.c.claimed_at)
+        .where(claimable(now)).order_by(EVENTS.c.received_at).limit(limit)
+        .with_for_update(skip_locked=True))).all()
+    return await _claim(session, candidates, worker=worker, now=now, lease=lease)
+
+
+async def claim_one(session: AsyncSession, stripe_event_id: str, *, worker: str, now: datetime,
+                    lease: timedelta, statuses: Iterable[EventStatus]) -> Claimed | StripeEvent | None:
+    """Claim one event now (a replay, a reconciliation) if it is in ``statuses`` or its lease lapsed.
+
+    Returns the claim, or the row as it stands when it may not be claimed (or its payload was
+    pruned), or None if unknown.
+    """
+    row = (await session.scalars(
+        select(StripeEvent).where(StripeEvent.stripe_event_id == stripe_event_id)
+        .with_for_update().execution_options(populate_existing=True))).first()
+    if row is None or row.payload is None:  # unknown, or pruned: nothing to handle
+        return row
+    lapsed = row.status is EventStatus.PROCESSING and row.claimed_until is not None \
+        and row.claimed_until < now
+    if row.status not in set(statuses) and not lapsed:
+        return row
+    claimed = await _claim(session, [_Candidate(row.id, row.status, row.attempts, row.claimed_by,
+                                                row.claimed_at)],
+                           worker=worker, now=now, lease=lease)
+    return claimed[0]
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    id: uuid.UUID
+    status: EventStatus
+    attempts: int
+    claimed_by: str | None
+    claimed_at: datetime | None
+
+
+async def _claim(session: AsyncSession, candidates: Sequence[Any], *, worker: str, now: datetime,
+                 lease: timedelta) -> list[Claimed]:
+    if not candidates:
+        return []
+    abandoned = [{"id": uuid.uuid4(), "event_id": c.id, "attempt": c.attempts,
+                  "worker": c.claimed_by or "unknown", "delivery": "webhook",
+                  "started_at": c.claimed_at or now, "finished_at": None,
+                  "outcome": AttemptOutcome.ABANDONED, "error": LEASE_LAPSED, "duration_ms": None}
+                 for c in candidates if c.status is EventStatus.PROCESSING]
+    if abandoned:  # the attempt a dead processor started, so every attempt keeps its row
+        await session.execute(ATTEMPTS.insert(), abandoned)
+    rows = (await session.execute(
+        update(EVENTS).where(EVENTS.c.id.in_([c.id for c in candidates]))
+        .values(status=EventStatus.PROCESSING, claimed_by=worker, claimed_at=now,
+                claimed_until=now + lease, attempts=EVENTS.c.attempts + 1)
+        .returning(EVENTS.c.id, EVENTS.c.stripe_event_id, EVENTS.c.type, EVENTS.c.attempts,
+                   EVENTS.c.payload, EVENTS.c.received_at))).all()
+    rows = sorted(rows, key=lambda r: r.received_at)
+    return [Claimed(r.id, r.stripe_event_id, r.type, r.attempts, r.payload or {}, now)
+            for r in rows]
+
+
+_HELD = select(EVENTS.c.id).where(
+    EVENTS.c.id == bindparam("event_row_id"), EVENTS.c.status == EventStatus.PROCESSING,
+    EVENTS.c.claimed_by == bindparam("worker"), EVENTS.c.claimed_at == bindparam("claimed_at"),
+).with_for_update()
+
+
+async def still_held(session: AsyncSession, claimed: Claimed, worker: str) -> bool:
+    """Lock the event's row; True if this processor's claim still stands (nobody took it over)."""
+    found = (await session.execute(_HELD, {"event_row_id": claimed.row_id, "worker": worker,
+                                           "claimed_at": claimed.claimed_at})).first()
+    return found is not None
+
+
+_RELEASED = {"claimed_by": None, "claimed_at": None, "claimed_until": None}
 _FINISH = update(EVENTS).where(EVENTS.c.id == bindparam("event_row_id"))
 
 
-def _row_values(event: dict[str, Any], payload: dict[str, Any], source: EventSource) -> dict[str, Any]:
-    obj = event["data"]["object"]
-    return {
-        "id": uuid.uuid4(), "stripe_event_id": event["id"], "type": event["type"],
-        "stripe_created": timestamp(event["created"]) or utcnow(), "object_id": ref(obj.get("id")),
-        "livemode": bool(event.get("livemode")), "payload": payload, "source": source,
-        "attempts": 0, "received_at": utcnow(),
-    }
-
-
-async def claim(session: AsyncSession, event: dict[str, Any], payload: dict[str, Any],
-                source: EventSource) -> Claim:
-    """Store the event if new, or lock its row; either way the caller holds it until commit."""
-    values = {**_row_values(event, payload, source), "status": EventStatus.RECEIVED}
-    statement = insert_once_statement(session.get_bind().dialect.name, EVENTS, "stripe_event_id")
-    inserted = (await session.execute(statement, values)).scalar_one_or_none()
-    if inserted is not None:
-        return Claim(inserted, EventStatus.RECEIVED, 0, True)
-    row = (await session.execute(
-        select(StripeEvent.id, StripeEvent.status, StripeEvent.attempts)
-        .where(StripeEvent.stripe_event_id == event["id"]).with_for_update())).one()
-    return Claim(row.id, row.status, row.attempts, False)
-
-
-async def finish(session: AsyncSession, claim: Claim, *, status: EventStatus, note: str | None,
-                 processing_ms: float) -> None:
+async def finish(session: AsyncSession, claimed: Claimed, *, status: EventStatus,
+                 note: str | None, processing_ms: float) -> None:
     await session.execute(_FINISH, {
-        "event_row_id": claim.row_id, "status": status, "attempts": claim.attempts + 1,
-        "processed_at": utcnow(), "processing_ms": round(processing_ms, 3),
-        "last_error": note if status is EventStatus.IGNORED else None})
+        "event_row_id": claimed.row_id, "status": status, "processed_at": utcnow(),
+        "processing_ms": round(processing_ms, 3), "next_attempt_at": None,
+        "last_error": note if status is EventStatus.IGNORED else None, **_RELEASED})
 
 
-async def mark_failed(session: AsyncSession, event: dict[str, Any], payload: dict[str, Any],
-                      source: EventSource, error: str) -> tuple[uuid.UUID, int] | None:
-    """Record a failed attempt (storing the event if its claim rolled back with the handler).
+async def record_failure(session: AsyncSession, claimed: Claimed, *, error: str,
+                         retry_at: datetime | None) -> None:
+    """A failed attempt: ``retrying`` at ``retry_at``, or ``failed`` when there is none."""
+    status = EventStatus.RETRYING if retry_at is not None else EventStatus.FAILED
+    await session.execute(_FINISH, {
+        "event_row_id": claimed.row_id, "status": status, "next_attempt_at": retry_at,
+        "last_error": error[:MAX_ERROR_CHARS], **_RELEASED})
 
-    Returns the row id and attempt count, or None when another worker finished the event in
-    the meantime (its outcome stands; a stale failure must not overwrite it).
+
+def add_attempt(session: AsyncSession, claimed: Claimed, *, worker: str, delivery: str,
+                outcome: AttemptOutcome, finished_at: datetime, duration_ms: float,
+                error: str | None = None) -> None:
+    """One attempt's row, written in the transaction that records its outcome.
+
+    It starts when its claim was taken, and never finishes before that (a drain given a later
+    clock, as tests and catch-ups do, keeps its own time).
     """
-    values = _row_values(event, payload, source)
-    error = error[:MAX_ERROR_CHARS]
-    statement = dialect_insert(session)(EVENTS).values(
-        status=EventStatus.FAILED, last_error=error, processed_at=None, **{**values, "attempts": 1})
-    statement = statement.on_conflict_do_update(
-        index_elements=["stripe_event_id"],
-        set_={"status": EventStatus.FAILED, "attempts": EVENTS.c.attempts + 1,
-              "last_error": error},
-        where=EVENTS.c.status.in_((EventStatus.RECEIVED, EventStatus.FAILED, EventStatus.IGNORED)),
-    ).returning(EVENTS.c.id, EVENTS.c.attempts)
-    row = (await session.execute(statement)).first()
-    return (row.id, row.attempts) if row is not None else None
+    session.add(StripeEventAttempt(
+        id=uuid.uuid4(), event_id=claimed.row_id, attempt=claimed.attempt, worker=worker[:128],
+        delivery=delivery, started_at=claimed.claimed_at,
+        finished_at=max(finished_at, claimed.claimed_at),
+        outcome=outcome, error=error[:MAX_ERROR_CHARS] if error else None,
+        duration_ms=round(duration_ms, 3)))
 
 
 async def get(session: AsyncSession, stripe_event_id: str) -> StripeEvent | None:
     result = await session.scalars(select(StripeEvent).where(StripeEvent.stripe_event_id == stripe_event_id))
     return result.first()
+
+
+async def attempts_of(session: AsyncSession, row_id: uuid.UUID) -> list[StripeEventAttempt]:
+    """An event's attempts, first to last."""
+    result = await session.scalars(select(StripeEventAttempt).where(
+        StripeEventAttempt.event_id == row_id).order_by(StripeEventAttempt.attempt,
+                                                        StripeEventAttempt.started_at))
+    return list(result.all())
 
 
 async def list_events(session: AsyncSession, *, status: EventStatus | None = None,
@@ -141,4 +254,3 @@ async def known_ids(session: AsyncSession, ids: Iterable[str]) -> set[str]:
         found.update((await session.scalars(
             select(StripeEvent.stripe_event_id).where(StripeEvent.stripe_event_id.in_(chunk)))).all())
     return found
-

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from billwatch.accounts.models import OwnerType, Role
 from billwatch.alerts.delivery import deliver_due
@@ -17,18 +18,22 @@ from tests.alerts.helpers import alerts, assert_no_card, statuses
 from tests.alerts.mailbox import Mailbox
 from tests.support import Factory
 from tests.webhooks import stripe_events as se
+from tests.webhooks.conftest import drain_inbox
 
 
-async def post(client: httpx.AsyncClient, event: dict[str, Any]) -> httpx.Response:
+async def post(client: httpx.AsyncClient, app: FastAPI, event: dict[str, Any]) -> httpx.Response:
+    """Deliver a signed event, then process the inbox as the app's runner would after commit."""
     body = se.encode(event)
-    return await client.post("/webhooks/stripe", content=body,
-                             headers={"Stripe-Signature": se.sign(body),
-                                      "Content-Type": "application/json"})
+    response = await client.post("/webhooks/stripe", content=body,
+                                 headers={"Stripe-Signature": se.sign(body),
+                                          "Content-Type": "application/json"})
+    await drain_inbox(app)
+    return response
 
 
 class TestFinalPaymentFailureFromStripe:
     async def test_one_mail_per_invoice_however_often_stripe_sends(
-            self, client: httpx.AsyncClient, factory: Factory, db: Database,
+            self, client: httpx.AsyncClient, app: FastAPI, factory: Factory, db: Database,
             alert_settings: Settings, mailbox: Mailbox) -> None:
         patient = await factory.user(Role.PATIENT)
         customer = se.new_id("cus")
@@ -48,7 +53,7 @@ class TestFinalPaymentFailureFromStripe:
 
         final = failed(3)
         for event in (failed(1), failed(2), final, final, failed(3), failed(4)):
-            response = await post(client, event)  # Stripe re-sends, and retries once more
+            response = await post(client, app, event)  # Stripe re-sends, and retries once more
             assert response.status_code == 200, response.text
         await deliver_due(db, alert_settings)
 
@@ -65,7 +70,7 @@ class TestFinalPaymentFailureFromStripe:
 
 class TestAMailAPersonCanActOn:
     async def test_a_final_failure_mail_shows_money_the_owner_and_the_next_step(
-            self, client: httpx.AsyncClient, factory: Factory, db: Database,
+            self, client: httpx.AsyncClient, app: FastAPI, factory: Factory, db: Database,
             alert_settings: Settings, mailbox: Mailbox) -> None:
         patient = await factory.user(Role.PATIENT, name="Ada Lovelace")
         customer = se.new_id("cus")
@@ -78,7 +83,7 @@ class TestAMailAPersonCanActOn:
             invoice_id=se.new_id("in"), customer=customer, subscription_id=None,
             price="billwatch_basic_monthly", amount=1500, paid=False, attempt_count=3,
             payment_intent=intent))
-        assert (await post(client, event)).status_code == 200
+        assert (await post(client, app, event)).status_code == 200
         settings = alert_settings.model_copy(update={
             "docs_base_url": "https://docs.example.test/billwatch/",
             "console_base_url": "https://console.example.test"})

@@ -28,6 +28,7 @@ from billwatch.db import Database
 from billwatch.webhooks.handlers import HANDLERS
 from tests.support import TEST_WEBHOOK_SECRET, Factory, audit_rows, keyed, paid_subscription
 from tests.webhooks import stripe_events
+from tests.webhooks.conftest import drain_until_settled
 
 AUDITED_PREFIXES = ("/billing", "/admin", "/patients")
 NOT_AUDITED = {
@@ -249,10 +250,11 @@ class TestWebhooks:
     """Every event type billwatch handles — and the ones it ignores or refuses — leaves rows."""
 
     @pytest.mark.parametrize("event_type", sorted(HANDLERS))
-    async def test_each_handled_type_writes_rows(self, client: httpx.AsyncClient, db: Database,
+    async def test_each_handled_type_writes_rows(self, client: httpx.AsyncClient, app: FastAPI,
+                                                 db: Database,
                                                  event_type: str) -> None:
         event = stripe_events.event(event_type, _object_for(event_type))
-        response = await _deliver(client, event)
+        response = await _deliver(client, app, event)
         assert response.status_code < 600
         rows = await audit_rows(db, stripe_event_id=event["id"])
         assert rows, f"{event_type} wrote no audit row"
@@ -260,9 +262,9 @@ class TestWebhooks:
                                                    AuditEvent.WEBHOOK_FAILED.value}
 
     async def test_an_ignored_type_and_a_forged_signature_write_rows(
-            self, client: httpx.AsyncClient, db: Database) -> None:
+            self, client: httpx.AsyncClient, app: FastAPI, db: Database) -> None:
         ignored = stripe_events.event("charge.captured", stripe_events.shape("charge"))
-        assert (await _deliver(client, ignored)).status_code == 200
+        assert (await _deliver(client, app, ignored)).status_code == 200
         assert await audit_rows(db, stripe_event_id=ignored["id"])
         forged = stripe_events.encode(stripe_events.event("invoice.paid", {}))
         response = await client.post("/webhooks/stripe", content=forged, headers={
@@ -273,11 +275,15 @@ class TestWebhooks:
         assert len(rows) == 1 and rows[0].outcome == Outcome.FAILURE
 
 
-async def _deliver(client: httpx.AsyncClient, event: dict[str, Any]) -> httpx.Response:
+async def _deliver(client: httpx.AsyncClient, app: FastAPI,
+                   event: dict[str, Any]) -> httpx.Response:
+    """Deliver, then process the inbox until every retry has run (a failure is then audited)."""
     body = stripe_events.encode(event)
-    return await client.post("/webhooks/stripe", content=body, headers={
+    response = await client.post("/webhooks/stripe", content=body, headers={
         "Stripe-Signature": stripe_events.sign(body, secrets=(TEST_WEBHOOK_SECRET,)),
         "Content-Type": "application/json"})
+    await drain_until_settled(app)
+    return response
 
 
 def _object_for(event_type: str) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from billwatch.console.models import ConsoleSession
 from billwatch.db import utcnow
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.webhooks import store
-from billwatch.webhooks.models import EventSource, EventStatus
+from billwatch.webhooks.models import EventStatus
 from tests.audit.tampering import tampering
 from tests.console.conftest import LINK, Console, admin, no_serious_violations
 from tests.support import audit_rows, paid_subscription, reload
+from tests.webhooks.conftest import stored_as_failed
 
 
 class TestSignIn:
@@ -186,8 +187,7 @@ class TestActions:
         event = {"id": f"evt_console{uuid.uuid4().hex[:10]}", "type": "customer.created",
                  "created": int(time.time()), "livemode": False,
                  "data": {"object": {"id": "cus_console", "object": "customer"}}}
-        async with console.db.unit_of_work() as session:
-            await store.mark_failed(session, event, event, EventSource.WEBHOOK, "RuntimeError: boom")
+        await stored_as_failed(console.db, event, "RuntimeError: boom")
         page = console.page
         await page.goto(f"{console.url}/console/webhooks?status=failed")
         await page.get_by_role("link", name=event["id"]).click()
@@ -195,6 +195,9 @@ class TestActions:
         await console.screenshot("webhook-replay")
         await page.get_by_role("button", name=f"Replay {event['id']}").click()
         await page.wait_for_url("**?replayed=ignored")
+        attempts = page.get_by_role("table", name="Every attempt at handling this event, first to last")
+        assert await attempts.get_by_role("row").count() == 2  # the header and the replay
+        assert await attempts.get_by_role("cell", name="replay", exact=True).count() == 1
         async with console.db.sessionmaker() as session:
             stored = await store.get(session, event["id"])
         assert stored is not None and stored.status is EventStatus.IGNORED

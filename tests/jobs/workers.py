@@ -52,13 +52,15 @@ def environment(settings: Settings) -> dict[str, str]:
 class Worker:
     """``billwatch worker`` in its own folder; ``stop()`` shuts it down (warm, then hard)."""
 
-    def __init__(self, settings: Settings, workdir: Path, *, concurrency: int = 1) -> None:
+    def __init__(self, settings: Settings, workdir: Path, *, concurrency: int = 1,
+                 extra_env: dict[str, str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"worker-{uuid.uuid4().hex[:6]}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(BIN / "billwatch"), "worker", f"--concurrency={concurrency}", "--pool=prefork",
-             "--loglevel=INFO"], cwd=workdir, env=environment(settings), stdout=self.log,
+             "--loglevel=INFO"], cwd=workdir, env={**environment(settings), **(extra_env or {})},
+            stdout=self.log,
             stderr=subprocess.STDOUT)
         self.wait_ready()
 

@@ -19,9 +19,11 @@ from billwatch.audit.sealing import checkpoint
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.metrics.gauges import Backlog, GaugeCache, GaugeCollector, GaugeSnapshot, age_seconds
-from billwatch.webhooks.models import TERMINAL_EVENT_STATUSES, EventStatus, StripeEvent
+from billwatch.webhooks.models import UNFINISHED, EventStatus, StripeEvent
 from tests.audit.conftest import write_rows
 from tests.metrics.helpers import Samples, parse, scrape, value
+
+FINISHED = [status for status in EventStatus if status not in UNFINISHED]
 
 AGE = "billwatch_webhook_oldest_unprocessed_age_seconds"
 ALERT_AGE = "billwatch_alert_oldest_pending_age_seconds"
@@ -83,19 +85,25 @@ class TestWebhookEvents:
         samples = await scrape(fresh)
         elapsed = (utcnow() - before).total_seconds()
         assert events_by_status(samples) == {"processed": 1, "failed": 1, "ignored": 1,
-                                             "received": 2}
+                                             "received": 2, "processing": 0, "retrying": 0}
         assert 600 <= value(samples, AGE) <= 600 + elapsed + 5
 
     async def test_only_terminal_events_read_zero_age(self, fresh: httpx.AsyncClient,
                                                       db: Database) -> None:
-        await add_events(db, *((status, timedelta(hours=1)) for status in TERMINAL_EVENT_STATUSES))
+        await add_events(db, *((status, timedelta(hours=1)) for status in FINISHED))
         samples = await scrape(fresh)
         assert value(samples, AGE) == 0.0
-        assert sum(events_by_status(samples).values()) == len(TERMINAL_EVENT_STATUSES)
+        assert sum(events_by_status(samples).values()) == len(FINISHED)
 
-    def test_every_status_but_received_is_terminal_today(self) -> None:
-        # A new waiting status (a retry state) joins the backlog without touching this set.
-        assert set(EventStatus) - TERMINAL_EVENT_STATUSES == {EventStatus.RECEIVED}
+    async def test_claimed_and_retrying_events_are_backlog(self, fresh: httpx.AsyncClient,
+                                                           db: Database) -> None:
+        await add_events(db, (EventStatus.PROCESSING, timedelta(minutes=7)),
+                         (EventStatus.RETRYING, timedelta(minutes=3)),
+                         (EventStatus.PROCESSED, timedelta(hours=1)))
+        before = utcnow()
+        samples = await scrape(fresh)
+        elapsed = (utcnow() - before).total_seconds()
+        assert 420 <= value(samples, AGE) <= 420 + elapsed + 5
 
 
 class TestAlerts:

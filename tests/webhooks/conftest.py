@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -15,7 +17,7 @@ import stripe
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import OwnerType, Role, User
@@ -23,7 +25,10 @@ from billwatch.billing.models import CheckoutSession, StripeCustomer, Subscripti
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks.models import StripeEvent
+from billwatch.webhooks import handoff, store
+from billwatch.webhooks.inbox import drain
+from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
+from billwatch.webhooks.processing import ProcessResult
 from tests.support import TEST_WEBHOOK_SECRET, Factory, LocalStripe, free_port, snapshot
 from tests.webhooks import stripe_events
 
@@ -56,21 +61,82 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+async def drain_inbox(app: FastAPI) -> list[ProcessResult]:
+    """Process every due inbox event the way the app's processors do (tests run no lifespan)."""
+    return await drain(app.state.db, app.state.gateway, app.state.settings)
+
+
+async def drain_until_settled(app: FastAPI) -> list[ProcessResult]:
+    """Drain, then drain again at each retry's due time, until no event is left retrying."""
+    settings: Settings = app.state.settings
+    results = await drain_inbox(app)
+    at = datetime.now(UTC)
+    for _ in range(settings.webhook_max_attempts):
+        at += timedelta(seconds=settings.webhook_retry_max_seconds + 1)
+        more = await drain(app.state.db, app.state.gateway, settings, now=at)
+        if not more:
+            break
+        results += more
+    return results
+
+
+async def settled_status(db: Database, event_id: str) -> str:
+    """The event's status once it has left ``received``/``processing`` (another drain may hold it)."""
+
+    async def check() -> str | None:
+        stored = await stored_event(db, event_id)
+        assert stored is not None, f"{event_id} was acknowledged but not stored"
+        unsettled = (EventStatus.RECEIVED, EventStatus.PROCESSING)
+        return None if stored.status in unsettled else stored.status.value
+
+    return await eventually(check, within=30, what=f"{event_id} to be processed")
+
+
+@dataclass
+class Delivered:
+    """The endpoint's answer, and what became of the event once the inbox was drained."""
+
+    response: httpx.Response
+    outcome: str | None
+    """``duplicate`` (already stored), else the event's status after processing
+    (``processed``, ``ignored``, ``retrying``, ``failed``); None for a refused delivery."""
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    @property
+    def text(self) -> str:
+        return self.response.text
+
+    def json(self) -> Any:
+        return self.response.json()
+
+
 @dataclass
 class Server:
     url: str
     """The webhook endpoint: ``http://127.0.0.1:<port>/webhooks/stripe``."""
     http: httpx.AsyncClient
+    app: FastAPI | None = None
+    """The app whose inbox each accepted delivery drains; None leaves events ``received``."""
 
     async def deliver(self, event: dict[str, Any] | bytes, *, header: str | None = None,
                       timestamp: int | None = None,
-                      secrets: tuple[str, ...] = (TEST_WEBHOOK_SECRET,)) -> httpx.Response:
-        """POST an event signed as Stripe signs it (or with the given header)."""
+                      secrets: tuple[str, ...] = (TEST_WEBHOOK_SECRET,)) -> Delivered:
+        """POST an event signed as Stripe signs it (or with the given header), then drain."""
         body = event if isinstance(event, bytes) else stripe_events.encode(event)
         signature = header if header is not None else stripe_events.sign(
             body, secrets=secrets, timestamp=timestamp)
-        return await self.http.post(self.url, content=body, headers={
+        response = await self.http.post(self.url, content=body, headers={
             "Stripe-Signature": signature, "Content-Type": "application/json; charset=utf-8"})
+        if response.status_code != 200:
+            return Delivered(response, None)
+        answer = response.json()
+        if answer["status"] == "duplicate" or self.app is None:
+            return Delivered(response, answer["status"])
+        await drain_inbox(self.app)
+        return Delivered(response, await settled_status(self.app.state.db, answer["event_id"]))
 
 
 async def serve(app: FastAPI) -> AsyncIterator[Server]:
@@ -80,7 +146,7 @@ async def serve(app: FastAPI) -> AsyncIterator[Server]:
     task = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), within=10, what="uvicorn to start")
     async with httpx.AsyncClient(timeout=30) as http:
-        yield Server(f"http://127.0.0.1:{port}/webhooks/stripe", http)
+        yield Server(f"http://127.0.0.1:{port}/webhooks/stripe", http, app)
     server.should_exit = True
     await task
 
@@ -103,11 +169,48 @@ async def point_webhook(localstripe: LocalStripe, url: str) -> None:
         response.raise_for_status()
 
 
+class InboxLoop:
+    """What the app's embedded runner does for the inbox: drain after every committed event."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.wake = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def events_received(self) -> None:
+        self.loop.call_soon_threadsafe(self.wake.set)
+
+    async def run(self) -> None:
+        while True:
+            self.wake.clear()
+            await drain_inbox(self.app)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+
+
+@contextlib.asynccontextmanager
+async def inbox_processed(app: FastAPI) -> AsyncIterator[None]:
+    """Process the app's inbox in the background, woken by each stored event."""
+    loop = InboxLoop(app)
+    handoff.install(loop)
+    task = asyncio.create_task(loop.run())
+    try:
+        yield
+    finally:
+        handoff.uninstall(loop)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.fixture
-async def localstripe_delivers(localstripe: LocalStripe, server: Server) -> AsyncIterator[Server]:
-    """localstripe sends its signed events to this test's server, and nowhere once it ends."""
+async def localstripe_delivers(localstripe: LocalStripe, server: Server,
+                               app: FastAPI) -> AsyncIterator[Server]:
+    """localstripe sends its signed events to this test's server, and nowhere once it ends;
+    what it delivers is processed as the app's embedded runner would."""
     await point_webhook(localstripe, server.url)
-    yield server
+    async with inbox_processed(app):
+        yield server
     await point_webhook(localstripe, NOWHERE)
 
 
@@ -192,6 +295,14 @@ async def stored_event(db: Database, event_id: str) -> StripeEvent | None:
     async with db.sessionmaker() as session:
         return (await session.scalars(
             select(StripeEvent).where(StripeEvent.stripe_event_id == event_id))).first()
+
+
+async def stored_as_failed(db: Database, event: dict[str, Any], error: str) -> None:
+    """An event stored as its handler's last attempt left it: ``failed`` with that error."""
+    async with db.unit_of_work() as session:
+        row_id = await store.store(session, event, event, EventSource.WEBHOOK)
+        await session.execute(update(StripeEvent).where(StripeEvent.id == row_id).values(
+            status=EventStatus.FAILED, last_error=error, attempts=1))
 
 
 async def subscription_row(db: Database, stripe_id: str) -> Subscription | None:

@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from billwatch.db import Database
 from billwatch.webhooks.bounds import MAX_TIMESTAMP, OutOfBounds, check_bounds
 from billwatch.webhooks.signature import WebhookRejected, checked_event
 from tests.support import SHARED_STRIPE_FIXTURES, audit_rows
 from tests.webhooks import stripe_events as se
+from tests.webhooks.conftest import drain_inbox
 from tests.webhooks.test_verification import assert_rejected, baseline, post
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -107,12 +109,14 @@ class TestRefused:
 
 
 class TestAccepted:
-    async def test_the_untouched_event_is_stored(self, client: httpx.AsyncClient,
+    async def test_the_untouched_event_is_stored(self, client: httpx.AsyncClient, app: FastAPI,
                                                  db: Database) -> None:
         event = failed_invoice_event()
         body = se.encode(event)
         response = await post(client, body, se.sign(body))
         assert response.status_code == 200, response.text
+        assert await audit_rows(db) == []  # acknowledged: stored, not yet processed
+        await drain_inbox(app)
         assert [r.event_type for r in await audit_rows(db)] == ["billing.webhook.received"]
 
     def test_every_object_stripe_publishes_is_within_bounds(self) -> None:

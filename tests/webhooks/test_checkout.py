@@ -7,6 +7,7 @@ import uuid
 import httpx
 import pytest
 import stripe
+from fastapi import FastAPI
 
 from billwatch.accounts.models import Role
 from billwatch.billing.models import CheckoutSession, CheckoutStatus
@@ -18,8 +19,8 @@ from tests.webhooks.test_idempotency import peer_events
 
 
 @pytest.fixture
-async def asgi(client: httpx.AsyncClient) -> Server:
-    return Server("/webhooks/stripe", client)
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    return Server("/webhooks/stripe", client, app)
 
 
 class TestProxyCheckout:
@@ -43,7 +44,7 @@ class TestProxyCheckout:
             subscription_id=sub["id"], metadata=customer.metadata(), amount=3000))
         for event in ([completed, created] if checkout_first else [created, completed]):
             response = await asgi.deliver(event)
-            assert response.json()["status"] == "processed", response.text
+            assert response.outcome == "processed", response.text
 
         row = await subscription_row(db, sub["id"])
         assert row is not None and (row.owner_id, row.plan_code) == (patient.id, "plus_monthly")
@@ -69,6 +70,6 @@ class TestProxyCheckout:
         sub_id = se.new_id("sub")
         event = se.event("customer.subscription.created", se.subscription(
             sub_id=sub_id, customer=customer.stripe_id, price="billwatch_basic_monthly", metadata=meta))
-        assert (await asgi.deliver(event)).json()["status"] == "processed"
+        assert (await asgi.deliver(event)).outcome == "processed"
         row = await subscription_row(db, sub_id)
         assert row is not None and row.managed_by_proxy_id is None and row.manager_assignment_id is None

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import stripe
-from sqlalchemy import func, select
+from fastapi import FastAPI
+from sqlalchemy import func, select, update
 from typer.testing import CliRunner, Result
 
 from billwatch.cli import app as cli
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database
+from billwatch.webhooks.inbox import accept
 from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
 from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, Factory, audit_rows
 from tests.webhooks import stripe_events as se
@@ -32,8 +34,14 @@ from tests.webhooks.test_failures import NEW_PRICE, PREMIUM
 
 
 @pytest.fixture
-async def asgi(client: httpx.AsyncClient) -> Server:
-    return Server("/webhooks/stripe", client)
+def settings(settings: Settings) -> Settings:
+    """One attempt per event: a failing handler leaves its event ``failed`` at once."""
+    return settings.model_copy(update={"webhook_max_attempts": 1})
+
+
+@pytest.fixture
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    return Server("/webhooks/stripe", client, app)
 
 
 async def billwatch(settings: Settings, *args: str, premium: bool = False) -> Result:
@@ -60,7 +68,7 @@ async def failing_subscription(asgi: Server, db: Database, factory: Factory,
     _, customer_id = await linked_customer(db, factory, peer)
     event = se.event("customer.subscription.created", se.subscription(
         sub_id=se.new_id("sub"), customer=customer_id, price=NEW_PRICE))
-    assert (await asgi.deliver(event)).status_code == 500
+    assert (await asgi.deliver(event)).outcome == "failed"
     return event
 
 
@@ -158,3 +166,25 @@ class TestReconcile:
     async def test_a_bad_date_is_refused(self, db: Database, settings: Settings) -> None:
         result = await billwatch(settings, "reconcile", "--since", "last tuesday")
         assert result.exit_code != 0 and "not an ISO date" in result.output
+
+
+class TestProcessAndPrune:
+    async def test_process_drains_the_inbox_and_prune_drops_only_old_payloads(
+            self, db: Database, settings: Settings) -> None:
+        old, recent = (se.event("plan.created", se.shape("event")["data"]["object"])
+                       for _ in range(2))
+        for event in (old, recent):
+            assert (await accept(db, event)).stored
+        processed = await billwatch(settings, "process")
+        assert processed.exit_code == 0, processed.output
+        assert "2 event(s) processed" in processed.output
+        assert old["id"] in processed.output and "ignored" in processed.output
+        long_ago = datetime.now(UTC) - timedelta(days=settings.webhook_payload_retention_days + 1)
+        async with db.unit_of_work() as session:
+            await session.execute(update(StripeEvent).where(
+                StripeEvent.stripe_event_id == old["id"]).values(received_at=long_ago))
+        pruned = await billwatch(settings, "prune")
+        assert pruned.exit_code == 0 and "1 payload(s) pruned" in pruned.output, pruned.output
+        gone, kept = await stored_event(db, old["id"]), await stored_event(db, recent["id"])
+        assert gone is not None and gone.payload is None and gone.payload_sha256
+        assert kept is not None and kept.payload == recent

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from billwatch.config import Settings
 from billwatch.db import Database
-from billwatch.webhooks import store
-from billwatch.webhooks.models import EventSource
 from tests.webhooks import stripe_events as se
-from tests.webhooks.conftest import Server
+from tests.webhooks.conftest import Server, stored_as_failed
 from tests.webhooks.test_cli import asgi, billwatch
 
 __all__ = ["asgi"]  # the fixture, used by name below
@@ -27,8 +25,7 @@ class TestListEscapesMarkup:
     async def test_stored_text_with_markup_is_listed_literally(
             self, db: Database, settings: Settings) -> None:
         event = se.event("invoice.paid", {"id": "in_markup", "object": "invoice"})
-        async with db.unit_of_work() as session:  # a handler's error quoting what it was sent
-            await store.mark_failed(session, event, event, EventSource.WEBHOOK, MARKUP_ERROR)
+        await stored_as_failed(db, event, MARKUP_ERROR)  # a handler's error quoting its input
         listed = await billwatch(settings, "list", "--status", "failed")
         assert listed.exit_code == 0, listed.output
         assert "[link=https://evil.test/login]" in listed.output  # unescaped, Rich eats the tags

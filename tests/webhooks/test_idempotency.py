@@ -13,8 +13,9 @@ from billwatch.billing.models import Subscription, Transaction
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks.models import EventStatus
-from billwatch.webhooks.processing import ProcessOutcome, process_event
+from billwatch.webhooks.inbox import accept, drain
+from billwatch.webhooks.models import EventStatus, StripeEvent
+from billwatch.webhooks.processing import ProcessOutcome
 from tests.support import Factory, audit_rows
 from tests.webhooks.conftest import (
     Server,
@@ -65,7 +66,7 @@ class TestSequentialDuplicates:
         succeeded = ("billing_payments_succeeded_total", {"owner_type": "patient", "plan": "plus_monthly"})
         before = metric(succeeded[0], **succeeded[1])
         first = await server.deliver(paid)
-        assert first.status_code == 200 and first.json()["status"] == "processed", first.text
+        assert first.status_code == 200 and first.outcome == "processed", first.text
         state = await self.state(db)
         stored = await stored_event(db, paid["id"])
         assert stored is not None
@@ -92,7 +93,7 @@ class TestSequentialDuplicates:
         twin = {**paid, "id": paid["id"] + "twin", "type": "invoice.paid"}
         for event in (paid, twin):
             response = await server.deliver(event)
-            assert response.json()["status"] == "processed", response.text
+            assert response.outcome == "processed", response.text
         txs = await transactions_of(db, uuid.UUID(patient_id))
         assert len(txs) == 1
         assert len(await audit_rows(db, event_type="billing.payment.succeeded")) == 1
@@ -111,7 +112,7 @@ class TestConcurrentDuplicates:
         responses = await asyncio.gather(*[server.deliver(e) for e in (created, paid) * 3])
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
         for event in (created, paid):
-            statuses = sorted(r.json()["status"] for r in responses if r.json()["event_id"] == event["id"])
+            statuses = sorted(r.outcome for r in responses if r.json()["event_id"] == event["id"])
             assert statuses == ["duplicate", "duplicate", "processed"]
         assert await count(db, Subscription) == 1 and await count(db, Transaction) == 1
         for event_type in ("billing.subscription.created", "billing.payment.succeeded"):
@@ -120,14 +121,36 @@ class TestConcurrentDuplicates:
         assert sorted(r.stripe_event_id for r in received) == sorted([created["id"], paid["id"]])
         assert not await audit_rows(db, event_type="billing.webhook.failed")
 
-    async def test_simultaneous_processing_with_separate_sessions(
-            self, db: Database, factory: Factory, peer: stripe.StripeClient, settings: Settings,
+    async def test_twenty_deliveries_at_once_store_one_row_and_apply_once(
+            self, db: Database, factory: Factory, peer: stripe.StripeClient, server: Server,
             localstripe_silent: None) -> None:
         _, events = await new_subscription_events(db, factory, peer)
         paid = events["invoice.payment_succeeded"]
+        responses = await asyncio.gather(*[server.deliver(paid) for _ in range(20)])
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        answers = sorted(r.json()["status"] for r in responses)
+        assert answers == ["duplicate"] * 19 + ["received"]
+        assert sorted(str(r.outcome) for r in responses) == ["duplicate"] * 19 + ["processed"]
+        assert await count(db, StripeEvent, StripeEvent.stripe_event_id == paid["id"]) == 1
+        assert await count(db, Transaction) == 1
+        assert len(await audit_rows(db, event_type="billing.payment.succeeded")) == 1
+        assert len(await audit_rows(db, event_type="billing.webhook.received")) == 1
+        stored = await stored_event(db, paid["id"])
+        assert stored is not None and stored.attempts == 1
+
+    async def test_processors_draining_at_once_apply_each_event_once(
+            self, db: Database, factory: Factory, peer: stripe.StripeClient, settings: Settings,
+            localstripe_silent: None) -> None:
+        _, events = await new_subscription_events(db, factory, peer)
+        created, paid = events["customer.subscription.created"], events["invoice.payment_succeeded"]
+        for event in (created, paid):
+            assert (await accept(db, event)).stored
+        assert not (await accept(db, paid)).stored  # a second store of the id adds nothing
         gateway = PaymentsGateway(settings)
-        results = await asyncio.gather(*[process_event(db, gateway, settings, paid) for _ in range(4)])
-        assert sorted(r.outcome.value for r in results) == ["duplicate"] * 3 + ["processed"]
+        drains = await asyncio.gather(*[drain(db, gateway, settings) for _ in range(4)])
+        results = [r for batch in drains for r in batch]
+        processed = sorted(r.event_id for r in results if r.outcome is ProcessOutcome.PROCESSED)
+        assert processed == sorted([created["id"], paid["id"]])
         assert all(r.outcome is not ProcessOutcome.FAILED for r in results)
         assert await count(db, Transaction) == 1 and await count(db, Subscription) == 1
         assert len(await audit_rows(db, event_type="billing.payment.succeeded")) == 1

@@ -25,7 +25,7 @@ async def started(server: Server, db: Database, factory: Factory,
     sub_id = se.new_id("sub")
     created = se.subscription(sub_id=sub_id, customer=customer_id, price=PRICE, period=(T, T + 365 * 86400))
     response = await server.deliver(se.event("customer.subscription.created", created, created=T))
-    assert response.json()["status"] == "processed", response.text
+    assert response.outcome == "processed", response.text
     return patient, customer_id, sub_id
 
 
@@ -35,7 +35,7 @@ async def deliver_update(server: Server, sub_id: str, customer_id: str, at: int,
                           period=(T, T + 365 * 86400), **state)  # type: ignore[arg-type]
     response = await server.deliver(se.event(event_type, obj, created=at))
     assert response.status_code == 200, response.text
-    status: str = response.json()["status"]
+    status: str = response.outcome
     return status
 
 
@@ -88,7 +88,7 @@ class TestOutOfOrder:
         _, customer_id = await linked_customer(db, factory, peer)
         sub = await subscribe(peer, customer_id, PRICE)
         created = (await peer_events(peer, customer_id, sub["created"]))["customer.subscription.created"]
-        assert (await server.deliver(created)).json()["status"] == "processed"
+        assert (await server.deliver(created)).outcome == "processed"
         # At Stripe the owner schedules the cancellation; two updates of that same second reach
         # us, the one showing it first, then one still without it (their order is unknowable).
         await peer.v1.subscriptions.update_async(sub["id"], params={"cancel_at_period_end": True})
@@ -117,7 +117,7 @@ class TestCancellationCountedOnce:
         patient, customer_id = await linked_customer(db, factory, peer)
         sub = await subscribe(peer, customer_id, PRICE)
         created = (await peer_events(peer, customer_id, sub["created"]))["customer.subscription.created"]
-        assert (await server.deliver(created)).json()["status"] == "processed"
+        assert (await server.deliver(created)).outcome == "processed"
         row = await subscription_row(db, sub["id"])
         assert row is not None
         before = cancellations()

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,14 +73,14 @@ class TestFastPathEqualsRedactor:
 
 class TestStoredPayload:
     async def test_card_data_never_reaches_the_event_store(self, client: httpx.AsyncClient,
-                                                          db: Database) -> None:
+                                                          app: FastAPI, db: Database) -> None:
         charge = se.charge(charge_id=se.new_id("ch"), customer=se.new_id("cus"), payment_intent=None,
                            amount=100, amount_refunded=0)
         charge["payment_method_details"] = {"type": "card", "card": {
             "number": "4242 4242 4242 4242", "cvc": "123", "last4": "4242"}}
         charge["description"] = "paid with 4000-0566-5566-5556 (sk_test_leaked0001)"
         event = se.event("charge.succeeded", charge)
-        response = await Server("/webhooks/stripe", client).deliver(event)
+        response = await Server("/webhooks/stripe", client, app).deliver(event)
         assert response.status_code == 200
         stored = await stored_event(db, event["id"])
         assert stored is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from billwatch.db import Database
 from billwatch.webhooks.models import EventStatus
@@ -30,10 +31,10 @@ async def terminate_other_backends(db: Database) -> int:
 
 
 async def test_delivery_after_the_server_dropped_pooled_connections(
-        backend: str, client: httpx.AsyncClient, db: Database) -> None:
+        backend: str, client: httpx.AsyncClient, app: FastAPI, db: Database) -> None:
     if backend != "postgresql":
         pytest.skip("SQLite has no server to drop connections")
-    server = Server("/webhooks/stripe", client)
+    server = Server("/webhooks/stripe", client, app)
     first = se.event("thing.happened", {"id": se.new_id("obj"), "object": "thing"})
     assert (await server.deliver(first)).status_code == 200
     assert await terminate_other_backends(db) >= 1

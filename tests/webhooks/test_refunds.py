@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+from fastapi import FastAPI
 
 from billwatch.accounts.actor import Actor
 from billwatch.accounts.models import Role, User
@@ -30,8 +31,8 @@ from tests.webhooks.test_idempotency import peer_events
 
 
 @pytest.fixture
-async def asgi(client: httpx.AsyncClient) -> Server:
-    return Server("/webhooks/stripe", client)
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    return Server("/webhooks/stripe", client, app)
 
 
 async def booked_payment(asgi: Server, db: Database, factory: Factory,
@@ -40,7 +41,7 @@ async def booked_payment(asgi: Server, db: Database, factory: Factory,
     patient, customer_id = await linked_customer(db, factory, peer)
     sub = await subscribe(peer, customer_id, "billwatch_plus_monthly")
     paid = (await peer_events(peer, customer_id, sub["created"]))["invoice.payment_succeeded"]
-    assert (await asgi.deliver(paid)).json()["status"] == "processed"
+    assert (await asgi.deliver(paid)).outcome == "processed"
     payment = next(t for t in await transactions_of(db, patient.id) if t.kind is TransactionKind.PAYMENT)
     assert payment.stripe_charge_id and payment.amount_cents == 3000
     return patient, customer_id, payment
@@ -73,7 +74,7 @@ class TestOurRefunds:
             payment_intent=payment.stripe_payment_intent_id, amount=3000, amount_refunded=1000))
         for event in (listed, current):
             result = await asgi.deliver(event)
-            assert result.json()["status"] == "processed", result.text
+            assert result.outcome == "processed", result.text
         assert [r.amount_cents for r in await refunds_of(db, patient.id)] == [1000]
         assert not await audit_rows(db, event_type="billing.refund.recorded")
         notes = {r.data["note"] for r in await audit_rows(db, event_type="billing.webhook.received")
@@ -90,7 +91,7 @@ class TestOurRefunds:
             charge_id=payment.stripe_charge_id or "", customer=customer_id, payment_intent=None,
             amount=3000, amount_refunded=500, refunds=[foreign]))
         response = await asgi.deliver(event)
-        assert response.json()["status"] == "processed", response.text
+        assert response.outcome == "processed", response.text
         stored = await stored_event(db, event["id"])
         assert stored is not None and stored.status is EventStatus.PROCESSED
         assert [(r.amount_cents, r.stripe_refund_id) for r in await refunds_of(db, patient.id)] == [
@@ -120,7 +121,7 @@ class TestAdoption:
         admin, intent, stripe_id = await intent_then_stripe(db, factory, peer, payment, 1200)
         for _ in range(2):  # a repeated delivery changes nothing more
             event = await charge_event(peer, payment.stripe_charge_id or "")
-            assert (await asgi.deliver(event)).json()["status"] == "processed"
+            assert (await asgi.deliver(event)).outcome == "processed"
         [refund] = await refunds_of(db, patient.id)
         assert (refund.id, refund.status, refund.stripe_refund_id) == (
             intent.id, TransactionStatus.SUCCEEDED, stripe_id)
@@ -141,7 +142,7 @@ class TestAdoption:
                            amount=800, metadata={"billwatch_refund_id": str(intent.id)})
         failed["status"] = "failed"
         result = await asgi.deliver(se.event("refund.updated", failed))
-        assert result.json()["status"] == "processed", result.text
+        assert result.outcome == "processed", result.text
         [refund] = await refunds_of(db, patient.id)
         assert refund.status is TransactionStatus.FAILED
         paid = next(t for t in await transactions_of(db, patient.id) if t.id == payment.id)
@@ -153,7 +154,7 @@ class TestAdoption:
             self, asgi: Server, db: Database) -> None:
         event = se.event("refund.created", se.refund(refund_id=se.new_id("re"),
                                                      charge_id=se.new_id("ch"), amount=100))
-        assert (await asgi.deliver(event)).json()["status"] == "ignored"
+        assert (await asgi.deliver(event)).outcome == "ignored"
 
 
 class TestRefundsMadeElsewhere:
@@ -171,7 +172,7 @@ class TestRefundsMadeElsewhere:
                 amount=3000, amount_refunded=1200, refunds=[external]))
 
         for _ in range(2):  # Stripe sends a second charge.refunded (new id) for the same state
-            assert (await asgi.deliver(refunded())).json()["status"] == "processed"
+            assert (await asgi.deliver(refunded())).outcome == "processed"
         refunds = await refunds_of(db, patient.id)
         assert [(r.amount_cents, r.stripe_refund_id, r.reason, r.refund_of_id) for r in refunds] == [
             (1200, external["id"], "requested_by_customer", payment.id)]
@@ -189,6 +190,6 @@ class TestRefundsMadeElsewhere:
             charge_id=se.new_id("ch"), customer=se.new_id("cus"), payment_intent=None, amount=100,
             amount_refunded=100))
         response = await asgi.deliver(event)
-        assert response.json()["status"] == "ignored"
+        assert response.outcome == "ignored"
         stored = await stored_event(db, event["id"])
         assert stored is not None and "not a billwatch payment" in (stored.last_error or "")

@@ -9,6 +9,7 @@ import uuid
 import httpx
 import pytest
 import stripe
+from fastapi import FastAPI
 from sqlalchemy import select
 
 from billwatch.accounts.models import OwnerType, Role
@@ -31,8 +32,8 @@ from tests.webhooks.conftest import Server, checkout_customer, subscribe, subscr
 
 
 @pytest.fixture
-async def asgi(client: httpx.AsyncClient) -> Server:
-    return Server("/webhooks/stripe", client)
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    return Server("/webhooks/stripe", client, app)
 
 
 class TestSecondLiveSubscription:
@@ -44,13 +45,13 @@ class TestSecondLiveSubscription:
                                 customer.metadata())
         created = se.event("customer.subscription.created", se.subscription(
             sub_id=first["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"))
-        assert (await asgi.deliver(created)).json()["status"] == "processed"
+        assert (await asgi.deliver(created)).outcome == "processed"
         # a second subscription made on Stripe's side (a second checkout tab, the Dashboard)
         second_id = se.new_id("sub")
         second = se.event("customer.subscription.created", se.subscription(
             sub_id=second_id, customer=customer.stripe_id, price="billwatch_plus_monthly"))
         response = await asgi.deliver(second)
-        assert response.json()["status"] == "processed", response.text
+        assert response.outcome == "processed", response.text
 
         live = await subscription_row(db, first["id"])
         dup = await subscription_row(db, second_id)
@@ -67,7 +68,7 @@ class TestSecondLiveSubscription:
         assert alerts[0].payload["duplicate_of_id"] == str(live.id)
 
         replay = await asgi.deliver(second)  # the same event again changes nothing
-        assert replay.json()["status"] in ("duplicate", "processed")
+        assert replay.outcome in ("duplicate", "processed")
         assert len(await audit_rows(db, event_type="billing.subscription.duplicate_flagged")) == 1
 
 
@@ -90,7 +91,7 @@ class TestAdoption:
         completed = se.event("checkout.session.completed", se.checkout_session(
             session_id=se.new_id("cs"), customer=customer.id, subscription_id=sub["id"],
             metadata=meta, amount=1500))
-        assert (await asgi.deliver(completed)).json()["status"] == "processed"
+        assert (await asgi.deliver(completed)).outcome == "processed"
 
         settled = await reload(db, CheckoutSession, checkout.id)
         assert settled.status is CheckoutStatus.COMPLETE
@@ -110,7 +111,7 @@ class TestAdoption:
         created = se.event("customer.subscription.created", se.subscription(
             sub_id=sub["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"),
             created=se.now() - 10)
-        assert (await asgi.deliver(created)).json()["status"] == "processed"
+        assert (await asgi.deliver(created)).outcome == "processed"
         row = await subscription_row(db, sub["id"])
         assert row is not None
         async with db.unit_of_work() as session:  # phase 1 only: the cancel intent
@@ -122,7 +123,7 @@ class TestAdoption:
         updated = se.event("customer.subscription.updated", se.subscription(
             sub_id=sub["id"], customer=customer.stripe_id, price="billwatch_basic_monthly",
             cancel_at_period_end=True))
-        assert (await asgi.deliver(updated)).json()["status"] == "processed"
+        assert (await asgi.deliver(updated)).outcome == "processed"
 
         assert (await reload(db, SubscriptionCancellation, intent.id)).status is IntentStatus.SUCCEEDED
         assert (await reload(db, Subscription, row.id)).cancel_at_period_end is True
@@ -192,9 +193,10 @@ class TestStripeReadsOutsideTheTransaction:
         probe = LockProbe(localstripe.url, database_url.split("///", 1)[1])
         proxied = settings.model_copy(update={"stripe_api_base": await probe.start()})
         try:
+            proxied_app = create_app(proxied, database=db)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(
-                    app=create_app(proxied, database=db)), base_url="http://testserver") as http:
-                asgi = Server("/webhooks/stripe", http)
+                    app=proxied_app), base_url="http://testserver") as http:
+                asgi = Server("/webhooks/stripe", http, proxied_app)
                 customer = await checkout_customer(http, db, factory)
                 sub = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly",
                                       customer.metadata())
@@ -206,7 +208,7 @@ class TestStripeReadsOutsideTheTransaction:
                                          price="billwatch_basic_monthly",
                                          cancel_at_period_end=cancelling), created=at)
                     response = await asgi.deliver(event)
-                    assert response.json()["status"] == "processed", response.text
+                    assert response.outcome == "processed", response.text
         finally:
             await probe.stop()
         reads = [free for call, free in probe.seen if call == f"GET /v1/subscriptions/{sub['id']}"]

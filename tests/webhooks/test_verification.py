@@ -18,7 +18,14 @@ from billwatch.webhooks.signature import MAX_BODY_BYTES
 from tests.support import TEST_WEBHOOK_SECRET, audit_rows
 from tests.support import test_settings as make_settings
 from tests.webhooks import stripe_events as se
-from tests.webhooks.conftest import Server, business_state, metric, serve, stored_event
+from tests.webhooks.conftest import (
+    Server,
+    business_state,
+    drain_inbox,
+    metric,
+    serve,
+    stored_event,
+)
 
 URL = "/webhooks/stripe"
 OLD_SECRET = "whsec_billwatch_previous_secret_abcdef"
@@ -54,12 +61,19 @@ async def assert_rejected(db: Database, response: httpx.Response, status: int, c
 
 class TestAccepted:
     async def test_signed_event_of_an_unhandled_type_is_stored_ignored(
-            self, client: httpx.AsyncClient, db: Database) -> None:
+            self, client: httpx.AsyncClient, app: FastAPI, db: Database) -> None:
         event = unknown_event()
         body = se.encode(event)
         response = await post(client, body, se.sign(body))
         assert response.status_code == 200, response.text
-        assert response.json() == {"received": True, "event_id": event["id"], "status": "ignored"}
+        assert response.json() == {"received": True, "event_id": event["id"], "status": "received"}
+        stored = await stored_event(db, event["id"])
+        assert stored is not None and stored.status is EventStatus.RECEIVED
+        assert stored.attempts == 0 and await audit_rows(db) == []  # nothing ran in the request
+        assert stored.payload_sha256 is not None and len(stored.payload_sha256) == 64
+        again = await post(client, body, se.sign(body))
+        assert again.json() == {"received": True, "event_id": event["id"], "status": "duplicate"}
+        await drain_inbox(app)
         stored = await stored_event(db, event["id"])
         assert stored is not None and stored.status is EventStatus.IGNORED
         assert stored.type == "plan.created" and stored.attempts == 1
