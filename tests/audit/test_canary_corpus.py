@@ -160,7 +160,8 @@ def signed_events(customer: str, subscription_id: str, price: str, charge_id: st
     checkout = se.checkout_session(session_id="cs_" + PANS[3], customer=customer,
                                    subscription_id=subscription_id, metadata=meta, amount=100)
     objects = {
-        "checkout.session.completed": checkout, "customer.subscription.created": sub,
+        "checkout.session.completed": checkout, "checkout.session.expired": checkout,
+        "customer.subscription.created": sub,
         "customer.subscription.updated": sub, "customer.subscription.deleted": sub,
         "invoice.payment_succeeded": paid, "invoice.paid": paid,
         "invoice.payment_failed": failed, "charge.refunded": refunded,
