@@ -40,8 +40,10 @@ typecheck: install
 ## Test workers (pytest-xdist): one per core, at most 4. Each has its own databases and processes.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 PYTEST_ARGS ?=
-# loadgroup: tests are dealt out one by one, except those of a group (tests/conftest.py TOGETHER).
-PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+# loadscope: a class (or a module's plain functions) goes to one worker, so a class or module
+# fixture (the demo's one run) is built once. (With --dist loadgroup, xdist_group marks did not
+# keep a group on one worker with the pytest and pytest-xdist we install.)
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 pytest: install services
 	$(PYTEST) tests $(PYTEST_ARGS)

@@ -54,10 +54,6 @@ SLOW: dict[str, str] = {
 }
 """Tests marked ``slow`` (``make check`` skips them, ``make test`` runs them), each with its reason."""
 
-TOGETHER: dict[str, str] = {
-    "tests/demo/test_demo.py": "demo",  # one demo run (a module fixture) serves every test
-}
-"""Files whose tests share a module fixture: one xdist group each, so it is built once."""
 
 
 # Hypothesis's per-example deadline (200 ms) times the machine, not the code: with two workers
@@ -89,16 +85,13 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ[name] = value
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests named in ``SLOW`` and group those in ``TOGETHER``, from one list each."""
+    """Mark the tests named in ``SLOW``, so the marker and its reasons sit in one list."""
     for item in items:
         path = item.path.relative_to(config.rootpath).as_posix()
         plain = f"{path}::{item.nodeid.split('::', 1)[1].split('[', 1)[0]}" if "::" in item.nodeid else path
         if any(plain == key or plain.startswith(f"{key}::") for key in SLOW):
             item.add_marker(pytest.mark.slow)
-        if path in TOGETHER:
-            item.add_marker(pytest.mark.xdist_group(TOGETHER[path]))
 
 
 @pytest.fixture(scope="session")
