@@ -51,6 +51,7 @@ SLOW: dict[str, str] = {
     "tests/jobs/test_cli.py": "CLI subprocesses, a month of jobs",
     "tests/audit/test_cli.py": "CLI subprocesses over thousands of audit rows",
     "tests/audit/test_anchors.py::TestCommandLine": "CLI subprocesses and an anchor server",
+    "tests/audit/test_canary_corpus.py": "canaries through every path, CLI subprocesses included",
 }
 """Tests marked ``slow`` (``make check`` skips them, ``make test`` runs them), each with its reason."""
 
