@@ -6,10 +6,12 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import settings as hypothesis_settings
 
 from billwatch.accounts.models import Role
 from billwatch.app import create_app
@@ -28,6 +30,69 @@ from tests.support import (
 )
 
 BACKENDS = [b for b in os.environ.get("BILLWATCH_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+SLOW: dict[str, str] = {
+    # path, or path::Class, or path::Class::test (without parameters): what makes it slow
+    "tests/demo/test_demo.py": "the whole demo: localstripe, billwatch serve, a simulated month",
+    "tests/bench/test_bench.py": "every benchmark suite at smoke size, in a subprocess",
+    "tests/metrics/test_prometheus_e2e.py": "a real Prometheus scraping billwatch serve",
+    "tests/metrics/test_multiprocess.py": "billwatch serve with two worker processes",
+    "tests/jobs/test_celery.py": "real Celery workers (subprocesses) on Redis",
+    "tests/billing/test_expiry.py::TestThroughCeleryWorkers": "real Celery workers",
+    "tests/console/test_console.py": "Chromium driving the served console",
+    "tests/alerts/test_smtp.py::TestSlowServer::test_a_server_that_answers_data_late_gets_at_most_two_copies":
+        "waits out real SMTP timeouts",
+    # The billwatch command in subprocesses: each one is a Python start and a full import.
+    "tests/accounts/test_revocation.py::TestCommandLine": "eight CLI subprocesses",
+    "tests/accounts/test_tokens.py::test_cli_migrates_creates_a_user_and_mints_a_token_the_api_accepts":
+        "CLI subprocesses, migrations included",
+    "tests/test_startup.py::TestProcesses": "a CLI subprocess per case",
+    "tests/test_cli_input.py::TestTheCommand": "a CLI subprocess per case",
+    "tests/jobs/test_cli.py": "CLI subprocesses, a month of jobs",
+    "tests/audit/test_cli.py": "CLI subprocesses over thousands of audit rows",
+    "tests/audit/test_anchors.py::TestCommandLine": "CLI subprocesses and an anchor server",
+    "tests/audit/test_canary_corpus.py": "canaries through every path, CLI subprocesses included",
+}
+"""Tests marked ``slow`` (``make check`` skips them, ``make test`` runs them), each with its reason."""
+
+
+
+# Hypothesis's per-example deadline (200 ms) times the machine, not the code: with two workers
+# on two shared cores one example of the redaction property took 408 ms, then 0.4 ms when
+# replayed, and failed a healthy run. pytest-timeout still bounds every test.
+hypothesis_settings.register_profile("billwatch", deadline=None)
+hypothesis_settings.load_profile("billwatch")
+
+TERMINAL_ENV = ("COLUMNS", "LINES")
+
+
+def pytest_configure_node(node: Any) -> None:
+    """Hand each xdist worker the terminal size variables this run started with (or their absence)."""
+    node.workerinput["terminal_env"] = {name: os.environ.get(name) for name in TERMINAL_ENV}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give a worker the terminal size variables of the run, before any test module is imported.
+
+    An xdist worker starts with ``COLUMNS=80`` even when the run had none, and a Rich console
+    created at import fixes its width from it: a test that widens the terminal for one command
+    (``COLUMNS=250``) then gets its table cut to 80 columns, under xdist only.
+    """
+    started_with: dict[str, str | None] = getattr(config, "workerinput", {}).get("terminal_env", {})
+    for name, value in started_with.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests named in ``SLOW``, so the marker and its reasons sit in one list."""
+    for item in items:
+        path = item.path.relative_to(config.rootpath).as_posix()
+        plain = f"{path}::{item.nodeid.split('::', 1)[1].split('[', 1)[0]}" if "::" in item.nodeid else path
+        if any(plain == key or plain.startswith(f"{key}::") for key in SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -47,11 +48,52 @@ TEST_TOKEN_SECRET = "billwatch-test-token-secret-0123456789abcdef"
 TEST_WEBHOOK_SECRET = "whsec_billwatch_test_secret_0123456789"
 
 
+def worker_id() -> str:
+    """This test process's name under pytest-xdist (``gw0``, ``gw1``...), ``main`` without it."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def _worker_ports() -> range | None:
+    """This worker's own slice of the ports below the kernel's ephemeral range.
+
+    A port handed out here is never handed to another worker, nor taken by an outgoing
+    connection, so a port a test expects to be closed stays closed while the test runs.
+    """
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    floor, ceiling = 20_000, min(ephemeral_low, 32_000)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    name = worker_id()
+    index = int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+    span = (ceiling - floor) // workers
+    if span < 500:
+        return None
+    return range(floor + index * span, floor + (index + 1) * span)
+
+
+_PORTS = _worker_ports()
+_next_port = [0 if _PORTS is None else random.randrange(len(_PORTS))]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing listens on, from this worker's slice, each handed out once in turn."""
+    if _PORTS is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            return port
+    for _ in range(len(_PORTS)):
+        candidate = _PORTS[_next_port[0] % len(_PORTS)]
+        _next_port[0] += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue  # something else (another run, a service) holds it
+            return candidate
+    raise RuntimeError(f"no free port left in {_PORTS}")
 
 
 def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None) -> None:
@@ -93,7 +135,7 @@ class LocalStripe:
 
 async def create_pg_database() -> tuple[str, str]:
     """A fresh PostgreSQL database for this run; returns (name, async SQLAlchemy URL)."""
-    name = f"billwatch_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    name = f"billwatch_test_{worker_id()}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')

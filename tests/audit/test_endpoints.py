@@ -156,7 +156,7 @@ class TestExport:
 
 class TestAccess:
     @pytest.mark.parametrize("role", [Role.PATIENT, Role.PROXY])
-    @pytest.mark.parametrize("path", ["", "/export", f"/{uuid.uuid4()}"])
+    @pytest.mark.parametrize("path", ["", "/export", pytest.param(f"/{uuid.uuid4()}", id="/row")])
     async def test_non_admins_get_403_and_one_denial_row(
             self, client: httpx.AsyncClient, factory: Factory, db: Database, role: Role,
             path: str) -> None:
