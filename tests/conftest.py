@@ -39,7 +39,11 @@ SLOW: dict[str, str] = {
     "tests/metrics/test_multiprocess.py": "billwatch serve with two worker processes",
     "tests/jobs/test_celery.py": "real Celery workers (subprocesses) on Redis",
     "tests/billing/test_expiry.py::TestThroughCeleryWorkers": "real Celery workers",
-    "tests/console/test_console.py": "Chromium driving the served console",
+    "tests/console": "Chromium driving the served console",
+    "tests/jobs/test_idempotency_prune.py::TestCeleryWorker": "a real Celery worker",
+    "tests/jobs/test_seal_interval.py::TestTheWorkerSeals": "a real Celery worker and its beat slot",
+    "tests/webhooks/test_processors.py::TestCelery": "a real Celery worker draining the inbox",
+    "tests/webhooks/test_processors.py::TestKilledWorker": "real workers, one SIGKILLed mid-batch",
     "tests/alerts/test_smtp.py::TestSlowServer::test_a_server_that_answers_data_late_gets_at_most_two_copies":
         "waits out real SMTP timeouts",
     # The billwatch command in subprocesses: each one is a Python start and a full import.
@@ -91,7 +95,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         path = item.path.relative_to(config.rootpath).as_posix()
         plain = f"{path}::{item.nodeid.split('::', 1)[1].split('[', 1)[0]}" if "::" in item.nodeid else path
-        if any(plain == key or plain.startswith(f"{key}::") for key in SLOW):
+        if any(plain == key or plain.startswith((f"{key}::", f"{key}/")) for key in SLOW):
             item.add_marker(pytest.mark.slow)
 
 
