@@ -18,7 +18,6 @@ Every audited POST honours a client ``Idempotency-Key`` (see :mod:`billwatch.ide
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 
@@ -47,7 +46,7 @@ from billwatch.db import Database
 from billwatch.errors import BadRequest, BillwatchError, Forbidden, Unauthorized
 from billwatch.openapi_errors import error_responses
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.request_origin import IPNetwork, client_ip, safe_request_id
+from billwatch.request_origin import IPNetwork, client_ip, fresh_request_id, safe_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -350,7 +349,7 @@ class RequestContextMiddleware:
             return
         raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or [])
         supplied = next((v for k, v in raw_headers if k == b"x-request-id"), b"")
-        request_id = safe_request_id(supplied.decode("latin-1")) or uuid.uuid4().hex
+        request_id = safe_request_id(supplied.decode("latin-1")) or fresh_request_id()
         client = scope.get("client")
         forwarded = [v.decode("latin-1") for k, v in raw_headers if k == b"x-forwarded-for"]
         origin = Origin(request_id=request_id,
