@@ -114,14 +114,21 @@ class StripeLike:
         limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
         async with httpx.AsyncClient(timeout=10.0, limits=limits) as http:
             tasks = [asyncio.create_task(self._send(http)) for _ in range(senders)]
+            done = asyncio.create_task(self.all_acked.wait())
             try:
-                await asyncio.wait_for(self.all_acked.wait(), timeout=LOAD_DEADLINE)
+                await asyncio.wait([done, *tasks], timeout=LOAD_DEADLINE,
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in tasks:
+                for task in [done, *tasks]:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
                 for handle in self.resends:
                     handle.cancel()
+        for result in results:  # a sender that found a wrong answer
+            if isinstance(result, Exception):
+                raise result
+        assert self.all_acked.is_set(), \
+            f"only {self.acked} of {len(self.deliveries)} events acknowledged in {LOAD_DEADLINE}s"
 
     async def _send(self, http: httpx.AsyncClient) -> None:
         loop = asyncio.get_running_loop()
@@ -301,6 +308,22 @@ async def restart_during_load(server: PgServer, stripe: StripeLike, url: str) ->
     return restart
 
 
+async def load_and_restart(server: PgServer, stripe: StripeLike, url: str) -> Restart:
+    """The load and the restart side by side; the first to fail stops the other."""
+    sending = asyncio.create_task(stripe.run(SENDERS))
+    restarting = asyncio.create_task(restart_during_load(server, stripe, url))
+    try:
+        await asyncio.wait([sending, restarting], return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in (sending, restarting):
+            task.cancel()
+    for task in (sending, restarting):
+        error = task.exception() if task.done() and not task.cancelled() else None
+        if error is not None:
+            raise error
+    return restarting.result()
+
+
 @pytest.fixture
 def pg_server() -> Iterator[PgServer]:
     with private_server() as server:
@@ -321,12 +344,7 @@ async def test_every_delivery_is_applied_exactly_once_across_a_database_restart(
         assert len(workers) == 2, workers
         started = time.monotonic()
         stripe = StripeLike(webhook_url, deliveries)
-        restarter = asyncio.create_task(restart_during_load(pg_server, stripe, url))
-        try:
-            await stripe.run(SENDERS)
-            restart = await asyncio.wait_for(restarter, timeout=60)
-        finally:
-            restarter.cancel()
+        restart = await load_and_restart(pg_server, stripe, url)
         loaded = time.monotonic() - started
         db = Database(url)
         try:
