@@ -70,8 +70,13 @@ _BEARER = re.compile(
 CVV_WORDS = (r"cvc2?|cvv2?|cvn2?|csc|cid|cvd|cav2|security[ _-]?code"
              r"|card[ _-]?verification[ _-]?(?:value|code|number)?")
 """The names of the card security code, as written in free text and in keys."""
-_CVV_TEXT = re.compile(rf"(?i)(?<![a-z])({CVV_WORDS})([^0-9]{{0,16}}?)[0-9]{{3,4}}(?![0-9])")
-"""``cvv: 123``, ``cvv is 123``, ``CVC code: 123``, ``{"cvc": "987"}`` in a string, ``cvv_number=123``."""
+_CVV_TEXT = re.compile(
+    rf"(?i)(?<![a-z0-9])({CVV_WORDS})(?-i:(?![a-z]))([^0-9]{{0,16}}?)[0-9]{{3,4}}(?![0-9a-z])")
+"""``cvv: 123``, ``cvv is 123``, ``CVC code: 123``, ``{"cvc": "987"}`` in a string, ``cvv_number=123``.
+
+The word stands alone (or starts a camelCase key, ``cvvValue``) and so do the digits: inside
+an identifier (``evt_...4cvVzjrImW830``, a Stripe id's random letters) neither is a security
+code, and masking it would change the id."""
 _PAYMENT_METHOD = re.compile(_EDGE + r"pm_[A-Za-z0-9_]+")
 _WORTH_A_LOOK = re.compile(
     r"[0-9](?:" + _SEPARATOR + r"[0-9]){12}"
