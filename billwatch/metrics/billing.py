@@ -106,7 +106,7 @@ def _initialise_series(plans: Iterable[str]) -> None:
         MANAGER_ASSIGNMENTS.labels(assigned_by_type=by)
     for action in labels.PROXY_ACTION_TYPES:
         PROXY_ACTIONS.labels(action_type=action)
-    for event_type in labels.WEBHOOK_EVENT_TYPES:
+    for event_type in labels.webhook_event_types():
         WEBHOOKS_RECEIVED.labels(event_type=event_type)
         WEBHOOKS_FAILED.labels(event_type=event_type)
         WEBHOOK_SECONDS.labels(event_type=event_type)

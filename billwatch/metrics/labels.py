@@ -31,20 +31,13 @@ ASSIGNED_BY_TYPES: tuple[str, ...] = ("patient", "admin")
 PROXY_ACTION_TYPES: tuple[str, ...] = ("checkout", "cancel", "view")
 AUDIT_OUTCOMES: tuple[str, ...] = ("success", "failure")
 
-WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
-    "checkout.session.completed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "invoice.paid",
-    "invoice.payment_succeeded",
-    "invoice.payment_failed",
-    "charge.refunded",
-    "refund.created",
-    "refund.updated",
-    OTHER,
-)
-"""The Stripe event types billwatch handles; every other type is counted as ``other``."""
+@cache
+def webhook_event_types() -> tuple[str, ...]:
+    """The Stripe event types billwatch handles (its handler table) and ``other`` for the rest,
+    read on first use: the handlers count with this module's metrics."""
+    from billwatch.webhooks.handlers import HANDLERS
+
+    return (*sorted(HANDLERS), OTHER)
 
 WEBHOOK_REJECT_REASONS: tuple[str, ...] = tuple(member.value for member in RejectReason)
 
@@ -81,7 +74,7 @@ def payment_failure_reason(code: str | None) -> str:
 
 
 def webhook_event_type(value: str | None) -> str:
-    return closed(value, WEBHOOK_EVENT_TYPES)
+    return closed(value, webhook_event_types())
 
 
 def alert_kind(value: object) -> str:

@@ -14,7 +14,7 @@ from billwatch.db import Database
 from tests.alerts.helpers import alerts
 from tests.support import Factory, audit_rows, paid_subscription
 from tests.webhooks import stripe_events as se
-from tests.webhooks.conftest import eventually
+from tests.webhooks.conftest import drain_inbox, eventually
 
 FINAL = "billing_payment_final_failures_total"
 
@@ -48,6 +48,7 @@ class TestFinalAttempt:
                 response = await client.post("/webhooks/stripe", content=body, headers={
                     "Stripe-Signature": se.sign(body), "Content-Type": "application/json"})
                 assert response.status_code == 200, response.text
+                await drain_inbox(app)  # the stored event is applied as the app's runner would
 
             async def three_failures() -> list[AuditLog] | None:
                 rows = await audit_rows(db, event_type="billing.payment.failed")

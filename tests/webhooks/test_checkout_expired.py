@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+from fastapi import FastAPI
 
 from billwatch.accounts.models import OwnerType, Role
 from billwatch.audit.events import Outcome
@@ -24,8 +25,8 @@ from tests.webhooks.conftest import Server, checkout_customer, stored_event
 
 
 @pytest.fixture
-async def asgi(client: httpx.AsyncClient) -> Server:
-    return Server("/webhooks/stripe", client)
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    return Server("/webhooks/stripe", client, app)
 
 
 def expired_session(*, session_id: str, customer: str | None,
@@ -51,7 +52,7 @@ class TestAbandonedCheckout:
             metadata=customer.metadata()))
 
         response = await asgi.deliver(event)
-        assert response.json()["status"] == "processed", response.text
+        assert response.outcome == "processed", response.text
         assert (await reload(db, CheckoutSession, checkout.id)).status is CheckoutStatus.EXPIRED
         [expired] = await audit_rows(db, event_type="billing.checkout.expired")
         assert (expired.actor_name, expired.actor_user_id) == ("stripe", None)
@@ -61,7 +62,7 @@ class TestAbandonedCheckout:
         assert expired.data["from"] == "checkout.session.expired"
 
         again = await asgi.deliver(event)  # a redelivery changes nothing
-        assert again.json()["status"] == "duplicate", again.text
+        assert again.outcome == "duplicate", again.text
         assert len(await audit_rows(db, event_type="billing.checkout.expired")) == 1
 
         # our own expires_at is still ahead, yet a new checkout (another plan, even) opens now
@@ -90,7 +91,7 @@ class TestAbandonedCheckout:
             session_id=customer.checkout.stripe_session_id or "", customer=customer.stripe_id,
             metadata=customer.metadata()))
         response = await asgi.deliver(event)
-        assert response.json()["status"] == "ignored", response.text
+        assert response.outcome == "ignored", response.text
         assert len(await audit_rows(db, event_type="billing.checkout.expired")) == 1
         newer = await reload(db, CheckoutSession, uuid.UUID(second.json()["id"]))
         assert newer.status is CheckoutStatus.OPEN  # the owner's new checkout is untouched
@@ -106,7 +107,7 @@ class TestAbandonedCheckout:
         event = se.event("checkout.session.expired", expired_session(
             session_id=customer.checkout.stripe_session_id or "", customer=customer.stripe_id,
             metadata=customer.metadata()))
-        assert (await asgi.deliver(event)).json()["status"] == "ignored"
+        assert (await asgi.deliver(event)).outcome == "ignored"
         assert (await reload(db, CheckoutSession, customer.checkout.id)).status \
             is CheckoutStatus.COMPLETE
         assert await audit_rows(db, event_type="billing.checkout.expired") == []
@@ -129,7 +130,7 @@ class TestPendingIntent:
         session_id = se.new_id("cs")
         event = se.event("checkout.session.expired", expired_session(
             session_id=session_id, customer=stripe_customer.id, metadata=meta))
-        assert (await asgi.deliver(event)).json()["status"] == "processed"
+        assert (await asgi.deliver(event)).outcome == "processed"
 
         settled = await reload(db, CheckoutSession, checkout.id)
         assert settled.status is CheckoutStatus.EXPIRED
@@ -148,7 +149,7 @@ class TestNotOurs:
         event = se.event("checkout.session.expired", expired_session(
             session_id=se.new_id("cs"), customer=se.new_id("cus"), metadata={}))
         response = await asgi.deliver(event)
-        assert response.json()["status"] == "ignored", response.text
+        assert response.outcome == "ignored", response.text
         stored = await stored_event(db, event["id"])
         assert stored is not None and stored.type == "checkout.session.expired"
         assert await audit_rows(db, event_type="billing.checkout.expired") == []
