@@ -49,10 +49,11 @@ async def run(ctx: BenchContext) -> None:
         try:
             await conn.execute(BASELINE_SCHEMA)
             applied = 0
+            def events() -> list[Request]:  # fresh invoices for every drain
+                return invoice_paid_requests(seeded.subscriptions, plan, WEBHOOK_SECRET, count,
+                                             event_type="invoice.paid")
+
             for processes in (1,) if ctx.smoke else (1, 2):  # smoke: that it runs
-                def events() -> list[Request]:
-                    return invoice_paid_requests(seeded.subscriptions, plan, WEBHOOK_SECRET, count,
-                                                 event_type="invoice.paid")
                 ctx.console.print(f"  {SUITE}: {count:,} events, {processes} process(es), baseline")
                 await _preload_baseline(conn, events())
                 baseline = await run_processors("baseline", processes, {"BENCH_PG_DSN": db.dsn},
