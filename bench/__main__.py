@@ -19,11 +19,21 @@ from rich.console import Console
 from bench import machine, report
 from bench.context import BenchContext
 from bench.scratch import ADMIN_DSN, drops_deferred
-from bench.suites import audit_overhead, audit_query, audit_trail, daily_metrics, webhooks
+from bench.suites import (
+    audit_overhead,
+    audit_query,
+    audit_trail,
+    burst,
+    daily_metrics,
+    processing,
+    webhooks,
+)
 
 Suite = Callable[[BenchContext], Awaitable[None]]
 SUITES: dict[str, Suite] = {
     "webhooks": webhooks.run,
+    "processing": processing.run,
+    "burst": burst.run,
     "overhead": audit_overhead.run,
     "daily": daily_metrics.run,
     "audit": audit_trail.run,

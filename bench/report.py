@@ -41,7 +41,7 @@ def ratio(value: float, baseline: float) -> float | None:
 def _number(value: float, unit: str) -> str:
     if math.isnan(value):
         return "n/a"
-    if unit in {"req/s", "rows/s", "ops/s"}:
+    if unit in {"req/s", "rows/s", "ops/s", "events/s", "events"}:
         return f"{value:,.0f} {unit}"
     return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
 

@@ -1,4 +1,4 @@
-"""Signed ``invoice.payment_succeeded`` deliveries in Stripe's current shape, made in bulk.
+"""Signed ``invoice.payment_succeeded`` (or ``invoice.paid``) deliveries in Stripe's current shape.
 
 Each event pays a fresh invoice of one of the seeded subscriptions, so every delivery does the
 whole job (a new payment transaction, its audit rows, its metrics) and no two deliveries of a
@@ -32,7 +32,8 @@ def _template(plan: Plan) -> dict[str, Any]:
 
 
 def invoice_paid_requests(subscriptions: Sequence[tuple[str, str]], plan: Plan, secret: str,
-                          count: int, path: str = "/webhooks/stripe") -> list[Request]:
+                          count: int, path: str = "/webhooks/stripe",
+                          event_type: str = "invoice.payment_succeeded") -> list[Request]:
     """``count`` signed deliveries, round-robin over ``(stripe_subscription_id, customer_id)``."""
     template = _template(plan)
     requests = []
@@ -46,7 +47,7 @@ def invoice_paid_requests(subscriptions: Sequence[tuple[str, str]], plan: Plan, 
         payment = invoice["payments"]["data"][0]
         payment.update(invoice=invoice_id, id=events.new_id("inpay"))
         payment["payment"]["payment_intent"] = events.new_id("pi")  # webhooks do not expand it
-        signed = events.event("invoice.payment_succeeded", invoice, secret=secret)
+        signed = events.event(event_type, invoice, secret=secret)
         requests.append(Request("POST", path, signed.body.encode(),
                                 {"Stripe-Signature": signed.signature,
                                  "Content-Type": "application/json"}))

@@ -28,12 +28,16 @@ def run_bench(results: Path, suites: str) -> dict[str, object]:
 
 @pytest.mark.parametrize(("suites", "reported"), [
     ("webhooks", {"webhook ack path"}),
+    ("processing", {"inbox processing"}),
     ("overhead,daily", {"audit overhead", "daily metrics"}),
     ("audit,query", {"audit verify", "console pages", "audit query"}),
 ])
 def test_suites_run_and_report_each_figure_with_its_baseline(tmp_path: Path, suites: str,
                                                              reported: set[str]) -> None:
-    report = run_bench(tmp_path, suites)
+    every_figure_reported(run_bench(tmp_path, suites), reported)
+
+
+def every_figure_reported(report: dict[str, object], reported: set[str]) -> None:
     figures = report["figures"]
     assert isinstance(figures, list) and figures
     assert {f["suite"] for f in figures} == reported
@@ -42,6 +46,25 @@ def test_suites_run_and_report_each_figure_with_its_baseline(tmp_path: Path, sui
         assert figure["met"] is None or figure["baseline_name"] or figure["unit"] == "x", figure
     machine = report["machine"]
     assert isinstance(machine, dict) and machine["postgresql"] and machine["cores"]
+
+
+def test_a_burst_is_acknowledged_and_applied_once_and_its_backlog_age_measured(
+        tmp_path: Path) -> None:
+    """Correctness, unlike speed, is every run's business: each event of the burst is answered
+    2xx and applied once (the suite also fails on a lost or doubled event), and the backlog's
+    peak age is a time of the run, not a placeholder."""
+    report = run_bench(tmp_path, "burst")
+    every_figure_reported(report, {"webhook burst"})
+    figures = {f["name"]: f for f in report["figures"]}  # type: ignore[union-attr]
+    sizes = report["sizes"]
+    assert isinstance(sizes, dict)
+    acknowledged = next(f for name, f in figures.items() if name.startswith("acknowledged"))
+    assert acknowledged["met"] is True and acknowledged["value"] == sizes["burst_events"]
+    applied = figures["applied once (payments, audit rows)"]
+    assert applied["met"] is True and applied["value"] == sizes["burst_events"]
+    assert applied["details"]["payment_audit_rows"] == sizes["burst_events"]
+    drain = figures["drain, first receipt to last processed"]["value"]
+    assert 0 < figures["peak oldest-unprocessed age"]["value"] <= drain
 
 
 def test_an_open_loop_counts_latency_from_the_intended_send_time(tmp_path: Path) -> None:
