@@ -90,17 +90,15 @@ async def _baseline(dsn: str, clock: _Clock) -> int:
 
 
 async def _billwatch(clock: _Clock) -> int:
-    from billwatch.alerts.raising import configure as configure_alerts
+    from billwatch.bootstrap import open_database
     from billwatch.config import get_settings
-    from billwatch.db import Database
     from billwatch.logging import configure_logging
     from billwatch.payments.gateway import PaymentsGateway
     from billwatch.webhooks.inbox import drain, processor_id
 
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    configure_alerts(settings)
-    db = Database(settings.database_url)
+    db = open_database(settings)
     try:
         async with db.engine.connect() as conn:  # the pool's first connection, before the clock
             await conn.exec_driver_sql("SELECT 1")

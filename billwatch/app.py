@@ -15,13 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billwatch.accounts.endpoints import router as accounts_router
 from billwatch.alerts.endpoints import router as alerts_router
-from billwatch.alerts.raising import configure as configure_alerts
-from billwatch.audit import crypto as audit_crypto
 from billwatch.audit.anonymous import refusals_of
 from billwatch.audit.endpoints import router as audit_router
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.billing.endpoints import admin_router as billing_admin_router
 from billwatch.billing.endpoints import router as billing_router
+from billwatch.bootstrap import build_runtime, open_database
 from billwatch.config import Settings, get_settings
 from billwatch.console.pages import router as console_router
 from billwatch.db import Database
@@ -38,6 +37,7 @@ from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
 from billwatch.metrics.exposition import install_metrics
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.runtime import Runtime
 from billwatch.startup import require_secure_settings
 from billwatch.webhooks.endpoints import router as webhooks_router
 
@@ -45,20 +45,26 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None,
+               runtime: Runtime | None = None,
                gateway: PaymentsGateway | None = None) -> FastAPI:
-    """Build the app; tests pass their own database and settings, production reads the env."""
+    """Build the app; tests pass their own database and settings, production reads the env.
+
+    The app has a runtime of its own (keys, alert rules, metrics, deliverers:
+    :mod:`billwatch.runtime`), built from ``settings`` unless ``runtime`` is given; a given
+    database lends its engine, and the app's sessions carry the app's runtime.
+    """
     settings = settings or get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     require_secure_settings(settings)  # production refuses development secrets
+    runtime = runtime or build_runtime(settings)
     owns_database = database is None
-    db = database or Database(settings.database_url)
-    configure_alerts(settings)
-    audit_crypto.install(audit_crypto.keys_for(settings))
+    db = database.with_runtime(runtime) if database is not None else open_database(settings,
+                                                                                   runtime)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # alerts and inbox events leave after commit
-        stop_delivery = await start_delivery(db, settings, gateway=_app.state.gateway)
+        stop_delivery = await start_delivery(db, settings, runtime, gateway=_app.state.gateway)
         yield
         await refusals_of(_app.state).flush(db, everything=True)  # the last minute's counts
         await stop_delivery()
@@ -72,12 +78,13 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                   openapi_url="/openapi.json" if docs else None)
     app.state.settings = settings
     app.state.db = db
+    app.state.runtime = runtime
     app.state.gateway = gateway or PaymentsGateway(settings)
 
     app.add_middleware(PlainServerErrors)  # innermost: the 500 still gets the request's id
     app.add_middleware(RequestContextMiddleware, trusted_proxies=settings.trusted_proxies)
     app.add_middleware(SecurityHeadersMiddleware)
-    install_metrics(app, settings, db)
+    install_metrics(app, settings, db, runtime.metrics)
     _add_error_handlers(app)
 
     @app.get("/healthz", tags=["ops"])

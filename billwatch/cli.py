@@ -20,6 +20,7 @@ from billwatch.accounts.models import Role
 from billwatch.accounts.tokens import mint_token, read_token, revoke_token, revoke_user_tokens
 from billwatch.accounts.validation import checked_email, checked_name
 from billwatch.audit.cli import audit_app
+from billwatch.bootstrap import open_database
 from billwatch.db import Database
 from billwatch.demo.cli import demo as demo_command
 from billwatch.errors import BillwatchError
@@ -65,7 +66,7 @@ def run_with_database(work: Callable[[Database], Awaitable[T]]) -> T:
     """Run ``work`` against the configured database, disposing the engine afterwards."""
 
     async def main() -> T:
-        db = Database(checked_settings().database_url)
+        db = open_database(checked_settings())
         try:
             return await work(db)
         finally:

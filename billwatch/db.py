@@ -26,8 +26,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from billwatch.runtime import SESSION_KEY, NoRuntime, Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +96,17 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
+@event.listens_for(Session, "after_begin")
+def _connection_knows_its_runtime(session: Session, _transaction: Any, connection: Any) -> None:
+    """The connection a session's transaction runs on carries the session's runtime.
+
+    An engine-level listener (a refused audit INSERT) sees the connection, not the session;
+    this is how it finds the runtime the failing operation belongs to. Set on every begin, so a
+    pooled connection never keeps the runtime of its previous session's transaction.
+    """
+    connection.info[SESSION_KEY] = session.info.get(SESSION_KEY)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -143,9 +156,15 @@ def _discard_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
 
 
 class Database:
-    """An engine and its session factory; one per process (or per test)."""
+    """An engine and its session factory; one per process (or per test).
 
-    def __init__(self, url: str, *, echo: bool = False, **engine_kwargs: Any) -> None:
+    ``runtime`` (:mod:`billwatch.runtime`) rides in every session's ``info``: it is what the
+    audit recorder, the alert rules and the after-commit counters of an operation use. A
+    database without one can read and migrate, but refuses to record an audit row.
+    """
+
+    def __init__(self, url: str, *, runtime: Runtime | None = None, echo: bool = False,
+                 **engine_kwargs: Any) -> None:
         if url.startswith("sqlite"):
             engine_kwargs.setdefault("connect_args", {"timeout": 30})
         else:
@@ -161,9 +180,35 @@ class Database:
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         else:
             event.listen(self.engine.sync_engine, "checkout", _discard_closed)
+        self._bind(runtime)
+
+    def _bind(self, runtime: Runtime | None) -> None:
+        self.runtime = runtime
+        info: dict[str, Any] = {}
+        if runtime is not None:
+            info[SESSION_KEY] = runtime
+            runtime.watch(self.engine.sync_engine)
         bind = (self.engine.execution_options(**{SQLITE_IMMEDIATE: True})
                 if self.engine.dialect.name == "sqlite" else self.engine)
-        self.sessionmaker = async_sessionmaker(bind, expire_on_commit=False)
+        self.sessionmaker = async_sessionmaker(bind, expire_on_commit=False, info=info)
+
+    def required_runtime(self) -> Runtime:
+        """The runtime, for work that records or alerts outside a session (a deliverer)."""
+        if self.runtime is None:
+            raise NoRuntime("this Database was built without a runtime: pass "
+                            "runtime=build_runtime(settings) (billwatch.bootstrap)")
+        return self.runtime
+
+    def with_runtime(self, runtime: Runtime) -> Database:
+        """This database's engine and pool, with sessions that carry ``runtime``.
+
+        Two apps (or a test and the app it serves) on one database each keep their own runtime;
+        disposing either disposes the shared engine.
+        """
+        sibling = object.__new__(Database)
+        sibling.engine = self.engine
+        sibling._bind(runtime)
+        return sibling
 
     @property
     def dialect(self) -> str:

@@ -24,7 +24,6 @@ import annotated_types
 import typer.core
 import typer.main
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
@@ -181,10 +180,11 @@ def _sample_snapshot() -> GaugeSnapshot:
 
 def app_metrics(app: FastAPI) -> list[MetricDoc]:
     """The metrics ``/metrics`` of ``app`` exposes: registered wrappers and the database gauges."""
+    exporter = app.state.metrics
     found = {doc.name: doc for doc in (_wrapper_doc(collector) for collector in list(
-        getattr(REGISTRY, "_collector_to_names"))  # noqa: B009 - no public listing exists
+        getattr(exporter.metrics.registry, "_collector_to_names"))  # noqa: B009 - none public
         if isinstance(collector, MetricWrapperBase))}
-    gauges = app.state.metrics.gauges
+    gauges = exporter.gauges
     if gauges is not None:
         from billwatch.metrics.gauges import GaugeCollector
 

@@ -21,6 +21,7 @@ from bench.bulk import copy
 from bench.context import BenchContext
 from bench.report import Figure
 from bench.scratch import scratch_database
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import daily_metrics
@@ -73,7 +74,7 @@ async def _load(ctx: BenchContext, dsn: str, plans: Settings) -> None:
 
 
 async def _job_runs(url: str, settings: Settings, day: object) -> tuple[list[float], tuple[int, ...]]:
-    db = Database(url)
+    db = Database(url, runtime=build_runtime(settings))
     times: list[float] = []
     core: tuple[int, ...] = ()
     try:

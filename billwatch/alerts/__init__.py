@@ -1,7 +1,6 @@
 """Alerts: rules over the audit trail, incidents that group them, e-mail delivery after commit.
 
-Importing the package subscribes the alert rules to the audit recorder (the app factory, the
-worker and ``billwatch.models`` import it), so every process that writes audit rows alerts.
+The rules watch the trail of a runtime only: ``build_runtime`` (:mod:`billwatch.bootstrap`)
+makes :class:`~billwatch.alerts.rules.AlertRules` an audit listener of every runtime it builds,
+so every process that writes audit rows alerts, whatever it imported.
 """
-
-from billwatch.alerts import rules as rules

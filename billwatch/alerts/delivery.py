@@ -42,7 +42,7 @@ from billwatch.alerts.models import Alert, AlertCooldown, AlertStatus
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.db import Database, after_commit, utcnow
-from billwatch.metrics import billing as billing_metrics
+from billwatch.runtime import runtime_of
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,8 @@ async def deliver_one(db: Database, settings: Settings, alert_id: uuid.UUID, *,
         return await _record_failure(db, settings, alert_id, error, now)
     async with db.unit_of_work() as session:
         await _record_sent(session, alert_id, now)  # the decision's clock, as the incident's
-        after_commit(session, lambda: billing_metrics.alert_sent(kind))
+        metrics = runtime_of(session).metrics
+        after_commit(session, lambda: metrics.alert_sent(kind))
     log.info("alert_sent", alert_id=str(alert_id), kind=kind)
     return Delivery("sent")
 

@@ -1,17 +1,21 @@
-"""Where committed alerts and requested checks go: the one deliverer this process runs.
+"""Where committed alerts and requested checks go: the deliverer attached to the runtime.
 
-The app (embedded mode) installs an in-process runner; with a broker, the app and the worker
-install a Celery publisher. With nothing installed (tests that never start the app's lifespan,
-a one-off CLI command) hand-offs are dropped on purpose: the alert row is already durable and
-the next deliverer to start picks every pending row up.
+The app (embedded mode) attaches an in-process runner; with a broker, the app and the worker
+attach a Celery publisher (:meth:`billwatch.runtime.Runtime.attach`). With nothing attached
+(tests that never start the app's lifespan, a one-off CLI command) hand-offs are dropped on
+purpose: the alert row is already durable and the next deliverer to start picks every pending
+row up.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+
+if TYPE_CHECKING:
+    from billwatch.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -30,28 +34,9 @@ class AlertSink(Protocol):
     def audit_write_failed(self, details: dict[str, Any]) -> None: ...
 
 
-_sinks: list[AlertSink] = []
-
-
-def install(sink: AlertSink) -> None:
-    """Make ``sink`` this process's deliverer (the newest installed wins)."""
-    if sink in _sinks:
-        _sinks.remove(sink)
-    _sinks.append(sink)
-
-
-def uninstall(sink: AlertSink) -> None:
-    if sink in _sinks:
-        _sinks.remove(sink)
-
-
-def installed() -> AlertSink | None:
-    return _sinks[-1] if _sinks else None
-
-
-def alert_raised(alert_id: uuid.UUID) -> None:
+def alert_raised(runtime: Runtime, alert_id: uuid.UUID) -> None:
     """Called after commit: wake the deliverer. Never raises, never blocks on I/O."""
-    sink = installed()
+    sink = runtime.alert_sink
     if sink is None:
         return
     try:
@@ -60,9 +45,9 @@ def alert_raised(alert_id: uuid.UUID) -> None:
         log.exception("alert_handoff_failed", alert_id=str(alert_id))
 
 
-def check_requested(check: str) -> None:
+def check_requested(runtime: Runtime, check: str) -> None:
     """Called after commit: ask the deliverer to run ``check`` off the request path."""
-    sink = installed()
+    sink = runtime.alert_sink
     if sink is None:
         return
     try:
@@ -71,9 +56,9 @@ def check_requested(check: str) -> None:
         log.exception("check_handoff_failed", check=check)
 
 
-def audit_write_failed(details: dict[str, Any]) -> None:
+def audit_write_failed(runtime: Runtime, details: dict[str, Any]) -> None:
     """Called where an audit write failed (its transaction is lost): raise the alert elsewhere."""
-    sink = installed()
+    sink = runtime.alert_sink
     if sink is None:
         log.warning("audit_write_failure_not_alerted", reason="no deliverer in this process")
         return

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billwatch.alerts import handoff
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
 from billwatch.audit.redaction import redact, redact_text
-from billwatch.config import Settings, get_settings
 from billwatch.db import Database, after_commit, utcnow
+from billwatch.runtime import runtime_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,31 +55,15 @@ def spec_for(kind: str) -> KindSpec:
                                        once=False)
 
 
-@dataclass(slots=True)
-class _Config:
-    settings: Settings | None = None
-
-
-_config = _Config()
-
-
-def configure(settings: Settings) -> None:
-    """Use ``settings`` for the rules of this process (the app factory and the worker call it)."""
-    _config.settings = settings
-
-
-def alert_settings() -> Settings:
-    """The configured settings, or the process settings when nothing configured them."""
-    return _config.settings or get_settings()
-
-
 def raise_alert(session: AsyncSession, kind: AlertKind | str, *, dedup_key: str, subject: str,
                 payload: Mapping[str, Any], severity: Severity | None = None) -> Alert | None:
     """Add an alert to ``session``; it is delivered after the transaction commits.
 
-    Returns None (and adds nothing) when ``BILLWATCH_ENABLE_BILLING_ALERTS`` is off.
+    Returns None (and adds nothing) when the runtime's ``BILLWATCH_ENABLE_BILLING_ALERTS`` is
+    off. The deliverer woken after the commit is the one attached to the session's runtime.
     """
-    if not alert_settings().enable_billing_alerts:
+    runtime = runtime_of(session)
+    if not runtime.settings.enable_billing_alerts:
         return None
     kind_value = str(getattr(kind, "value", kind))
     alert = Alert(
@@ -90,7 +74,7 @@ def raise_alert(session: AsyncSession, kind: AlertKind | str, *, dedup_key: str,
         suppressed_count=0)
     session.add(alert)
     alert_id = alert.id
-    after_commit(session, lambda: handoff.alert_raised(alert_id))
+    after_commit(session, lambda: handoff.alert_raised(runtime, alert_id))
     return alert
 
 

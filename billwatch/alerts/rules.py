@@ -1,7 +1,9 @@
 """Alert rules that hang off the audit trail.
 
-:func:`on_audit_row` is subscribed to the audit recorder, so it sees every audit row inside the
-transaction that writes it. A matching row adds an alert to the same session (a rolled-back
+:class:`AlertRules` is one runtime's set of rules: ``build_runtime`` (:mod:`billwatch.bootstrap`)
+makes its :meth:`~AlertRules.on_audit_row` an audit listener and its
+:meth:`~AlertRules.on_audit_write_failure` a write-failure hook, so it sees every audit row inside
+the transaction that writes it. A matching row adds an alert to the same session (a rolled-back
 event never alerts); a rule that needs a query (refunds today) asks for a check after the
 commit instead, because a listener must not do I/O. A rule never fails the operation: its own
 errors are logged and swallowed.
@@ -19,13 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.alerts import handoff
 from billwatch.alerts.models import AlertKind
-from billwatch.alerts.raising import alert_settings, raise_alert
-from billwatch.audit import recorder
+from billwatch.alerts.raising import raise_alert
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.models import AuditLog
+from billwatch.audit.recorder import AuditWriteFailure
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.db import after_commit, utcnow
+from billwatch.runtime import Runtime, runtime_of
 
 log = structlog.get_logger(__name__)
 
@@ -80,10 +83,8 @@ class Cooldown:
         return True
 
 
-REJECTION_COOLDOWN = Cooldown()
-
-
-def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
+def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings,
+                    rejections: Cooldown) -> None:
     """A webhook that failed: one key per Stripe event type (handler failures) or per reject
     reason (deliveries refused at verification), so one outage mails once per window."""
     if row.outcome is not Outcome.FAILURE:
@@ -91,7 +92,7 @@ def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings) ->
     data = row.data or {}
     if data.get("stage") == "verification":
         reason = str(data.get("reject_reason") or data.get("code") or "unknown")[:60]
-        if not REJECTION_COOLDOWN.allow(reason, settings.alert_cooldown_seconds):
+        if not rejections.allow(reason, settings.alert_cooldown_seconds):
             return  # unsigned posts are anyone's to send: one alert row per reason per cooldown
         key, subject = f"webhook_failure:rejected:{reason}", f"webhook deliveries rejected ({reason})"
     else:
@@ -109,7 +110,9 @@ def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings) ->
 def refund_written(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
     """Counting today's refunds needs a query: request the check once the refund commits."""
     if row.outcome is Outcome.SUCCESS:
-        after_commit(session, lambda: handoff.check_requested(handoff.Check.REFUNDS_TODAY))
+        runtime = runtime_of(session)
+        after_commit(session,
+                     lambda: handoff.check_requested(runtime, handoff.Check.REFUNDS_TODAY))
 
 
 def duplicate_subscription(session: AsyncSession, row: AuditLog, settings: Settings) -> None:
@@ -138,36 +141,43 @@ def _iso(row: AuditLog) -> str:
 
 RULES: dict[str, Rule] = {
     AuditEvent.PAYMENT_FAILED.value: final_payment_failure,
-    AuditEvent.WEBHOOK_FAILED.value: webhook_failure,
     AuditEvent.REFUND_ISSUED.value: refund_written,
     AuditEvent.REFUND_RECORDED.value: refund_written,
     AuditEvent.SUBSCRIPTION_DUPLICATE_FLAGGED.value: duplicate_subscription,
 }
+"""The rules that need nothing but the row; :class:`AlertRules` adds the webhook-failure rule,
+which keeps a per-runtime cooldown for refused deliveries."""
 
 
-def on_audit_row(session: AsyncSession, row: AuditLog) -> None:
-    """The audit listener: apply the rule for ``row``'s event, if any, inside its transaction."""
-    rule = RULES.get(row.event_type)
-    if rule is None:
-        return
-    settings = alert_settings()
-    if not settings.enable_billing_alerts:
-        return
-    try:
-        rule(session, row, settings)
-    except Exception:  # an alert rule must never fail the operation it observes
-        log.exception("alert_rule_failed", audit_event=row.event_type)
+class AlertRules:
+    """The alert rules of one runtime, with the in-process memory they keep."""
 
+    def __init__(self) -> None:
+        self.rejections = Cooldown()
+        """When each refused-delivery reason last raised (unsigned posts are anyone's to send)."""
 
-def on_audit_write_failure(failure: recorder.AuditWriteFailure) -> None:
-    """The audit recorder could not write a row (and its operation failed): hand it off."""
-    if not alert_settings().enable_billing_alerts:
-        return
-    handoff.audit_write_failed({
-        "event_types": list(failure.event_types), "stage": failure.stage,
-        "error_type": type(failure.error).__name__,
-        "error": redact_text(str(failure.error))[:500], "occurred_at": utcnow().isoformat()})
+    def on_audit_row(self, session: AsyncSession, row: AuditLog) -> None:
+        """The audit listener: apply the rule for ``row``'s event, if any, inside its transaction."""
+        is_webhook_failure = row.event_type == AuditEvent.WEBHOOK_FAILED.value
+        rule = RULES.get(row.event_type)
+        if rule is None and not is_webhook_failure:
+            return
+        settings = runtime_of(session).settings
+        if not settings.enable_billing_alerts:
+            return
+        try:
+            if is_webhook_failure:
+                webhook_failure(session, row, settings, self.rejections)
+            elif rule is not None:
+                rule(session, row, settings)
+        except Exception:  # an alert rule must never fail the operation it observes
+            log.exception("alert_rule_failed", audit_event=row.event_type)
 
-
-recorder.subscribe(on_audit_row)
-recorder.on_write_failure(on_audit_write_failure)
+    def on_audit_write_failure(self, runtime: Runtime, failure: AuditWriteFailure) -> None:
+        """The audit recorder could not write a row (and its operation failed): hand it off."""
+        if not runtime.settings.enable_billing_alerts:
+            return
+        handoff.audit_write_failed(runtime, {
+            "event_types": list(failure.event_types), "stage": failure.stage,
+            "error_type": type(failure.error).__name__,
+            "error": redact_text(str(failure.error))[:500], "occurred_at": utcnow().isoformat()})

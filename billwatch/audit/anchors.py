@@ -31,11 +31,11 @@ from typing import Protocol
 
 import httpx
 import structlog
-from prometheus_client import Counter
 
 from billwatch.audit.checkpoints import Checkpoint
 from billwatch.config import Settings
 from billwatch.db import utcnow
+from billwatch.metrics.billing import BillingMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -45,10 +45,6 @@ _ARMOURED = re.compile(re.escape(BEGIN) + r"\s*(\{.*?\})\s*" + re.escape(END), r
 _HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9-]*: ")
 MAX_ANCHOR_BYTES = 16 * 1024 * 1024
 
-ANCHOR_FAILURES = Counter("audit_anchor_failures_total",
-                          "Checkpoints an anchor did not accept (sent again with the next one).",
-                          ["anchor"])
-ANCHOR_SENT = Counter("audit_anchor_sent_total", "Checkpoints an anchor accepted.", ["anchor"])
 
 
 class CheckpointAnchor(Protocol):
@@ -112,20 +108,25 @@ def anchors_for(settings: Settings) -> list[CheckpointAnchor]:
     return anchors
 
 
-async def send_to_anchors(checkpoint: Checkpoint,
-                          anchors: Sequence[CheckpointAnchor]) -> dict[str, bool]:
-    """Send ``checkpoint`` to every anchor; which accepted it (a failure never raises)."""
+async def send_to_anchors(checkpoint: Checkpoint, anchors: Sequence[CheckpointAnchor],
+                          metrics: BillingMetrics | None = None) -> dict[str, bool]:
+    """Send ``checkpoint`` to every anchor; which accepted it (a failure never raises).
+
+    ``metrics`` (the sealing runtime's) counts each anchor's acceptances and failures.
+    """
     accepted: dict[str, bool] = {}
     for anchor in anchors:
         try:
             await anchor.send(checkpoint)
         except Exception as error:  # an unreachable anchor must not undo a committed seal
-            ANCHOR_FAILURES.labels(anchor=anchor.name).inc()
+            if metrics is not None:
+                metrics.anchor_failures.labels(anchor=anchor.name).inc()
             log.warning("audit_anchor_failed", anchor=anchor.name, seq=checkpoint.last_seq,
                         error_type=type(error).__name__)
             accepted[anchor.name] = False
         else:
-            ANCHOR_SENT.labels(anchor=anchor.name).inc()
+            if metrics is not None:
+                metrics.anchor_sent.labels(anchor=anchor.name).inc()
             accepted[anchor.name] = True
     return accepted
 

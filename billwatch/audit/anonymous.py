@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
-from prometheus_client import Counter
 
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
@@ -36,9 +35,6 @@ from billwatch.db import Database, utcnow
 
 log = structlog.get_logger(__name__)
 
-REFUSALS = Counter("audit_anonymous_refusals_total",
-                   "Requests refused to callers with no valid identity (every one is counted).",
-                   ["source"])
 SOURCES = ("http", "webhook")
 MAX_BUCKETS = 256
 """Distinct buckets one process keeps per minute before folding new networks into ``other``:
@@ -88,8 +84,7 @@ class AnonymousRefusals:
     def admit(self, *, source: str, event: AuditEvent, route: str, method: str,
               status_code: int, reason: str, client_ip: str | None,
               now: datetime | None = None) -> bool:
-        """Count one refusal; True when it is its bucket's first (the caller writes its row)."""
-        REFUSALS.labels(source=source if source in SOURCES else "http").inc()
+        """Bucket one refusal; True when it is its bucket's first (the caller writes its row)."""
         moment = now or utcnow()
         minute = moment.replace(second=0, microsecond=0)
         key = BucketKey(event.value, route[:200], reason[:300], client_network(client_ip), minute)
@@ -157,6 +152,8 @@ async def absorbed(state: object, db: Database, *, source: str, event: AuditEven
                    route: str | None, method: str, status_code: int, reason: str,
                    client_ip: str | None) -> bool:
     """True when this refusal was only counted (no row now); flushes finished minutes first."""
+    counted = db.required_runtime().metrics.anonymous_refusals
+    counted.labels(source=source if source in SOURCES else "http").inc()  # every refusal
     refusals = refusals_of(state)
     if refusals.has_due():
         await refusals.flush(db)

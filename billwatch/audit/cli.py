@@ -33,6 +33,7 @@ from billwatch.audit.roles import app_role_grants, sealer_role_grants
 from billwatch.audit.rotation import rotate, rows_to_rotate
 from billwatch.audit.sealing import SealResult, seal, sealer_database
 from billwatch.audit.verify import AnchorCopy, VerifyReport, verify
+from billwatch.bootstrap import open_database
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database, utcnow
@@ -52,7 +53,7 @@ ArchiveDir = Annotated[Path | None, typer.Option(
 
 def _settings() -> tuple[Settings, crypto.AuditKeys]:
     settings = checked_settings()
-    keys = crypto.install(crypto.keys_for(settings))
+    keys = crypto.keys_for(settings)
     if keys.development:
         errors.print("[yellow]warning: the development audit keys are in use; set "
                      "BILLWATCH_AUDIT_ENCRYPTION_KEYS and BILLWATCH_AUDIT_HMAC_KEY[/yellow]")
@@ -63,7 +64,7 @@ def _run(settings: Settings, job: str, work: Callable[[Database], Awaitable[T]])
     """Run ``work`` against the configured database, as a job whose audit rows say so."""
 
     async def main() -> T:
-        db = Database(settings.database_url)
+        db = open_database(settings)
         try:
             with bound_origin(Origin(job_id=f"cli:audit-{job}:{uuid.uuid4().hex[:12]}")):
                 return await work(db)

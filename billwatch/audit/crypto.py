@@ -11,9 +11,8 @@ reveals metadata nor lets anyone forge a row or a checkpoint.
 * ``BILLWATCH_AUDIT_HMAC_KEY`` keys the row content hashes and signs checkpoints and archive
   manifests.
 
-The recorder's signature has no settings argument (every service calls it), so the keys are
-process-wide: :func:`install` is called by the app factory and the CLI, and the first use
-without it reads :func:`billwatch.config.get_settings`.
+The keys of a process are part of its runtime (:mod:`billwatch.runtime`): the recorder seals
+with the keys of the session's runtime, and a row loaded through a session decrypts with them.
 """
 
 from __future__ import annotations
@@ -130,9 +129,6 @@ class AuditKeys:
         return mac.digest()
 
 
-_installed: list[AuditKeys] = []
-
-
 def keys_from(encryption_keys: str, hmac_key: str) -> AuditKeys:
     if len(hmac_key.encode()) < 32:
         raise KeyRingError("the audit HMAC key must be at least 32 bytes")
@@ -145,18 +141,3 @@ def keys_for(settings: Settings) -> AuditKeys:
     """The audit keys configured in ``settings``."""
     return keys_from(settings.audit_encryption_keys.get_secret_value(),
                      settings.audit_hmac_key.get_secret_value())
-
-
-def install(keys: AuditKeys) -> AuditKeys:
-    """Make ``keys`` the process's audit keys (the app factory and the CLI call this)."""
-    _installed[:] = [keys]
-    return keys
-
-
-def current() -> AuditKeys:
-    """The installed keys, or those of the process settings on first use."""
-    if not _installed:
-        from billwatch.config import get_settings
-
-        install(keys_for(get_settings()))
-    return _installed[0]

@@ -20,13 +20,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Index, LargeBinary, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, Index, LargeBinary, String, event
+from sqlalchemy.orm import Mapped, QueryContext, mapped_column
 
 from billwatch.accounts.models import OwnerType, Role
 from billwatch.audit.events import Outcome
 from billwatch.db import Base, UUIDPrimaryKey, enum_column, utcnow
 from billwatch.redacted import RedactedString, RedactedText
+from billwatch.runtime import SESSION_KEY, NoRuntime
 
 
 class AuditLog(UUIDPrimaryKey, Base):
@@ -82,13 +83,16 @@ class AuditLog(UUIDPrimaryKey, Base):
     def data(self) -> dict[str, Any]:
         """Event details (redacted before they were stored), decrypted on first access.
 
-        Read-only: a recorded row never changes, and its hash covers this plaintext.
+        Read-only: a recorded row never changes, and its hash covers this plaintext. The keys
+        are those of the runtime of the session that loaded the row (:func:`_keep_keys`).
         """
         cached: dict[str, Any] | None = self.__dict__.get("_plaintext")
         if cached is None:
-            from billwatch.audit import crypto
-
-            plaintext = crypto.current().ring.decrypt(
+            keys = self.__dict__.get("_keys")
+            if keys is None:
+                raise NoRuntime("this audit row was loaded by a session without a runtime, "
+                                "so there are no keys to decrypt its metadata")
+            plaintext = keys.ring.decrypt(
                 self.metadata_key_id, self.metadata_ciphertext, str(self.id).encode())
             cached = json.loads(plaintext)
             self.__dict__["_plaintext"] = cached
@@ -97,6 +101,14 @@ class AuditLog(UUIDPrimaryKey, Base):
     def remember_plaintext(self, plaintext: bytes) -> None:
         """Keep the just-encrypted metadata so in-transaction listeners read it for free."""
         self.__dict__["_plaintext"] = json.loads(plaintext)
+
+
+@event.listens_for(AuditLog, "load")
+def _keep_keys(row: AuditLog, context: QueryContext) -> None:
+    """A loaded row remembers its session's audit keys, to decrypt ``data`` when it is read."""
+    runtime = context.session.info.get(SESSION_KEY)
+    if runtime is not None:
+        row.__dict__["_keys"] = runtime.keys
 
 
 class AuditSeal(Base):

@@ -7,38 +7,40 @@ It fails closed. The row is built, redacted, encrypted and hashed right here, so
 ring raises at once, inside the operation; the INSERT happens at the caller's flush or commit,
 so a database that refuses the row fails the commit and rolls the business change back with it
 (no refund without its audit row). Either way ``audit_write_failures_total`` rises and every
-hook registered with :func:`on_write_failure` is told, which is where the alert hangs.
-Committed rows are counted in ``billing_audit_writes_total{outcome}`` after commit.
+write-failure hook of the session's runtime is told, which is where the alert hangs. Committed
+rows are counted in ``billing_audit_writes_total{outcome}`` after commit.
+
+Everything a recorded row sets off comes from the runtime of the session's database
+(:mod:`billwatch.runtime`): the keys that seal it, the listeners (the alert rules) told of it in
+its transaction, the hooks told when it cannot be written, the counters it moves. A session
+without a runtime cannot record.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, Insert, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts.actor import Actor, OwnerRef, SystemActor
-from billwatch.audit import chain, crypto
+from billwatch.audit import chain
+from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.models import AuditLog
 from billwatch.audit.redaction import redact, redact_text
 from billwatch.context import current_origin
 from billwatch.db import after_commit, utcnow
-from billwatch.metrics import billing as billing_metrics
 from billwatch.redacted import RedactedString, clean
+from billwatch.runtime import Runtime, runtime_of, runtime_of_connection
 
 log = structlog.get_logger(__name__)
-
-AuditListener = Callable[[AsyncSession, AuditLog], None]
-_listeners: list[AuditListener] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,63 +53,41 @@ class AuditWriteFailure:
     """``record`` (building/encrypting the row) or ``insert`` (the database refused it)."""
 
 
-WriteFailureHook = Callable[[AuditWriteFailure], None]
-_failure_hooks: list[WriteFailureHook] = []
-
-
-def subscribe(listener: AuditListener) -> AuditListener:
-    """Call ``listener(session, row)`` for every recorded row, inside the same transaction.
-
-    Alert rules hang off the audit trail this way: an alert row rides in the transaction of the
-    event that raised it, so a rolled-back event never alerts. Listeners must only add to the
-    session (and register after-commit work); they must not commit or do I/O.
-    """
-    if listener not in _listeners:
-        _listeners.append(listener)
-    return listener
-
-
-def on_write_failure(hook: WriteFailureHook) -> WriteFailureHook:
-    """Call ``hook(failure)`` whenever an audit row cannot be written.
-
-    Hooks run synchronously where the failure surfaced — possibly inside a failing flush, never
-    inside a transaction that will commit — so they must be quick and must not touch the
-    failing session: hand off (enqueue an alert, write in a fresh transaction later) and return.
-    A hook that raises is logged and ignored; the original error still propagates.
-    """
-    if hook not in _failure_hooks:
-        _failure_hooks.append(hook)
-    return hook
-
-
-def remove_write_failure_hook(hook: WriteFailureHook) -> None:
-    if hook in _failure_hooks:
-        _failure_hooks.remove(hook)
-
-
-def _write_failed(failure: AuditWriteFailure) -> None:
-    billing_metrics.audit_write_failed()
+def write_failed(runtime: Runtime, failure: AuditWriteFailure) -> None:
+    """Count, log and tell ``runtime``'s write-failure hooks; a hook that raises is logged."""
+    runtime.metrics.audit_write_failed()
     log.error("audit_write_failed", event_types=list(failure.event_types), stage=failure.stage,
               error_type=type(failure.error).__name__, error=redact_text(str(failure.error)))
-    for hook in list(_failure_hooks):
+    for hook in runtime.write_failure_hooks:
         try:
-            hook(failure)
+            hook(runtime, failure)
         except Exception:
             log.exception("audit_write_failure_hook_failed", hook=repr(hook))
 
 
-_AUDIT_INSERT = re.compile(r'^\s*INSERT\s+INTO\s+"?audit_logs"?[\s(]', re.IGNORECASE)
+def _refused(context: ExceptionContext) -> None:
+    """A failed INSERT into ``audit_logs`` is a write failure of the failing session's runtime.
 
-
-@event.listens_for(Engine, "handle_error")
-def _database_refused_row(context: ExceptionContext) -> None:
-    """Every engine: an INSERT into audit_logs that fails is an audit write failure."""
-    if not _AUDIT_INSERT.match(context.statement or ""):
+    The statement is matched on its table, not its text: the ORM's INSERT is compiled from
+    :class:`AuditLog`'s table, whichever partition the database then routes the row to.
+    """
+    compiled = getattr(context.execution_context, "compiled", None)
+    statement = getattr(compiled, "statement", None)
+    if not (isinstance(statement, Insert) and statement.table is AuditLog.__table__):
+        return
+    runtime = runtime_of_connection(context.connection)
+    if runtime is None:  # not a session's row (a maintenance script): nobody to tell
         return
     parameters = getattr(context.execution_context, "compiled_parameters", None) or []
     types = sorted({str(p["event_type"]) for p in parameters
                     if isinstance(p, Mapping) and p.get("event_type")})
-    _write_failed(AuditWriteFailure(tuple(types), context.original_exception, "insert"))
+    write_failed(runtime, AuditWriteFailure(tuple(types), context.original_exception, "insert"))
+
+
+def watch_engine(engine: Engine) -> None:
+    """Watch ``engine`` for refused audit rows (once, however many runtimes share it)."""
+    if not event.contains(engine, "handle_error", _refused):
+        event.listen(engine, "handle_error", _refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,21 +118,22 @@ def record(
     data: Mapping[str, Any] | None = None,
 ) -> AuditLog:
     """Add the audit row for ``event`` to ``session``; the caller's unit of work commits it."""
+    runtime = runtime_of(session)
     try:
-        row = _build(event, actor=actor, outcome=outcome, owner=owner, resource=resource,
-                     stripe=stripe or StripeRefs(), idempotency_key=idempotency_key,
-                     reason=reason, data=data)
+        row = _build(event, runtime.keys, actor=actor, outcome=outcome, owner=owner,
+                     resource=resource, stripe=stripe or StripeRefs(),
+                     idempotency_key=idempotency_key, reason=reason, data=data)
     except Exception as error:
-        _write_failed(AuditWriteFailure((AuditEvent(event).value,), error, "record"))
+        write_failed(runtime, AuditWriteFailure((AuditEvent(event).value,), error, "record"))
         raise
     session.add(row)
-    after_commit(session, partial(billing_metrics.audit_written, row.outcome.value))
-    for listener in list(_listeners):
+    after_commit(session, partial(runtime.metrics.audit_written, row.outcome.value))
+    for listener in runtime.audit_listeners:
         listener(session, row)
     return row
 
 
-def _build(event: AuditEvent, *, actor: Actor | SystemActor | None, outcome: Outcome,
+def _build(event: AuditEvent, keys: AuditKeys, *, actor: Actor | SystemActor | None, outcome: Outcome,
            owner: OwnerRef | None, resource: Resource | None, stripe: StripeRefs,
            idempotency_key: str | None, reason: str | None,
            data: Mapping[str, Any] | None) -> AuditLog:
@@ -188,7 +169,7 @@ def _build(event: AuditEvent, *, actor: Actor | SystemActor | None, outcome: Out
         column_type = AuditLog.__table__.c[name].type
         if isinstance(value, str) and isinstance(column_type, RedactedString):
             fields[name] = clean(value, column_type.length)
-    sealed = chain.seal_fields(fields, redact(dict(data or {})), crypto.current())
+    sealed = chain.seal_fields(fields, redact(dict(data or {})), keys)
     row = AuditLog(**fields, content_hash=sealed.content_hash, metadata_key_id=sealed.key_id,
                    metadata_ciphertext=sealed.ciphertext)
     row.remember_plaintext(sealed.plaintext)

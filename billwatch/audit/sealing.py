@@ -101,7 +101,8 @@ async def _seal(db: Database, *, keys: AuditKeys, store: CheckpointStore,
     if checkpoint is None:
         return None
     path = store.write(checkpoint)
-    await send_to_anchors(checkpoint, anchors)  # after the commit and the file: no tx open
+    metrics = db.runtime.metrics if db.runtime is not None else None
+    await send_to_anchors(checkpoint, anchors, metrics)  # after the commit and file: no tx open
     return SealResult(checkpoint, path, checkpoint.batch_rows)
 
 
@@ -132,7 +133,7 @@ async def _configured(db: Database, settings: Settings, *, skip_empty: bool) -> 
 def sealer_database(db: Database, settings: Settings) -> Database:
     """The database as the sealer role (its own URL), or ``db`` when none is configured."""
     url = settings.audit_sealer_database_url
-    return Database(url.get_secret_value()) if url is not None else db
+    return Database(url.get_secret_value(), runtime=db.runtime) if url is not None else db
 
 
 def seal_period(moment: datetime, interval_seconds: int) -> str:

@@ -37,8 +37,8 @@ from billwatch.billing.models import (
 from billwatch.billing.subscriptions import cancelled_by, get_subscription
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError
-from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import PaymentsGateway, stripe_refused
+from billwatch.runtime import runtime_of
 
 
 def _mode(at_period_end: bool) -> CancelMode:
@@ -162,7 +162,8 @@ def _record_cancelled(session: AsyncSession, subscription: Subscription, *, acto
         data={"mode": mode.value, "plan": subscription.plan_code, "reason": reason,
               "source": subscription.source.value, **(data or {})})
     who, owner_type = cancelled_by(actor), owner.type.value
-    after_commit(session, lambda: billing_metrics.subscription_cancelled(owner_type, who))
+    metrics = runtime_of(session).metrics
+    after_commit(session, lambda: metrics.subscription_cancelled(owner_type, who))
 
 
 async def claim_intent(session: AsyncSession, intent_id: uuid.UUID,

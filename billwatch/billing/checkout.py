@@ -33,13 +33,13 @@ from billwatch.config import Settings
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError
 from billwatch.hardening import check_redirect
-from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import (
     CheckoutSessionInfo,
     PaymentsGateway,
     PortalSessionInfo,
     stripe_refused,
 )
+from billwatch.runtime import runtime_of
 
 CHECKOUT_EXPIRY = SystemActor("checkout-expiry")
 """The actor that marks a checkout whose Stripe session has expired."""
@@ -241,8 +241,9 @@ async def settle_open(session: AsyncSession, settings: Settings, checkout_id: uu
               "interval": plan.interval.value, "stripe_session_id": info.id,
               "customer_created": customer_created, "adopted_from": adopted_from})
     owner_type, plan_code = owner.type.value, plan.code
-    after_commit(session, lambda: billing_metrics.checkout_created(owner_type, plan_code,
-                                                                   by_proxy=by_proxy))
+    metrics = runtime_of(session).metrics
+    after_commit(session, lambda: metrics.checkout_created(owner_type, plan_code,
+                                                           by_proxy=by_proxy))
     return checkout
 
 

@@ -33,8 +33,8 @@ from billwatch.billing.models import RefundReason as RefundReason  # defined bes
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.db import Database, after_commit
 from billwatch.errors import BillwatchError, Conflict, GatewayTimeout, NotFound, PaymentProviderError
-from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import OutcomeUnknown, PaymentsGateway, RefundInfo
+from billwatch.runtime import runtime_of
 
 
 class RefundSettlementPending(BillwatchError):
@@ -208,7 +208,8 @@ async def settle_refund(session: AsyncSession, refund_id: uuid.UUID, *, info: Re
         data=data)
     if not failed:
         reason, amount = refund.reason or RefundReason.OTHER.value, refund.amount_cents
-        after_commit(session, lambda: billing_metrics.refund_issued(reason, amount))
+        metrics = runtime_of(session).metrics
+        after_commit(session, lambda: metrics.refund_issued(reason, amount))
     return refund
 
 

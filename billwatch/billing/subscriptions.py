@@ -22,7 +22,7 @@ from billwatch.billing.models import (
 from billwatch.config import Plan, Settings
 from billwatch.db import after_commit
 from billwatch.errors import Conflict, NotFound
-from billwatch.metrics import billing as billing_metrics
+from billwatch.runtime import runtime_of
 
 TRANSACTIONS_SHOWN = 100
 
@@ -74,7 +74,7 @@ async def read_account(session: AsyncSession, *, actor: Actor, owner: OwnerRef) 
     recorder.record(session, for_actor(AuditEvent.SUBSCRIPTION_VIEWED, via_assignment=by_proxy),
                     actor=actor, owner=owner, resource=Resource(owner.type.value, owner.id))
     if by_proxy:
-        after_commit(session, billing_metrics.proxy_viewed)
+        after_commit(session, runtime_of(session).metrics.proxy_viewed)
     return BillingAccount(owner, list(subs), list(txs), list(overrides))
 
 

@@ -23,7 +23,7 @@ from billwatch.alerts import ledger
 from billwatch.alerts.ledger import AlertFilter
 from billwatch.alerts.mail import send as send_mail
 from billwatch.alerts.models import AlertStatus, Severity
-from billwatch.audit import crypto, recorder
+from billwatch.audit import recorder
 from billwatch.audit import service as audit_service
 from billwatch.audit.endpoints import ExportFormat, export_response
 from billwatch.audit.events import AuditEvent
@@ -46,6 +46,7 @@ from billwatch.console.web import (
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Unprocessable
 from billwatch.http import AuditedRoute, audited, record_failure
+from billwatch.runtime import runtime_of
 from billwatch.webhooks import store as webhook_store
 from billwatch.webhooks.models import EventStatus
 from billwatch.webhooks.service import replay
@@ -262,7 +263,7 @@ async def audit_row(request: Request, row_id: uuid.UUID) -> Response:
     async with _db(request).unit_of_work() as session:
         who = await _who(request, session)
         entry = await audit_service.get(session, row_id)
-        proof = await integrity.check_row(session, entry.row, crypto.current())
+        proof = await integrity.check_row(session, entry.row, runtime_of(session).keys)
         nearby = await data.related(session, entry.row)
         names = await views.names_for(session, [entry.row, *(e.row for e in nearby)])
         recorder.record(session, AuditEvent.AUDIT_READ, actor=who.actor,

@@ -22,7 +22,7 @@ from types import FrameType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
 
-from billwatch.db import Database
+from billwatch.bootstrap import open_database
 from billwatch.demo import summary as report
 from billwatch.demo.api import BillwatchApi
 from billwatch.demo.environment import DemoEnvironment, Population
@@ -131,7 +131,7 @@ def _services(env: DemoEnvironment) -> Iterator[list[Service]]:
 async def _run(env: DemoEnvironment, population: Population, concurrency: int,
                started: float) -> report.Summary:
     settings = env.settings()
-    db = Database(settings.database_url)
+    db = open_database(settings)
     peer = StripePeer(env.stripe_url, env.stripe_api_key)
     api = BillwatchApi(env.base_url)
     try:

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from billwatch.alerts.delivery import deliver_due
-from billwatch.alerts.raising import configure as configure_alerts
+from billwatch.bootstrap import open_database
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database, utcnow
@@ -31,14 +31,13 @@ T = TypeVar("T")
 def _run(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
     """Run ``work`` with the configured database; afterwards deliver what it raised."""
     settings = checked_settings()
-    configure_alerts(settings)
 
     async def main() -> T:
-        db = Database(settings.database_url)
+        db = open_database(settings)
         stop = None
         if settings.broker_url:  # hand alerts to the workers; embedded: deliver them below
             from billwatch.jobs.lifecycle import start_delivery
-            stop = await start_delivery(db, settings)
+            stop = await start_delivery(db, settings, db.required_runtime())
         try:
             with bound_origin(Origin(job_id="cli")):
                 result = await work(db, settings)

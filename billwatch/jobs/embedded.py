@@ -29,7 +29,6 @@ from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import service
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import handoff as inbox_handoff
 from billwatch.webhooks.inbox import drain, processor_id
 
 log = structlog.get_logger(__name__)
@@ -62,13 +61,11 @@ class EmbeddedRunner:
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="billwatch-embedded-runner")
         self._inbox_task = asyncio.create_task(self._run_inbox(), name="billwatch-inbox")
-        handoff.install(self)
-        inbox_handoff.install(self)
+        self.db.required_runtime().attach(alerts=self, inbox=self)
 
     async def stop(self) -> None:
         """Signal the loop, let its current tick finish within the grace, else cancel or abandon it."""
-        handoff.uninstall(self)
-        inbox_handoff.uninstall(self)
+        self.db.required_runtime().detach(self)
         self._stopping.set()
         self._wake.set()
         self._inbox_wake.set()

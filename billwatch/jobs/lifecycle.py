@@ -13,12 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from billwatch.alerts import handoff
 from billwatch.background import settle
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import handoff as inbox_handoff
+from billwatch.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 Stop = Callable[[], Awaitable[None]]
@@ -26,21 +25,19 @@ CLOSE_WAIT_SECONDS = 10.0
 """How long shutdown waits for queued hand-offs; unsent ones stay pending for the sweep."""
 
 
-async def start_delivery(db: Database, settings: Settings, *,
+async def start_delivery(db: Database, settings: Settings, runtime: Runtime, *,
                          gateway: PaymentsGateway | None = None) -> Stop:
-    """Start this process's deliverer; returns the coroutine function that stops it."""
+    """Start the deliverer of ``runtime`` (``db``'s); returns the coroutine that stops it."""
     if settings.broker_url:
         from billwatch.jobs.celery_app import make_celery
         from billwatch.jobs.tasks import CelerySink
 
         celery = make_celery(settings)
         sink = CelerySink(celery, background=True)
-        handoff.install(sink)
-        inbox_handoff.install(sink)
+        runtime.attach(alerts=sink, inbox=sink)
 
         async def stop_publisher() -> None:
-            handoff.uninstall(sink)
-            inbox_handoff.uninstall(sink)
+            runtime.detach(sink)
             closing = asyncio.ensure_future(asyncio.to_thread(sink.close))
             if not await settle(closing, CLOSE_WAIT_SECONDS):  # a stuck broker must not block shutdown
                 log.warning("alert_publisher_close_abandoned", seconds=CLOSE_WAIT_SECONDS)
@@ -50,6 +47,6 @@ async def start_delivery(db: Database, settings: Settings, *,
 
     from billwatch.jobs.embedded import EmbeddedRunner
 
-    runner = EmbeddedRunner(db, settings, gateway=gateway)
+    runner = EmbeddedRunner(db, settings, gateway=gateway)  # attaches itself to db's runtime
     await runner.start()
     return runner.stop

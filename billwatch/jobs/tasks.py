@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -22,10 +23,10 @@ from sqlalchemy.exc import DBAPIError
 
 from billwatch.alerts import handoff
 from billwatch.alerts.delivery import deliver_one, due_alert_ids, promote_due
-from billwatch.alerts.raising import configure as configure_alerts
 from billwatch.alerts.raising import raise_audit_write_failure
 from billwatch.billing.expiry import expire_due_overrides
 from billwatch.billing.refund_sweeper import sweep_pending_refunds
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import service
@@ -49,7 +50,7 @@ from billwatch.jobs.celery_app import (
     app,
 )
 from billwatch.logging import configure_logging
-from billwatch.webhooks import handoff as inbox_handoff
+from billwatch.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -59,12 +60,31 @@ SWEEP_GRACE = timedelta(seconds=30)
 """The sweep re-sends alerts pending for longer than this (their own hand-off was lost)."""
 
 
+@dataclass(slots=True)
+class WorkerProcess:
+    """This worker process's runtime, built at its start (:func:`prepare_process`)."""
+
+    runtime: Runtime | None = None
+
+
+WORKER = WorkerProcess()
+
+
+def worker_runtime() -> Runtime:
+    """The runtime of this worker process (built now if the start-up signal did not run)."""
+    return WORKER.runtime or prepare_process()
+
+
 def run_async(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
-    """Run ``work`` on a new event loop with its own engine, disposed before the loop ends."""
-    settings = get_settings()
+    """Run ``work`` on a new event loop with its own engine, disposed before the loop ends.
+
+    The engine is the task's; the runtime (keys, rules, metrics, the sink) is the process's.
+    """
+    runtime = worker_runtime()
+    settings = runtime.settings
 
     async def main() -> T:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, runtime=runtime)
         try:
             return await work(db, settings)
         finally:
@@ -136,14 +156,15 @@ def _log_publish_failure(future: Any) -> None:
         log.warning("alert_publish_failed", error=type(error).__name__)
 
 
-def prepare_process(**_: Any) -> None:
-    """Worker start-up (and each forked child): logging, alert settings, the inline sink."""
+def prepare_process(**_: Any) -> Runtime:
+    """Worker start-up (and each forked child): logging, the runtime, its inline sink."""
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    configure_alerts(settings)
+    runtime = build_runtime(settings)
     sink = CelerySink(app, background=False)
-    handoff.install(sink)
-    inbox_handoff.install(sink)
+    runtime.attach(alerts=sink, inbox=sink)
+    WORKER.runtime = runtime
+    return runtime
 
 
 def task(**options: Any) -> Callable[[Callable[..., Any]], Any]:

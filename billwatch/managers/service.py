@@ -17,7 +17,7 @@ from billwatch.audit.recorder import Resource
 from billwatch.db import after_commit, utcnow
 from billwatch.errors import Conflict, Forbidden, NotFound, Unprocessable
 from billwatch.managers.models import BillingManagerAssignment
-from billwatch.metrics import billing as billing_metrics
+from billwatch.runtime import runtime_of
 
 
 class Purpose(StrEnum):
@@ -97,7 +97,8 @@ async def assign_manager(session: AsyncSession, *, actor: Actor, patient_id: uui
                     resource=Resource("billing_manager_assignment", assignment.id),
                     data={"proxy_id": str(proxy_id), "assignment_id": str(assignment.id)})
     assigned_by = "admin" if actor.is_admin else "patient"
-    after_commit(session, lambda: billing_metrics.manager_assigned(assigned_by))
+    metrics = runtime_of(session).metrics
+    after_commit(session, lambda: metrics.manager_assigned(assigned_by))
     return assignment
 
 

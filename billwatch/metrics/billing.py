@@ -1,176 +1,209 @@
-"""Billing counters and histograms, moved only after the transaction commits.
+"""Every counter and histogram of one runtime, in its own registry, moved after commit.
 
-Callers register these functions with ``after_commit(session, ...)``, so a rolled-back operation
+Callers register these methods with ``after_commit(session, ...)``, so a rolled-back operation
 never counts. Label values come from closed sets (plan codes, owner types, reason categories,
 handled Stripe event types), never ids or free text, so the series count stays bounded; the
-metric classes of :mod:`billwatch.metrics.switched` map anything else to ``other`` and go silent
-when ``BILLWATCH_ENABLE_BILLING_METRICS=false``, so callers never check the setting themselves,
-whether they use these functions or the metric objects directly.
+billing metrics (:mod:`billwatch.metrics.switched`) map anything else to ``other`` and go silent
+when ``BILLWATCH_ENABLE_BILLING_METRICS=false``, so callers never check the setting themselves.
+The HTTP, anchor, refusal and reconciliation counters describe the service, not billing, and
+always count. One :class:`BillingMetrics` belongs to one runtime (:mod:`billwatch.runtime`):
+two apps in a process, or a test and its app, never count into each other's series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from billwatch.config import Settings
 from billwatch.metrics import labels
-from billwatch.metrics.switched import SWITCH, BillingCounter, BillingHistogram, one_of
+from billwatch.metrics.switched import BillingCounter, BillingHistogram, Normaliser, Switch, one_of
 
 AMOUNT_BUCKETS = (1000, 2500, 5000, 10000, 25000, 50000, 100000)
-
-_OWNER = {"owner_type": labels.owner_type}
-_OWNER_PLAN = {**_OWNER, "plan": SWITCH.plan}
-_EVENT = {"event_type": labels.webhook_event_type}
-
-CHECKOUTS = BillingCounter("billing_checkouts_created_total", "Checkout sessions created.",
-                           ["owner_type", "plan"], closed=_OWNER_PLAN)
-SUBSCRIPTIONS_CANCELLED = BillingCounter(
-    "billing_subscriptions_cancelled_total", "Subscriptions cancelled.",
-    ["owner_type", "cancelled_by"], closed={**_OWNER, "cancelled_by": one_of(labels.CANCELLED_BY)})
-REFUNDS = BillingCounter("billing_refunds_issued_total", "Refunds issued.", ["reason_category"],
-                         closed={"reason_category": labels.reason_category})
-REFUND_AMOUNT = BillingHistogram("billing_refund_amount_cents", "Refund amounts in minor units.",
-                                 buckets=AMOUNT_BUCKETS)
-MANAGER_ASSIGNMENTS = BillingCounter(
-    "billing_manager_assignments_total", "Billing managers assigned.", ["assigned_by_type"],
-    closed={"assigned_by_type": one_of(labels.ASSIGNED_BY_TYPES)})
-PROXY_ACTIONS = BillingCounter("billing_proxy_actions_total", "Actions proxies took for patients.",
-                               ["action_type"],
-                               closed={"action_type": one_of(labels.PROXY_ACTION_TYPES)})
-
-# --- Stripe-driven (webhooks) ---------------------------------------------------------------
-
-PAYMENTS_SUCCEEDED = BillingCounter("billing_payments_succeeded_total", "Payments that succeeded.",
-                                    ["owner_type", "plan"], closed=_OWNER_PLAN)
-PAYMENTS_FAILED = BillingCounter(
-    "billing_payments_failed_total", "Payment attempts that failed.", ["owner_type", "reason"],
-    closed={**_OWNER, "reason": labels.payment_failure_reason})
-PAYMENT_FINAL_FAILURES = BillingCounter("billing_payment_final_failures_total",
-                                        "Payments that failed their final attempt.",
-                                        ["owner_type"], closed=_OWNER)
-PAYMENT_AMOUNT = BillingHistogram("billing_payment_amount_cents", "Paid amounts in minor units.",
-                                  ["owner_type"], closed=_OWNER, buckets=AMOUNT_BUCKETS)
-SUBSCRIPTIONS_CREATED = BillingCounter("billing_subscriptions_created_total",
-                                       "Subscriptions started.", ["owner_type", "plan"],
-                                       closed=_OWNER_PLAN)
-WEBHOOKS_RECEIVED = BillingCounter("billing_webhooks_received_total", "Verified webhook events.",
-                                   ["event_type"], closed=_EVENT)
-WEBHOOKS_FAILED = BillingCounter("billing_webhooks_failed_total",
-                                 "Webhook events whose handling failed.", ["event_type"],
-                                 closed=_EVENT)
-WEBHOOKS_REJECTED = BillingCounter("billing_webhooks_rejected_total", "Webhook deliveries refused.",
-                                   ["reason"],
-                                   closed={"reason": one_of(labels.WEBHOOK_REJECT_REASONS)})
-WEBHOOK_SECONDS = BillingHistogram("billing_webhook_processing_seconds", "Webhook handling time.",
-                                   ["event_type"], closed=_EVENT)
-
-# --- the audit trail and alerts -------------------------------------------------------------
-
-AUDIT_WRITES = BillingCounter("billing_audit_writes_total", "Audit rows committed.", ["outcome"],
-                              closed={"outcome": one_of(labels.AUDIT_OUTCOMES)})
-AUDIT_WRITE_FAILURES = BillingCounter(
-    "audit_write_failures_total", "Audit rows that could not be written (the operation failed too).")
-ALERTS_SENT = BillingCounter("billing_alerts_sent_total", "Alert e-mails delivered.", ["kind"],
-                             closed={"kind": labels.alert_kind})
 
 payment_failure_reason = labels.payment_failure_reason
 
 
-def configure(settings: Settings) -> None:
-    """Apply the settings; with metrics on, every known label combination starts at zero.
+class BillingMetrics:
+    """The metrics of one runtime, registered in ``registry`` (a fresh one unless given)."""
 
-    Pre-created series let dashboards and rules see a 0 instead of "no data" before the first
-    event, which is what makes ``rate()`` and ``increase()`` meaningful from the start.
-    """
-    SWITCH.apply(settings)
-    if SWITCH.is_enabled():
-        _initialise_series(sorted(SWITCH.plans or ()))
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.switch = switch = Switch.of(settings)
+        reg = self.registry
+        owner = {"owner_type": labels.owner_type}
+        owner_plan = {**owner, "plan": switch.plan}
+        event = {"event_type": labels.webhook_event_type}
 
+        def counter(name: str, doc: str, names: list[str] | None = None,
+                    closed: Mapping[str, Normaliser] | None = None) -> BillingCounter:
+            return BillingCounter(name, doc, names or [], switch=switch, closed=closed,
+                                  registry=reg)
 
-def _initialise_series(plans: Iterable[str]) -> None:
-    plan_list = [*plans, labels.OTHER]
-    for owner in labels.OWNER_TYPES:
-        for plan in plan_list:
-            CHECKOUTS.labels(owner_type=owner, plan=plan)
-            PAYMENTS_SUCCEEDED.labels(owner_type=owner, plan=plan)
-            SUBSCRIPTIONS_CREATED.labels(owner_type=owner, plan=plan)
-        for reason in labels.PAYMENT_FAILURE_REASONS:
-            PAYMENTS_FAILED.labels(owner_type=owner, reason=reason)
-        for who in labels.CANCELLED_BY:
-            SUBSCRIPTIONS_CANCELLED.labels(owner_type=owner, cancelled_by=who)
-        PAYMENT_FINAL_FAILURES.labels(owner_type=owner)
-        PAYMENT_AMOUNT.labels(owner_type=owner)
-    for category in labels.REFUND_REASON_CATEGORIES:
-        REFUNDS.labels(reason_category=category)
-    for by in labels.ASSIGNED_BY_TYPES:
-        MANAGER_ASSIGNMENTS.labels(assigned_by_type=by)
-    for action in labels.PROXY_ACTION_TYPES:
-        PROXY_ACTIONS.labels(action_type=action)
-    for event_type in labels.webhook_event_types():
-        WEBHOOKS_RECEIVED.labels(event_type=event_type)
-        WEBHOOKS_FAILED.labels(event_type=event_type)
-        WEBHOOK_SECONDS.labels(event_type=event_type)
-    for reason in labels.WEBHOOK_REJECT_REASONS:
-        WEBHOOKS_REJECTED.labels(reason=reason)
-    for outcome in labels.AUDIT_OUTCOMES:
-        AUDIT_WRITES.labels(outcome=outcome)
-    for kind in labels.alert_kinds():
-        ALERTS_SENT.labels(kind=kind)
+        def histogram(name: str, doc: str, names: list[str] | None = None,
+                      closed: Mapping[str, Normaliser] | None = None,
+                      buckets: tuple[float, ...] = Histogram.DEFAULT_BUCKETS) -> BillingHistogram:
+            return BillingHistogram(name, doc, names or [], switch=switch, closed=closed,
+                                    buckets=buckets, registry=reg)
 
+        # --- user-initiated operations
+        self.checkouts = counter("billing_checkouts_created_total", "Checkout sessions created.",
+                                 ["owner_type", "plan"], owner_plan)
+        self.subscriptions_cancelled = counter(
+            "billing_subscriptions_cancelled_total", "Subscriptions cancelled.",
+            ["owner_type", "cancelled_by"], {**owner, "cancelled_by": one_of(labels.CANCELLED_BY)})
+        self.refunds = counter("billing_refunds_issued_total", "Refunds issued.",
+                               ["reason_category"], {"reason_category": labels.reason_category})
+        self.refund_amount = histogram("billing_refund_amount_cents",
+                                       "Refund amounts in minor units.", buckets=AMOUNT_BUCKETS)
+        self.manager_assignments = counter(
+            "billing_manager_assignments_total", "Billing managers assigned.", ["assigned_by_type"],
+            {"assigned_by_type": one_of(labels.ASSIGNED_BY_TYPES)})
+        self.proxy_actions = counter(
+            "billing_proxy_actions_total", "Actions proxies took for patients.", ["action_type"],
+            {"action_type": one_of(labels.PROXY_ACTION_TYPES)})
+        # --- Stripe-driven (webhooks)
+        self.payments_succeeded = counter("billing_payments_succeeded_total",
+                                          "Payments that succeeded.", ["owner_type", "plan"],
+                                          owner_plan)
+        self.payments_failed = counter(
+            "billing_payments_failed_total", "Payment attempts that failed.",
+            ["owner_type", "reason"], {**owner, "reason": labels.payment_failure_reason})
+        self.payment_final_failures = counter("billing_payment_final_failures_total",
+                                              "Payments that failed their final attempt.",
+                                              ["owner_type"], owner)
+        self.payment_amount = histogram("billing_payment_amount_cents",
+                                        "Paid amounts in minor units.", ["owner_type"], owner,
+                                        buckets=AMOUNT_BUCKETS)
+        self.subscriptions_created = counter("billing_subscriptions_created_total",
+                                             "Subscriptions started.", ["owner_type", "plan"],
+                                             owner_plan)
+        self.webhooks_received = counter("billing_webhooks_received_total",
+                                         "Verified webhook events.", ["event_type"], event)
+        self.webhooks_failed = counter("billing_webhooks_failed_total",
+                                       "Webhook events whose handling failed.", ["event_type"],
+                                       event)
+        self.webhooks_rejected = counter(
+            "billing_webhooks_rejected_total", "Webhook deliveries refused.", ["reason"],
+            {"reason": one_of(labels.WEBHOOK_REJECT_REASONS)})
+        self.webhook_seconds = histogram("billing_webhook_processing_seconds",
+                                         "Webhook handling time.", ["event_type"], event)
+        self.webhook_retries = counter(
+            "billing_webhook_retries_total",
+            "Handler attempts that failed and were scheduled to run again.", ["event_type"], event)
+        # --- the audit trail and alerts
+        self.audit_writes = counter("billing_audit_writes_total", "Audit rows committed.",
+                                    ["outcome"], {"outcome": one_of(labels.AUDIT_OUTCOMES)})
+        self.audit_write_failures = counter(
+            "audit_write_failures_total",
+            "Audit rows that could not be written (the operation failed too).")
+        self.alerts_sent = counter("billing_alerts_sent_total", "Alert e-mails delivered.",
+                                   ["kind"], {"kind": labels.alert_kind})
+        # --- the service itself: on whatever the billing switch says
+        self.webhooks_missed = Counter(
+            "billing_webhooks_missed_total",
+            "Stripe events found by reconciliation that no webhook delivery had brought.",
+            ["event_type"], registry=reg)
+        self.anonymous_refusals = Counter(
+            "audit_anonymous_refusals_total",
+            "Requests refused to callers with no valid identity (every one is counted).",
+            ["source"], registry=reg)
+        self.anchor_failures = Counter(
+            "audit_anchor_failures_total",
+            "Checkpoints an anchor did not accept (sent again with the next one).", ["anchor"],
+            registry=reg)
+        self.anchor_sent = Counter("audit_anchor_sent_total", "Checkpoints an anchor accepted.",
+                                   ["anchor"], registry=reg)
+        self.http_requests = Counter("billing_http_requests_total",
+                                     "HTTP requests by route template and status.",
+                                     ["method", "route", "status"], registry=reg)
+        self.http_seconds = Histogram("billing_http_request_duration_seconds",
+                                      "HTTP request duration by route template.",
+                                      ["method", "route"], registry=reg)
+        self.http_in_progress = Gauge("billing_http_requests_in_progress",
+                                      "HTTP requests being served.", multiprocess_mode="livesum",
+                                      registry=reg)
+        if switch.is_enabled():
+            self._initialise_series(sorted(switch.plans))
 
-# --- user-initiated operations --------------------------------------------------------------
+    def _initialise_series(self, plans: list[str]) -> None:
+        """With metrics on, every known label combination starts at zero.
 
-def checkout_created(owner_type: str, plan: str, *, by_proxy: bool) -> None:
-    CHECKOUTS.labels(owner_type=owner_type, plan=plan).inc()
-    if by_proxy:
-        PROXY_ACTIONS.labels(action_type="checkout").inc()
+        Pre-created series let dashboards and rules see a 0 instead of "no data" before the
+        first event, which is what makes ``rate()`` and ``increase()`` meaningful from the start.
+        """
+        for owner in labels.OWNER_TYPES:
+            for plan in [*plans, labels.OTHER]:
+                self.checkouts.labels(owner_type=owner, plan=plan)
+                self.payments_succeeded.labels(owner_type=owner, plan=plan)
+                self.subscriptions_created.labels(owner_type=owner, plan=plan)
+            for reason in labels.PAYMENT_FAILURE_REASONS:
+                self.payments_failed.labels(owner_type=owner, reason=reason)
+            for who in labels.CANCELLED_BY:
+                self.subscriptions_cancelled.labels(owner_type=owner, cancelled_by=who)
+            self.payment_final_failures.labels(owner_type=owner)
+            self.payment_amount.labels(owner_type=owner)
+        for category in labels.REFUND_REASON_CATEGORIES:
+            self.refunds.labels(reason_category=category)
+        for by in labels.ASSIGNED_BY_TYPES:
+            self.manager_assignments.labels(assigned_by_type=by)
+        for action in labels.PROXY_ACTION_TYPES:
+            self.proxy_actions.labels(action_type=action)
+        for event_type in labels.webhook_event_types():
+            self.webhooks_received.labels(event_type=event_type)
+            self.webhooks_failed.labels(event_type=event_type)
+            self.webhook_seconds.labels(event_type=event_type)
+        for reason in labels.WEBHOOK_REJECT_REASONS:
+            self.webhooks_rejected.labels(reason=reason)
+        for outcome in labels.AUDIT_OUTCOMES:
+            self.audit_writes.labels(outcome=outcome)
+        for kind in labels.alert_kinds():
+            self.alerts_sent.labels(kind=kind)
 
+    # --- user-initiated operations
 
-def subscription_cancelled(owner_type: str, cancelled_by: str) -> None:
-    SUBSCRIPTIONS_CANCELLED.labels(owner_type=owner_type, cancelled_by=cancelled_by).inc()
-    if cancelled_by == "proxy":
-        PROXY_ACTIONS.labels(action_type="cancel").inc()
+    def checkout_created(self, owner_type: str, plan: str, *, by_proxy: bool) -> None:
+        self.checkouts.labels(owner_type=owner_type, plan=plan).inc()
+        if by_proxy:
+            self.proxy_actions.labels(action_type="checkout").inc()
 
+    def subscription_cancelled(self, owner_type: str, cancelled_by: str) -> None:
+        self.subscriptions_cancelled.labels(owner_type=owner_type, cancelled_by=cancelled_by).inc()
+        if cancelled_by == "proxy":
+            self.proxy_actions.labels(action_type="cancel").inc()
 
-def refund_issued(reason_category: str, amount_cents: int) -> None:
-    REFUNDS.labels(reason_category=reason_category).inc()
-    REFUND_AMOUNT.observe(amount_cents)
+    def refund_issued(self, reason_category: str, amount_cents: int) -> None:
+        self.refunds.labels(reason_category=reason_category).inc()
+        self.refund_amount.observe(amount_cents)
 
+    def manager_assigned(self, assigned_by_type: str) -> None:
+        self.manager_assignments.labels(assigned_by_type=assigned_by_type).inc()
 
-def manager_assigned(assigned_by_type: str) -> None:
-    MANAGER_ASSIGNMENTS.labels(assigned_by_type=assigned_by_type).inc()
+    def proxy_viewed(self) -> None:
+        self.proxy_actions.labels(action_type="view").inc()
 
+    # --- Stripe-driven (webhooks)
 
-def proxy_viewed() -> None:
-    PROXY_ACTIONS.labels(action_type="view").inc()
+    def payment_succeeded(self, owner_type: str, plan: str, amount_cents: int) -> None:
+        self.payments_succeeded.labels(owner_type=owner_type, plan=plan).inc()
+        self.payment_amount.labels(owner_type=owner_type).observe(amount_cents)
 
+    def payment_failed(self, owner_type: str, code: str | None, *, final: bool) -> None:
+        self.payments_failed.labels(owner_type=owner_type, reason=code).inc()
+        if final:
+            self.payment_final_failures.labels(owner_type=owner_type).inc()
 
-# --- Stripe-driven (webhooks) ---------------------------------------------------------------
+    def subscription_created(self, owner_type: str, plan: str) -> None:
+        self.subscriptions_created.labels(owner_type=owner_type, plan=plan).inc()
 
-def payment_succeeded(owner_type: str, plan: str, amount_cents: int) -> None:
-    PAYMENTS_SUCCEEDED.labels(owner_type=owner_type, plan=plan).inc()
-    PAYMENT_AMOUNT.labels(owner_type=owner_type).observe(amount_cents)
+    # --- the audit trail and alerts
 
+    def audit_written(self, outcome: str) -> None:
+        self.audit_writes.labels(outcome=outcome).inc()
 
-def payment_failed(owner_type: str, code: str | None, *, final: bool) -> None:
-    PAYMENTS_FAILED.labels(owner_type=owner_type, reason=code).inc()
-    if final:
-        PAYMENT_FINAL_FAILURES.labels(owner_type=owner_type).inc()
+    def audit_write_failed(self) -> None:
+        self.audit_write_failures.inc()
 
-
-def subscription_created(owner_type: str, plan: str) -> None:
-    SUBSCRIPTIONS_CREATED.labels(owner_type=owner_type, plan=plan).inc()
-
-
-# --- the audit trail and alerts -------------------------------------------------------------
-
-def audit_written(outcome: str) -> None:
-    AUDIT_WRITES.labels(outcome=outcome).inc()
-
-
-def audit_write_failed() -> None:
-    AUDIT_WRITE_FAILURES.inc()
-
-
-def alert_sent(kind: str) -> None:
-    ALERTS_SENT.labels(kind=kind).inc()
+    def alert_sent(self, kind: str) -> None:
+        self.alerts_sent.labels(kind=kind).inc()

@@ -2,8 +2,9 @@
 
 The route is deliberately outside :class:`~billwatch.http.AuditedRouter`: a scrape every few
 seconds is not a billing operation and must not open a unit of work or write audit rows.
-Each scrape builds its own collector: the process registry (or, in multiprocess mode, the sum of
-every worker's files) plus the database gauges of this process, refreshed asynchronously first.
+Each scrape builds its own collector: the runtime's registry and the process collectors (or, in
+multiprocess mode, the sum of every worker's files) plus the database gauges of this process,
+refreshed asynchronously first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from prometheus_client.registry import Collector
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.hardening import require_metrics_token
-from billwatch.metrics import billing, multiproc
+from billwatch.metrics import multiproc
+from billwatch.metrics.billing import BillingMetrics
 from billwatch.metrics.gauges import GaugeCache, GaugeCollector
 from billwatch.metrics.middleware import HttpMetricsMiddleware
 
@@ -42,7 +44,8 @@ class _Scrape(Collector):
 class MetricsExporter:
     """What ``/metrics`` renders for one app: its gauge cache and the right registry."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, metrics: BillingMetrics) -> None:
+        self.metrics = metrics
         self.gauges = (GaugeCache.for_settings(db, settings)
                        if settings.enable_billing_metrics else None)
 
@@ -51,8 +54,8 @@ class MetricsExporter:
         if multiproc.multiprocess_active():
             multiproc.mark_dead_workers()
             sources.append(MultiProcessCollector(None))  # type: ignore[no-untyped-call]
-        else:
-            sources.append(REGISTRY)
+        else:  # the runtime's metrics, and the process's own (CPU, memory, GC) from the default
+            sources.extend((self.metrics.registry, REGISTRY))
         if self.gauges is not None:
             sources.append(GaugeCollector(self.gauges))
         return _Scrape(sources)
@@ -77,12 +80,12 @@ async def metrics(request: Request) -> Response:
     return Response(content=body, headers={"Content-Type": content_type})
 
 
-def install_metrics(app: FastAPI, settings: Settings, db: Database) -> None:
-    """Wire metrics into ``app``: the billing switch, the HTTP middleware and ``/metrics``."""
-    billing.configure(settings)
+def install_metrics(app: FastAPI, settings: Settings, db: Database,
+                    metrics: BillingMetrics) -> None:
+    """Wire ``metrics`` (the app runtime's) into ``app``: the HTTP middleware and ``/metrics``."""
     if multiproc.multiprocess_active():
         multiproc.mark_dead_workers()  # a worker (re)starting tidies up after the dead
-    app.state.metrics = MetricsExporter(db, settings)
-    app.add_middleware(HttpMetricsMiddleware)
+    app.state.metrics = MetricsExporter(db, settings, metrics)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.include_router(router)
 

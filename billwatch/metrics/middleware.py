@@ -14,17 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billwatch.metrics import labels
-
-HTTP_REQUESTS = Counter("billing_http_requests_total", "HTTP requests by route template and status.",
-                        ["method", "route", "status"])
-HTTP_SECONDS = Histogram("billing_http_request_duration_seconds",
-                         "HTTP request duration by route template.", ["method", "route"])
-HTTP_IN_PROGRESS = Gauge("billing_http_requests_in_progress", "HTTP requests being served.",
-                         multiprocess_mode="livesum")
+from billwatch.metrics.billing import BillingMetrics
 
 
 def route_template(scope: Scope) -> str:
@@ -35,8 +28,9 @@ def route_template(scope: Scope) -> str:
 
 
 class HttpMetricsMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: BillingMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,12 +45,15 @@ class HttpMetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        HTTP_IN_PROGRESS.inc()
+        metrics = self.metrics
+        metrics.http_in_progress.inc()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            HTTP_IN_PROGRESS.dec()
+            metrics.http_in_progress.dec()
             method = labels.http_method(scope["method"])
             route = route_template(scope)
-            HTTP_REQUESTS.labels(method=method, route=route, status=labels.http_status(status)).inc()
-            HTTP_SECONDS.labels(method=method, route=route).observe(time.perf_counter() - started)
+            metrics.http_requests.labels(method=method, route=route,
+                                         status=labels.http_status(status)).inc()
+            metrics.http_seconds.labels(method=method, route=route).observe(
+                time.perf_counter() - started)

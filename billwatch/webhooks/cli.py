@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from billwatch.bootstrap import open_database
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.errors import NotFound
@@ -38,7 +39,7 @@ def _run(work: Callable[[Database, PaymentsGateway, Settings], Awaitable[T]]) ->
     configure_logging(settings.log_level, json=settings.log_json)
 
     async def main() -> T:
-        db = Database(settings.database_url)
+        db = open_database(settings)
         try:
             return await work(db, PaymentsGateway(settings), settings)
         finally:

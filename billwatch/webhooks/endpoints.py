@@ -22,8 +22,8 @@ from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import current_origin
 from billwatch.db import Database, after_commit
-from billwatch.metrics import billing as billing_metrics
 from billwatch.openapi_errors import ErrorOut
+from billwatch.runtime import runtime_of
 from billwatch.webhooks.inbox import accept
 from billwatch.webhooks.signature import (
     MAX_BODY_BYTES,
@@ -95,7 +95,7 @@ async def record_rejection(db: Database, request: Request,
             request.app.state, db, source="webhook", event=AuditEvent.WEBHOOK_FAILED,
             route=request.url.path, method=request.method, status_code=rejection.status_code,
             reason=rejection.code, client_ip=current_origin().client_ip):
-        billing_metrics.WEBHOOKS_REJECTED.labels(reason=reason).inc()  # nothing to commit
+        db.required_runtime().metrics.webhooks_rejected.labels(reason=reason).inc()  # no tx
         return
     try:
         async with db.unit_of_work() as session:
@@ -106,7 +106,7 @@ async def record_rejection(db: Database, request: Request,
                       "reject_reason": reason, "code": rejection.code,
                       "signature_present": "stripe-signature" in request.headers,
                       "content_length": request.headers.get("content-length")})
-            after_commit(session,
-                         lambda: billing_metrics.WEBHOOKS_REJECTED.labels(reason=reason).inc())
+            rejected = runtime_of(session).metrics.webhooks_rejected.labels(reason=reason)
+            after_commit(session, rejected.inc)
     except Exception:
         log.exception("stripe_webhook_rejection_not_audited", reason=reason)

@@ -1,15 +1,19 @@
-"""Where a committed inbox event goes: the processor this process runs, woken after commit.
+"""Where a committed inbox event goes: the processor attached to the runtime, woken after commit.
 
-The app's embedded runner (no broker) installs itself; with a broker the app installs a Celery
-publisher. With nothing installed (a one-off CLI command, tests without the app's lifespan) the
-hand-off is dropped on purpose: the event is durable and the next poll or sweep processes it.
+The app's embedded runner (no broker) attaches itself; with a broker the app attaches a Celery
+publisher (:meth:`billwatch.runtime.Runtime.attach`). With nothing attached (a one-off CLI
+command, tests without the app's lifespan) the hand-off is dropped on purpose: the event is
+durable and the next poll or sweep processes it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
+
+if TYPE_CHECKING:
+    from billwatch.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -18,28 +22,9 @@ class InboxSink(Protocol):
     def events_received(self) -> None: ...
 
 
-_sinks: list[InboxSink] = []
-
-
-def install(sink: InboxSink) -> None:
-    """Make ``sink`` this process's inbox processor (the newest installed wins)."""
-    if sink in _sinks:
-        _sinks.remove(sink)
-    _sinks.append(sink)
-
-
-def uninstall(sink: InboxSink) -> None:
-    if sink in _sinks:
-        _sinks.remove(sink)
-
-
-def installed() -> InboxSink | None:
-    return _sinks[-1] if _sinks else None
-
-
-def events_received() -> None:
+def events_received(runtime: Runtime) -> None:
     """Called after commit: wake the processor. Never raises, never blocks on I/O."""
-    sink = installed()
+    sink = runtime.inbox_sink
     if sink is None:
         return
     try:

@@ -25,6 +25,7 @@ from billwatch.audit.redaction import redact
 from billwatch.config import Settings
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.runtime import runtime_of
 from billwatch.webhooks import handoff, store
 from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
 from billwatch.webhooks.payload import redacted_payload
@@ -77,7 +78,8 @@ async def _store(db: Database, event: dict[str, Any], payload: dict[str, Any],
     async with db.unit_of_work() as session:
         inserted = await store.store(session, event, payload, source)
         if inserted is not None and wake:
-            after_commit(session, handoff.events_received)
+            runtime = runtime_of(session)
+            after_commit(session, lambda: handoff.events_received(runtime))
     return inserted
 
 

@@ -22,7 +22,6 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from prometheus_client import Counter
 from sqlalchemy.exc import DBAPIError
 
 from billwatch.audit import recorder
@@ -32,8 +31,9 @@ from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database, after_commit, utcnow
-from billwatch.metrics import billing as billing_metrics
+from billwatch.metrics.billing import BillingMetrics
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.runtime import runtime_of
 from billwatch.webhooks import shapes, store
 from billwatch.webhooks.handlers import HANDLERS, EventContext, Handled
 from billwatch.webhooks.handlers.common import STRIPE, NeedsStripeRead, owner_for_customer
@@ -41,11 +41,6 @@ from billwatch.webhooks.models import AttemptOutcome
 from billwatch.webhooks.store import Claimed
 
 log = structlog.get_logger(__name__)
-
-WEBHOOK_RETRIES = Counter(
-    "billing_webhook_retries_total",
-    "Handler attempts that failed and were scheduled to run again.", ["event_type"])
-
 
 class Delivery(StrEnum):
     """How this attempt reached us (recorded on every audit row and attempt it writes)."""
@@ -155,7 +150,8 @@ async def _handle_once(db: Database, gateway: PaymentsGateway, settings: Setting
         await store.finish(session, claimed, status=handled.status, note=handled.note,
                            processing_ms=elapsed_ms)
         label, seconds = metric_label(event_type), elapsed_ms / 1000
-        after_commit(session, lambda: _count_received(label, seconds))
+        metrics = runtime_of(session).metrics
+        after_commit(session, lambda: _count_received(metrics, label, seconds))
     outcome = ProcessOutcome(handled.status.value)
     return ProcessResult(event_id, event_type, outcome, claimed.attempt, note=handled.note)
 
@@ -171,9 +167,9 @@ def _record_received(ctx: EventContext, claimed: Claimed, handled: Handled,
               "stripe_created": ctx.created.isoformat(), "note": handled.note, **handled.data})
 
 
-def _count_received(label: str, seconds: float) -> None:
-    billing_metrics.WEBHOOKS_RECEIVED.labels(event_type=label).inc()
-    billing_metrics.WEBHOOK_SECONDS.labels(event_type=label).observe(seconds)
+def _count_received(metrics: BillingMetrics, label: str, seconds: float) -> None:
+    metrics.webhooks_received.labels(event_type=label).inc()
+    metrics.webhook_seconds.labels(event_type=label).observe(seconds)
 
 
 async def _record_failure(db: Database, settings: Settings, claimed: Claimed, worker: str,
@@ -198,12 +194,12 @@ async def _record_failure(db: Database, settings: Settings, claimed: Claimed, wo
                               finished_at=now, duration_ms=(time.perf_counter() - started) * 1000,
                               error=text)
             await store.record_failure(session, claimed, error=text, retry_at=retry_at)
+            metrics = runtime_of(session).metrics
             if retry_at is not None:
-                after_commit(session, lambda: WEBHOOK_RETRIES.labels(event_type=label).inc())
+                after_commit(session, metrics.webhook_retries.labels(event_type=label).inc)
             else:
                 await _audit_failure(session, claimed, delivery, error, text)
-                after_commit(session,
-                             lambda: billing_metrics.WEBHOOKS_FAILED.labels(event_type=label).inc())
+                after_commit(session, metrics.webhooks_failed.labels(event_type=label).inc)
     except Exception:  # the lease lapses and another attempt records it
         log.exception("stripe_event_failure_not_recorded", event_id=event_id)
     outcome = ProcessOutcome.RETRYING if retry_at is not None else ProcessOutcome.FAILED

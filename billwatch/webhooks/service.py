@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import Counter
-
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.errors import NotFound
@@ -26,10 +24,6 @@ from billwatch.webhooks.processing import (
     metric_label,
 )
 from billwatch.webhooks.signature import WebhookRejected, checked_event
-
-WEBHOOKS_MISSED = Counter(
-    "billing_webhooks_missed_total",
-    "Stripe events found by reconciliation that no webhook delivery had brought.", ["event_type"])
 
 
 async def replay(db: Database, gateway: PaymentsGateway, settings: Settings,
@@ -74,6 +68,7 @@ async def reconcile(db: Database, gateway: PaymentsGateway, settings: Settings, 
                     since: datetime) -> ReconcileReport:
     """Process every event Stripe holds since ``since`` that no delivery brought us."""
     report = ReconcileReport(since=since)
+    missed = db.required_runtime().metrics.webhooks_missed
     missing: list[dict[str, Any]] = []
     page: list[dict[str, Any]] = []
     async for event in gateway.iter_events(since=since):
@@ -98,7 +93,7 @@ async def reconcile(db: Database, gateway: PaymentsGateway, settings: Settings, 
                                                 ProcessOutcome.DUPLICATE, 0, note="delivered"))
             continue
         report.missed += 1
-        WEBHOOKS_MISSED.labels(event_type=metric_label(checked["type"])).inc()
+        missed.labels(event_type=metric_label(checked["type"])).inc()
         result = await inbox.process_now(db, gateway, settings, accepted.event_id,
                                          delivery=Delivery.RECONCILE)
         report.results.append(result or ProcessResult(

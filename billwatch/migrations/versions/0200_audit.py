@@ -27,6 +27,7 @@ from billwatch.audit.chain import (
     column_text,
     content_bytes,
 )
+from billwatch.config import get_settings
 
 revision: str = '0200_audit'
 down_revision: str | Sequence[str] | None = '0001_foundation'
@@ -78,7 +79,7 @@ def _protect_existing_rows() -> None:
     rows = bind.execute(sa.select(table)).all()
     if not rows:
         return
-    keys = crypto.current()
+    keys = crypto.keys_for(get_settings())  # the migrating process's configured keys
     hasher = RowHasher(keys.hmac_key)
     for row in rows:
         plaintext = canonical_metadata(row.metadata or {})
@@ -91,7 +92,7 @@ def _protect_existing_rows() -> None:
 def _restore_plaintext() -> None:
     bind = op.get_bind()
     table = _audit_logs_table()
-    keys = crypto.current()
+    keys = crypto.keys_for(get_settings())  # the migrating process's configured keys
     for row in bind.execute(sa.select(table.c.id, table.c.metadata_key_id, table.c.metadata_ciphertext)).all():
         data = json.loads(keys.ring.decrypt(row.metadata_key_id, row.metadata_ciphertext, associated_data(row.id)))
         bind.execute(table.update().where(table.c.id == row.id).values(metadata=data))

@@ -24,7 +24,8 @@ from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.db import after_commit
-from billwatch.metrics import billing as billing_metrics
+from billwatch.metrics import labels
+from billwatch.runtime import runtime_of
 from billwatch.webhooks import shapes
 from billwatch.webhooks.handlers.common import (
     STRIPE,
@@ -130,7 +131,8 @@ async def invoice_paid(ctx: EventContext) -> Handled:
               "billing_reason": invoice.get("billing_reason"), "attempt_count": _attempts(invoice),
               "charge_id": charge_id})
     owner_type, label = owner.type.value, plan_code or "none"
-    after_commit(ctx.session, lambda: billing_metrics.payment_succeeded(owner_type, label, amount))
+    metrics = runtime_of(ctx.session).metrics
+    after_commit(ctx.session, lambda: metrics.payment_succeeded(owner_type, label, amount))
     return Handled(owner=owner, refs=refs, data={"transaction_id": str(payment_id)})
 
 
@@ -170,16 +172,16 @@ async def invoice_payment_failed(ctx: EventContext) -> Handled:
               "invoice_id": invoice_id, "transaction_id": str(attempt_id), "plan": plan_code,
               "next_payment_attempt": _iso_ts(invoice.get("next_payment_attempt"))})
     owner_type = owner.type.value
-    after_commit(ctx.session,
-                 lambda: billing_metrics.payment_failed(owner_type, category, final=final))
+    metrics = runtime_of(ctx.session).metrics
+    after_commit(ctx.session, lambda: metrics.payment_failed(owner_type, category, final=final))
     return Handled(owner=owner, refs=refs, data={"transaction_id": str(attempt_id),
                                                  "attempt_count": attempt})
 
 
 def _failure_category(failure: shapes.PaymentFailure) -> str:
     """The metric's closed reason: the issuer's decline code if it names one, else Stripe's code."""
-    category = billing_metrics.payment_failure_reason(failure.decline_code)
-    return category if category != "other" else billing_metrics.payment_failure_reason(failure.code)
+    category = labels.payment_failure_reason(failure.decline_code)
+    return category if category != "other" else labels.payment_failure_reason(failure.code)
 
 
 def _attempts(invoice: dict[str, Any]) -> int:

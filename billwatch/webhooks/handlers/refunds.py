@@ -25,8 +25,8 @@ from billwatch.billing.models import Transaction, TransactionKind, TransactionSt
 from billwatch.billing.refunds import RefundReason, settle_refund
 from billwatch.db import after_commit
 from billwatch.errors import Conflict
-from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import refund_info
+from billwatch.runtime import runtime_of
 from billwatch.webhooks import shapes
 from billwatch.webhooks.handlers.common import (
     STRIPE,
@@ -169,7 +169,8 @@ def _record(ctx: EventContext, payment: Transaction, owner: OwnerRef, refs: Stri
               "refund_transaction_id": str(row.id), "payment_transaction_id": str(payment.id),
               "stripe_refund_id": refund_id, "charge_id": payment.stripe_charge_id,
               "refundable_remaining_cents": payment.refundable_cents})
-    after_commit(ctx.session, lambda: billing_metrics.refund_issued(reason, amount))
+    metrics = runtime_of(ctx.session).metrics
+    after_commit(ctx.session, lambda: metrics.refund_issued(reason, amount))
     return row
 
 

@@ -32,7 +32,7 @@ from billwatch.billing.models import (
 )
 from billwatch.db import after_commit
 from billwatch.errors import Unprocessable
-from billwatch.metrics import billing as billing_metrics
+from billwatch.runtime import runtime_of
 from billwatch.webhooks import shapes
 from billwatch.webhooks.handlers.common import (
     STRIPE,
@@ -177,7 +177,8 @@ def record_created(ctx: EventContext, row: Subscription, *, data: dict[str, Any]
               "managed_by_proxy_id": _str(row.managed_by_proxy_id),
               "manager_assignment_id": _str(row.manager_assignment_id), **data})
     plan, owner_type = row.plan_code, owner.type.value
-    after_commit(ctx.session, lambda: billing_metrics.subscription_created(owner_type, plan))
+    metrics = runtime_of(ctx.session).metrics
+    after_commit(ctx.session, lambda: metrics.subscription_created(owner_type, plan))
 
 
 async def set_manager(ctx: EventContext, row: Subscription, meta: dict[str, str]) -> None:
@@ -255,8 +256,8 @@ def record_cancelled(ctx: EventContext, row: Subscription, *, mode: str, reason:
               "cancelled_by": "stripe", "ended_at": _iso(row.ended_at),
               "current_period_end": _iso(row.current_period_end)})
     owner_type = owner.type.value
-    after_commit(ctx.session,
-                 lambda: billing_metrics.subscription_cancelled(owner_type, "stripe"))
+    metrics = runtime_of(ctx.session).metrics
+    after_commit(ctx.session, lambda: metrics.subscription_cancelled(owner_type, "stripe"))
 
 
 def _cancel_reason(sub: dict[str, Any]) -> str | None:
