@@ -15,9 +15,11 @@ from hypothesis import settings as hypothesis_settings
 
 from billwatch.accounts.models import Role
 from billwatch.app import create_app
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.runtime import Runtime
 from tests.support import (
     Factory,
     LocalStripe,
@@ -143,8 +145,14 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 
 
 @pytest.fixture
-async def db(database_url: str, backend: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
+def runtime(settings: Settings) -> Runtime:
+    """The runtime the test's database and app carry, as one process's would: the settings'."""
+    return build_runtime(settings)
+
+
+@pytest.fixture
+async def db(database_url: str, backend: str, runtime: Runtime) -> AsyncIterator[Database]:
+    database = Database(database_url, runtime=runtime)
     if backend == "postgresql":
         await reset_database(database)
     yield database
@@ -157,8 +165,8 @@ def settings(database_url: str, localstripe: LocalStripe, catalogue_synced: None
 
 
 @pytest.fixture
-def app(settings: Settings, db: Database) -> FastAPI:
-    return create_app(settings, database=db)
+def app(settings: Settings, db: Database, runtime: Runtime) -> FastAPI:
+    return create_app(settings, database=db, runtime=runtime)
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from billwatch.alerts import raising
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
+from billwatch.runtime import Runtime
 from tests.alerts.helpers import alert_test_settings
 from tests.alerts.mailbox import Mailbox
 
@@ -29,8 +30,14 @@ def mailbox(smtp_server: Mailbox) -> Iterator[Mailbox]:
 
 
 @pytest.fixture
-def alert_settings(database_url: str, mailbox: Mailbox) -> Iterator[Settings]:
-    settings = alert_test_settings(database_url, mailbox.port)
-    raising.configure(settings)
-    yield settings
-    raising._config.settings = None
+def alert_settings(database_url: str, mailbox: Mailbox) -> Settings:
+    return alert_test_settings(database_url, mailbox.port)
+
+
+@pytest.fixture
+def runtime(settings: Settings, request: pytest.FixtureRequest) -> Runtime:
+    """A test that asks for ``alert_settings`` gets a database whose runtime has them (alerts on,
+    mailing to the test's SMTP server), as a process started with them would."""
+    if "alert_settings" in request.fixturenames:
+        return build_runtime(request.getfixturevalue("alert_settings"))
+    return build_runtime(settings)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from billwatch.alerts import raising
 from billwatch.alerts.delivery import deliver_due
 from billwatch.alerts.models import AlertKind, AlertStatus, Severity
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from tests.alerts.helpers import (
@@ -60,8 +60,8 @@ class TestFinalPaymentFailure:
 
     async def test_threshold_comes_from_settings(self, db: Database, database_url: str,
                                                  mailbox: Mailbox) -> None:
-        raising.configure(alert_test_settings(database_url, mailbox.port,
-                                              alert_payment_failure_attempts=5))
+        db = db.with_runtime(build_runtime(alert_test_settings(
+            database_url, mailbox.port, alert_payment_failure_attempts=5)))
         await payment_failed(db, invoice="in_late", attempt=4)
         assert await alerts(db) == []
         await payment_failed(db, invoice="in_late", attempt=5)
@@ -99,8 +99,8 @@ class TestInTheEventsTransaction:
 
     async def test_alerts_switched_off_raise_nothing(self, db: Database, database_url: str,
                                                      mailbox: Mailbox) -> None:
-        raising.configure(alert_test_settings(database_url, mailbox.port,
-                                              enable_billing_alerts=False))
+        db = db.with_runtime(build_runtime(alert_test_settings(
+            database_url, mailbox.port, enable_billing_alerts=False)))
         await webhook_failures(db, 3)
         await payment_failed(db, invoice="in_off", attempt=3)
         assert await alerts(db) == []

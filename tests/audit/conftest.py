@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,18 +14,26 @@ from billwatch.audit import chain, crypto, recorder
 from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
+from billwatch.bootstrap import build_runtime
+from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database
+from billwatch.runtime import Runtime
 
 
 @pytest.fixture
-def keys() -> Iterator[crypto.AuditKeys]:
-    """Non-development keys for this test, restored afterwards."""
-    before = crypto.current()
-    installed = crypto.install(crypto.keys_from(
-        crypto.generate_key_entry("k1"), "test-audit-hmac-key-0123456789abcdef-xyz"))
-    yield installed
-    crypto.install(before)
+def keys() -> crypto.AuditKeys:
+    """Non-development keys for this test (its database's runtime seals with them)."""
+    return crypto.keys_from(crypto.generate_key_entry("k1"),
+                            "test-audit-hmac-key-0123456789abcdef-xyz")
+
+
+@pytest.fixture
+def runtime(settings: Settings, request: pytest.FixtureRequest) -> Runtime:
+    """A test that asks for ``keys`` gets a database whose runtime seals with them."""
+    if "keys" in request.fixturenames:
+        return build_runtime(settings, keys=request.getfixturevalue("keys"))
+    return build_runtime(settings)
 
 
 @pytest.fixture
@@ -65,11 +72,11 @@ async def write_rows(db: Database, count: int, *, per_transaction: int = 50) -> 
 
 async def write_rows_at(db: Database, count: int, when: datetime) -> list[uuid.UUID]:
     """Rows that happened at ``when`` (as if written then), signed like any other."""
-    keys = crypto.current()
+    keys = db.required_runtime().keys
     ids: list[uuid.UUID] = []
     async with db.unit_of_work() as session:
         for index in range(count):
-            row = recorder._build(AuditEvent.PAYMENT_SUCCEEDED, actor=SystemActor("stripe"),
+            row = recorder._build(AuditEvent.PAYMENT_SUCCEEDED, keys, actor=SystemActor("stripe"),
                                   outcome=Outcome.SUCCESS, owner=None, resource=None,
                                   stripe=StripeRefs(invoice_id=f"in_{index}"),
                                   idempotency_key=None, reason=None,

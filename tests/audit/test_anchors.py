@@ -11,7 +11,6 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import delete, select
 
-from billwatch.audit import crypto
 from billwatch.audit.anchors import HttpAnchor, MailAnchor, load_anchor, parse_anchor
 from billwatch.audit.checkpoints import Checkpoint, CheckpointStore
 from billwatch.audit.crypto import AuditKeys
@@ -70,15 +69,15 @@ class TestEmbeddedSealer:
         runner = EmbeddedRunner(db, sealing_settings)
         await write_rows(db, 4)
         await runner.tick(now=T0)
-        report = await verify(db, keys=crypto.current(), store=store)
+        report = await verify(db, keys=db.required_runtime().keys, store=store)
         assert report.ok, report.problem
         assert (report.sealed_rows, report.unsealed_rows, report.checkpoints) == (4, 0, 1)
 
         await write_rows(db, 2)
         await runner.tick(now=T0 + timedelta(minutes=1))  # same 5-minute slot: nothing
-        assert (await verify(db, keys=crypto.current(), store=store)).unsealed_rows == 2
+        assert (await verify(db, keys=db.required_runtime().keys, store=store)).unsealed_rows == 2
         await runner.tick(now=T0 + timedelta(minutes=5))
-        report = await verify(db, keys=crypto.current(), store=store)
+        report = await verify(db, keys=db.required_runtime().keys, store=store)
         assert (report.sealed_rows, report.unsealed_rows, report.checkpoints) == (6, 0, 2)
         await runner.tick(now=T0 + timedelta(minutes=10))  # idle slot: no new checkpoint
         assert len(store.read_all()) == 2
@@ -90,7 +89,7 @@ class TestEmbeddedSealer:
         await EmbeddedRunner(db, sealing_settings).tick(now=T0)
         async with tampering(db) as conn:
             await conn.execute(delete(AuditLog).where(AuditLog.id == ids[0]))
-        report = await verify(db, keys=crypto.current(),
+        report = await verify(db, keys=db.required_runtime().keys,
                               store=CheckpointStore(sealing_settings.audit_checkpoint_dir))
         assert not report.ok
         assert report.problem is not None and report.problem.seq == 1
@@ -105,7 +104,7 @@ class TestEmbeddedSealer:
         await EmbeddedRunner(db, configured).tick(now=T0)
         [received] = anchor_server.received
         assert received["last_seq"] == 3 and received["version"] == 2
-        assert Checkpoint.from_fields(received).valid(crypto.current().hmac_key)
+        assert Checkpoint.from_fields(received).valid(db.required_runtime().keys.hmac_key)
 
     async def test_without_the_schedule_nothing_is_sealed(
             self, db: Database, sealing_settings: Settings) -> None:

@@ -17,6 +17,8 @@ from billwatch.audit.models import AuditLog
 from billwatch.audit.rotation import rotate, rows_to_rotate
 from billwatch.audit.sealing import seal
 from billwatch.audit.verify import verify
+from billwatch.bootstrap import build_runtime
+from billwatch.config import Settings
 from billwatch.db import Database
 from tests.audit.conftest import write_rows
 
@@ -70,30 +72,29 @@ def _b64(raw: bytes) -> str:
 
 class TestRotation:
     async def test_reencrypts_every_row_without_breaking_the_chain(
-            self, db: Database, keys: AuditKeys, store: CheckpointStore) -> None:
+            self, db: Database, keys: AuditKeys, store: CheckpointStore,
+            settings: Settings) -> None:
         ids = await write_rows(db, 45)
         await seal(db, keys=keys, store=store)
         before = {row_id: await _data(db, row_id) for row_id in ids[:3]}
 
-        new = crypto.install(crypto.keys_from(
+        new = crypto.keys_from(
             f"{crypto.generate_key_entry('k2')},k1:{_b64(keys.ring.keys[0][1])}",
-            keys.hmac_key.decode()))
-        try:
-            assert await rows_to_rotate(db, new) == 45
-            seen: list[int] = []
-            result = await rotate(db, keys=new, batch=10, progress=seen.append)
-            assert (result.rotated, result.key_id, seen) == (45, "k2", [10, 10, 10, 10, 5])
-            assert await rows_to_rotate(db, new) == 0
+            keys.hmac_key.decode())
+        rotating = db.with_runtime(build_runtime(settings, keys=new))  # the new ring deployed
+        assert await rows_to_rotate(rotating, new) == 45
+        seen: list[int] = []
+        result = await rotate(rotating, keys=new, batch=10, progress=seen.append)
+        assert (result.rotated, result.key_id, seen) == (45, "k2", [10, 10, 10, 10, 5])
+        assert await rows_to_rotate(rotating, new) == 0
 
-            only_new = crypto.install(crypto.keys_from(
-                f"k2:{_b64(new.ring.keys[0][1])}", keys.hmac_key.decode()))
-            report = await verify(db, keys=only_new, store=store)
-            assert report.ok, report.problem
-            assert {row_id: await _data(db, row_id) for row_id in ids[:3]} == before
-            rotated = await _audited(db, AuditEvent.AUDIT_KEY_ROTATED)
-            assert rotated == [{"key_id": "k2", "rows": 45}]
-        finally:
-            crypto.install(keys)
+        only_new = crypto.keys_from(f"k2:{_b64(new.ring.keys[0][1])}", keys.hmac_key.decode())
+        retired = db.with_runtime(build_runtime(settings, keys=only_new))  # k1 gone
+        report = await verify(retired, keys=only_new, store=store)
+        assert report.ok, report.problem
+        assert {row_id: await _data(retired, row_id) for row_id in ids[:3]} == before
+        rotated = await _audited(retired, AuditEvent.AUDIT_KEY_ROTATED)
+        assert rotated == [{"key_id": "k2", "rows": 45}]
 
 
 async def _data(db: Database, row_id: uuid.UUID) -> dict[str, object]:

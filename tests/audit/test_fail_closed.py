@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 
 from billwatch.accounts.actor import SystemActor
@@ -16,8 +16,10 @@ from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import AuditWriteFailure
 from billwatch.billing.models import Transaction, TransactionKind
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.runtime import Runtime
 from tests.support import Factory, People, audit_rows, keyed, paid_subscription
 
 REFUSE_PG = """
@@ -26,12 +28,14 @@ BEGIN RAISE EXCEPTION 'audit volume full (simulated)'; END $$
 """
 
 
-def failures() -> float:
-    return REGISTRY.get_sample_value("audit_write_failures_total") or 0.0
+def failures(runtime: Runtime) -> float:
+    """The test's own runtime's count: it starts at zero."""
+    return runtime.metrics.registry.get_sample_value("audit_write_failures_total") or 0.0
 
 
-def committed(outcome: str) -> float:
-    return REGISTRY.get_sample_value("billing_audit_writes_total", {"outcome": outcome}) or 0.0
+def committed(runtime: Runtime, outcome: str) -> float:
+    return runtime.metrics.registry.get_sample_value("billing_audit_writes_total",
+                                                     {"outcome": outcome}) or 0.0
 
 
 @pytest.fixture
@@ -52,11 +56,16 @@ async def audit_table_refuses_rows(db: Database) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def failure_hook() -> Iterator[list[AuditWriteFailure]]:
-    seen: list[AuditWriteFailure] = []
-    hook = recorder.on_write_failure(seen.append)
-    yield seen
-    recorder.remove_write_failure_hook(hook)
+def failure_hook() -> list[AuditWriteFailure]:
+    return []
+
+
+@pytest.fixture
+def runtime(settings: Settings, failure_hook: list[AuditWriteFailure]) -> Runtime:
+    """The test's runtime, with one more write-failure hook: it keeps what it is told."""
+    built = build_runtime(settings)
+    return replace(built, write_failure_hooks=(
+        *built.write_failure_hooks, lambda _runtime, failure: failure_hook.append(failure)))
 
 
 @pytest.fixture
@@ -74,8 +83,7 @@ class TestNoRowNoRefund:
     async def test_the_refund_fails_and_nothing_is_written(
             self, app: FastAPI, db: Database, factory: Factory, people: People,
             payment: Transaction, failure_hook: list[AuditWriteFailure],
-            audit_table_refuses_rows: None) -> None:
-        before = failures()
+            audit_table_refuses_rows: None, runtime: Runtime) -> None:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             response = await client.post(f"/admin/transactions/{payment.id}/refund",
@@ -88,20 +96,20 @@ class TestNoRowNoRefund:
             kinds = (await session.scalars(select(Transaction.kind))).all()
         assert TransactionKind.REFUND not in kinds
         assert await audit_rows(db) == []
-        assert failures() >= before + 1
+        assert failures(runtime) >= 1
         assert any("billing.refund.issued" in f.event_types and f.stage == "insert"
                    for f in failure_hook)
 
 
 class TestCounting:
-    async def test_committed_rows_count_and_rolled_back_rows_do_not(self, db: Database) -> None:
-        before = committed("success")
+    async def test_committed_rows_count_and_rolled_back_rows_do_not(
+            self, db: Database, runtime: Runtime) -> None:
         async with db.unit_of_work() as session:
             recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=SystemActor("cli"))
-        assert committed("success") == before + 1
+        assert committed(runtime, "success") == 1
         with pytest.raises(RuntimeError):
             async with db.unit_of_work() as session:
                 recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=SystemActor("cli"))
                 raise RuntimeError("business rule failed")
-        assert committed("success") == before + 1
+        assert committed(runtime, "success") == 1
         assert len(await audit_rows(db)) == 1

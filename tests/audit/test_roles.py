@@ -62,8 +62,9 @@ async def roles(db: Database, backend: str, database_url: str) -> AsyncIterator[
         for statement in (*app_role_grants(app_role), *sealer_role_grants(sealer_role)):
             await conn.execute(text(statement))
     sealer_url = database_url.replace("postgres@", f"{sealer_role}@", 1)
-    found = Roles(Database(database_url.replace("postgres@", f"{app_role}@", 1)),
-                  Database(sealer_url), sealer_url)
+    found = Roles(Database(database_url.replace("postgres@", f"{app_role}@", 1),
+                           runtime=db.runtime),
+                  Database(sealer_url, runtime=db.runtime), sealer_url)
     yield found
     await found.app.dispose()
     await found.sealer.dispose()
@@ -169,11 +170,11 @@ class TestSealerRole:
                 pass
 
     async def test_the_configured_job_seals_as_the_sealer_role(
-            self, roles: Roles, keys: AuditKeys, settings: Settings, tmp_path: Path) -> None:
+            self, roles: Roles, settings: Settings, tmp_path: Path) -> None:
         configured = settings.model_copy(update={
             "audit_sealer_database_url": SecretStr(roles.sealer_url),
             "audit_checkpoint_dir": tmp_path / "checkpoints"})
-        keys = crypto.install(crypto.keys_for(configured))  # the fixture restores the old ones
+        keys = crypto.keys_for(configured)  # what the job seals with, and the app's runtime has
         await _one_row(roles.app)
         result = await checkpoint(roles.app, configured)
         assert result.sealed == 1

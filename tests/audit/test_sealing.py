@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from billwatch.audit import chain
 from billwatch.audit.checkpoints import CheckpointStore
-from billwatch.audit.crypto import AuditKeys, install, keys_for
+from billwatch.audit.crypto import AuditKeys, keys_for
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
 from billwatch.audit.sealing import checkpoint, seal
 from billwatch.audit.streams import stream_contents
@@ -67,7 +67,6 @@ class TestHourlyJobEntryPoint:
     async def test_checkpoint_uses_the_configured_keys_and_folder(
             self, db: Database, settings: Settings, tmp_path: Path) -> None:
         configured = settings.model_copy(update={"audit_checkpoint_dir": tmp_path / "hourly"})
-        install(keys_for(configured))  # as the app factory and the worker do
         await write_rows(db, 3)
         result = await checkpoint(db, configured)
         assert result.sealed == 3 and result.path.parent == tmp_path / "hourly"

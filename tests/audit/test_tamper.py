@@ -102,9 +102,8 @@ class TestChangedRows:
             values = list(chain.CONTENT_COLUMNS)
             text_values = [chain._text(name, getattr(row, name)) for name in values]
             text_values[values.index("reason")] = "rewritten"
-            plaintext = crypto.current().ring.decrypt(row.metadata_key_id,
-                                                      row.metadata_ciphertext,
-                                                      chain.associated_data(victim))
+            plaintext = keys.ring.decrypt(row.metadata_key_id, row.metadata_ciphertext,
+                                          chain.associated_data(victim))
             digest = chain.RowHasher(forged.hmac_key)(
                 chain.content_bytes(chain.column_text(text_values), plaintext))
             await conn.execute(update(AuditLog).where(AuditLog.id == victim)

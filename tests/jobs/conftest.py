@@ -1,5 +1,5 @@
-"""Fixtures for job tests: the alert fixtures (real SMTP, alert settings) are shared."""
+"""Fixtures for job tests: the alert fixtures (real SMTP, alert settings, their runtime) are shared."""
 
-from tests.alerts.conftest import alert_settings, mailbox, smtp_server
+from tests.alerts.conftest import alert_settings, mailbox, runtime, smtp_server
 
-__all__ = ["alert_settings", "mailbox", "smtp_server"]
+__all__ = ["alert_settings", "mailbox", "runtime", "smtp_server"]

@@ -20,15 +20,16 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, select
 
-from billwatch.alerts import handoff, raising
 from billwatch.alerts.models import AlertIncident, AlertKind, AlertStatus
 from billwatch.audit.models import AuditLog
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs.celery_app import DAILY_METRICS_TASK
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.jobs.models import DailyBillingMetrics, JobRun, RunStatus
 from billwatch.jobs.tasks import CelerySink
+from billwatch.runtime import Runtime
 from tests.alerts.helpers import (
     alerts,
     assert_no_card,
@@ -42,18 +43,27 @@ from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
 
 
 @pytest.fixture
-async def celery_env(db: Database, database_url: str,
-                     mailbox: Mailbox) -> AsyncIterator[tuple[Settings, Celery]]:
+def celery_settings(database_url: str, mailbox: Mailbox) -> Settings:
+    return worker_settings(database_url, mailbox.port, new_queue())
+
+
+@pytest.fixture
+def runtime(celery_settings: Settings) -> Runtime:
+    """The test process's runtime has the settings its workers have (alerts on, its queue)."""
+    return build_runtime(celery_settings)
+
+
+@pytest.fixture
+async def celery_env(db: Database, celery_settings: Settings) -> AsyncIterator[tuple[Settings, Celery]]:
     """Settings shared by the test and its workers, a publisher for the test's own tasks, and
     committed alerts handed to the broker exactly as the app's lifespan does it."""
-    settings = worker_settings(database_url, mailbox.port, new_queue())
-    raising.configure(settings)
+    settings = celery_settings
+    runtime = db.required_runtime()
     celery = publisher(settings)
-    stop_delivery = await start_delivery(db, settings)
-    assert isinstance(handoff.installed(), CelerySink)
+    stop_delivery = await start_delivery(db, settings, runtime)
+    assert isinstance(runtime.alert_sink, CelerySink)
     yield settings, celery
     await stop_delivery()
-    raising._config.settings = None
     celery.close()
 
 

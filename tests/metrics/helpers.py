@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from billwatch.accounts.actor import OwnerRef
@@ -37,9 +37,9 @@ async def scrape(client: httpx.AsyncClient) -> Samples:
     return parse(response.text)
 
 
-def registry_samples() -> Samples:
-    """Every sample of this process's registry, read without an HTTP request."""
-    samples = parse(generate_latest(REGISTRY).decode())
+def registry_samples(db: Database) -> Samples:
+    """Every sample of ``db``'s runtime's registry, read without an HTTP request."""
+    samples = parse(generate_latest(db.required_runtime().metrics.registry).decode())
     return {key: value for key, value in samples.items() if not key[0].startswith(PLATFORM_PREFIXES)}
 
 

@@ -64,18 +64,18 @@ class TestServiceTransactions:
             session.add(intent)
         info = CheckoutSessionInfo(f"cs_test_{uuid.uuid4().hex}", "http://127.0.0.1/pay",
                                    f"cus_{uuid.uuid4().hex[:12]}")
-        before = registry_samples()
+        before = registry_samples(db)
         with pytest.raises(IntegrityError):
             async with db.unit_of_work() as session:  # phase 3, whose commit fails
                 created = await checkout.settle_open(session, settings, intent.id, info,
                                                      actor=actor, customer_created=False)
                 session.add(duplicate_of(created))
-        assert registry_samples() == before
+        assert registry_samples(db) == before
 
         async with db.unit_of_work() as session:
             await checkout.settle_open(session, settings, intent.id, info, actor=actor,
                                        customer_created=False)
-        committed = moved(before, registry_samples())
+        committed = moved(before, registry_samples(db))
         committed.pop("billing_audit_writes_total{'outcome': 'success'}", None)  # its audit row
         assert committed == {
             "billing_checkouts_created_total{'owner_type': 'patient', 'plan': 'basic_monthly'}": 1}
@@ -93,12 +93,12 @@ class TestServiceTransactions:
         await PaymentsGateway(settings).cancel_subscription(  # phase 2: Stripe answers
             subscription.stripe_subscription_id, at_period_end=True,
             idempotency_key=intent.idempotency_key)
-        before = registry_samples()
+        before = registry_samples(db)
         with pytest.raises(RuntimeError, match="later step"):
             async with db.unit_of_work() as session:  # phase 3, rolled back
                 assert await cancellations.settle_succeeded(session, intent.id)
                 raise RuntimeError("a later step of the same operation failed")
-        assert registry_samples() == before
+        assert registry_samples(db) == before
 
 
 async def _failing_payment(db: Database, owner: OwnerRef) -> Transaction:

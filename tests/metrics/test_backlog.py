@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
 from billwatch.app import create_app
-from billwatch.audit.crypto import install, keys_for
 from billwatch.audit.sealing import checkpoint
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
@@ -125,7 +124,6 @@ class TestAuditSeals:
             self, fresh: httpx.AsyncClient, db: Database, settings: Settings,
             tmp_path: Path) -> None:
         configured = settings.model_copy(update={"audit_checkpoint_dir": tmp_path / "checkpoints"})
-        install(keys_for(configured))
         start = value(await scrape(fresh), UNSEALED)
         await write_rows(db, 4)
         assert value(await scrape(fresh), UNSEALED) == start + 4

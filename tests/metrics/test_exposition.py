@@ -9,13 +9,14 @@ import httpx
 from fastapi.routing import APIRoute
 
 from billwatch.accounts.models import Role
+from billwatch.app import create_app
+from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.http import AuditedRoute
-from billwatch.metrics import billing
 from billwatch.metrics.exposition import router as metrics_router
 from billwatch.metrics.middleware import route_template
-from billwatch.metrics.switched import SWITCH
+from billwatch.runtime import Runtime
 from tests.metrics.helpers import parse, value
 from tests.support import Factory, People, audit_rows
 
@@ -68,12 +69,16 @@ class TestEndpoint:
             assert (await client.get("/metrics")).status_code == 200
         assert await audit_rows(db) == []
 
-    async def test_billing_switched_off_still_answers(self, client: httpx.AsyncClient,
-                                                      settings: Settings) -> None:
-        billing.configure(settings.model_copy(update={"enable_billing_metrics": False}))
-        assert not SWITCH.is_enabled()
-        billing.refund_issued("duplicate", 500)
-        assert (await client.get("/metrics")).status_code == 200
+    async def test_billing_switched_off_still_answers(self, settings: Settings) -> None:
+        off = build_runtime(settings.model_copy(update={"enable_billing_metrics": False}))
+        assert not off.metrics.switch.is_enabled()
+        off.metrics.refund_issued("duplicate", 500)
+        assert off.metrics.registry.get_sample_value("billing_refunds_issued_total",
+                                                     {"reason_category": "duplicate"}) is None
+        app = create_app(off.settings, runtime=off)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as client:
+            assert (await client.get("/metrics")).status_code == 200
 
 
 class TestHttpMetrics:
@@ -101,14 +106,15 @@ class TestHttpMetrics:
 
 class TestPromtool:
     async def test_check_metrics_is_clean_after_traffic(
-            self, client: httpx.AsyncClient, factory: Factory, people: People) -> None:
+            self, client: httpx.AsyncClient, factory: Factory, people: People,
+            runtime: Runtime) -> None:
         assert PROMTOOL, "promtool missing: `make test` installs Debian's prometheus package"
         admin = await factory.user(Role.ADMIN)
         await client.post("/billing/checkout", headers=factory.headers(people.patient),
                           json={**people.owner_body, "plan_code": "basic_monthly"})
         await client.get("/admin/overrides", headers=factory.headers(admin))
-        billing.payment_succeeded("organization", "clinic_monthly", 9900)
-        billing.WEBHOOK_SECONDS.labels(event_type="invoice.paid").observe(0.042)
+        runtime.metrics.payment_succeeded("organization", "clinic_monthly", 9900)
+        runtime.metrics.webhook_seconds.labels(event_type="invoice.paid").observe(0.042)
         body = (await client.get("/metrics")).text
         checked = await asyncio.create_subprocess_exec(
             str(PROMTOOL), "check", "metrics", stdin=asyncio.subprocess.PIPE,

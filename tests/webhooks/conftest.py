@@ -25,7 +25,8 @@ from billwatch.billing.models import CheckoutSession, StripeCustomer, Subscripti
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import handoff, store
+from billwatch.runtime import Runtime
+from billwatch.webhooks import store
 from billwatch.webhooks.inbox import drain
 from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
 from billwatch.webhooks.processing import ProcessResult
@@ -192,12 +193,13 @@ class InboxLoop:
 async def inbox_processed(app: FastAPI) -> AsyncIterator[None]:
     """Process the app's inbox in the background, woken by each stored event."""
     loop = InboxLoop(app)
-    handoff.install(loop)
+    runtime: Runtime = app.state.runtime
+    runtime.attach(inbox=loop)
     task = asyncio.create_task(loop.run())
     try:
         yield
     finally:
-        handoff.uninstall(loop)
+        runtime.detach(loop)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

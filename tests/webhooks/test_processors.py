@@ -24,7 +24,7 @@ from billwatch.jobs.embedded import EmbeddedRunner
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.jobs.tasks import CelerySink
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import handoff, service, store
+from billwatch.webhooks import service, store
 from billwatch.webhooks.inbox import accept, drain, lease, process_now
 from billwatch.webhooks.models import (
     UNFINISHED,
@@ -207,10 +207,11 @@ class TestCelery:
     async def test_an_event_the_app_stores_is_handed_to_a_worker_after_commit(
             self, db: Database, database_url: str, tmp_path: Path) -> None:
         settings = worker_settings(database_url, 9, new_queue())
-        stop_delivery = await start_delivery(db, settings)  # what the app's lifespan does
+        runtime = db.required_runtime()
+        stop_delivery = await start_delivery(db, settings, runtime)  # as the app's lifespan does
         worker = Worker(settings, tmp_path / "workers", concurrency=1, extra_env=WORKER_ENV)
         try:
-            assert isinstance(handoff.installed(), CelerySink)
+            assert isinstance(runtime.inbox_sink, CelerySink)
             event = ignored_event()
             assert (await accept(db, event)).stored  # no beat runs: only the hand-off can wake it
             await eventually(lambda: _status_is(db, event["id"], EventStatus.IGNORED),
