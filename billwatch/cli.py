@@ -20,6 +20,7 @@ from billwatch.accounts.models import Role
 from billwatch.accounts.tokens import mint_token, read_token, revoke_token, revoke_user_tokens
 from billwatch.accounts.validation import checked_email, checked_name
 from billwatch.audit.cli import audit_app
+from billwatch.audit.crypto import keys_for
 from billwatch.bootstrap import open_database
 from billwatch.db import Database
 from billwatch.demo.cli import demo as demo_command
@@ -83,7 +84,7 @@ def migrate() -> None:
     from billwatch.migrations import upgrade
 
     settings = checked_settings()
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, audit_keys=keys_for(settings))
     created = run_with_database(lambda db: ensure_partitions(
         db, ahead=settings.audit_partitions_ahead))
     if created:

@@ -6,13 +6,15 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from billwatch.accounts.actor import SystemActor
 from billwatch.alerts import mail
 from billwatch.alerts.delivery import backoff_seconds, deliver_due
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
 from billwatch.alerts.raising import raise_alert
+from billwatch.audit import recorder
+from billwatch.audit.events import AuditEvent
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs.embedded import EmbeddedRunner
@@ -25,6 +27,7 @@ from tests.alerts.helpers import (
     webhook_failures,
 )
 from tests.alerts.mailbox import Mailbox, wait_until, wait_until_async
+from tests.audit.conftest import audit_rows_refused
 
 
 class TestSmtpOutage:
@@ -137,12 +140,11 @@ class TestAuditWriteFailure:
         runner = EmbeddedRunner(db, alert_settings)
         await runner.start()
         try:
-            with pytest.raises(DBAPIError):
-                async with db.unit_of_work() as session:  # the database refuses the audit row
-                    await session.execute(text("INSERT INTO audit_logs (id, event_type) "
-                                               "VALUES (:id, :event_type)"),
-                                          {"id": uuid.uuid4().hex,
-                                           "event_type": "billing.refund.issued"})
+            async with audit_rows_refused(db):  # the database refuses the audit row
+                with pytest.raises(DBAPIError):
+                    async with db.unit_of_work() as session:
+                        recorder.record(session, AuditEvent.REFUND_ISSUED,
+                                        actor=SystemActor("test"))
             [received] = await mailbox.wait_for(1)
         finally:
             await runner.stop()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from billwatch.accounts.actor import Actor, OwnerRef, SystemActor
 from billwatch.accounts.models import OwnerType, Role
@@ -34,6 +37,31 @@ def runtime(settings: Settings, request: pytest.FixtureRequest) -> Runtime:
     if "keys" in request.fixturenames:
         return build_runtime(settings, keys=request.getfixturevalue("keys"))
     return build_runtime(settings)
+
+
+REFUSE_PG = """
+CREATE OR REPLACE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'audit volume full (simulated)'; END $$
+"""
+
+
+@asynccontextmanager
+async def audit_rows_refused(db: Database) -> AsyncIterator[None]:
+    """While inside, the database refuses every audit row (a full volume, a revoked grant)."""
+    async with db.engine.begin() as conn:
+        if db.dialect == "postgresql":
+            await conn.execute(text(REFUSE_PG))
+            await conn.execute(text("CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_logs "
+                                    "FOR EACH ROW EXECUTE FUNCTION test_refuse_audit()"))
+        else:
+            await conn.execute(text("CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_logs "
+                                    "BEGIN SELECT RAISE(ABORT, 'audit volume full (simulated)'); END"))
+    try:
+        yield
+    finally:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_audit"
+                                    + (" ON audit_logs" if db.dialect == "postgresql" else "")))
 
 
 @pytest.fixture

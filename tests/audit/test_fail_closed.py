@@ -8,7 +8,7 @@ from dataclasses import replace
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from billwatch.accounts.actor import SystemActor
 from billwatch.accounts.models import Role
@@ -20,12 +20,8 @@ from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.runtime import Runtime
+from tests.audit.conftest import audit_rows_refused
 from tests.support import Factory, People, audit_rows, keyed, paid_subscription
-
-REFUSE_PG = """
-CREATE OR REPLACE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'audit volume full (simulated)'; END $$
-"""
 
 
 def failures(runtime: Runtime) -> float:
@@ -41,18 +37,8 @@ def committed(runtime: Runtime, outcome: str) -> float:
 @pytest.fixture
 async def audit_table_refuses_rows(db: Database) -> AsyncIterator[None]:
     """The database stops accepting audit rows (a full volume, a revoked grant)."""
-    async with db.engine.begin() as conn:
-        if db.dialect == "postgresql":
-            await conn.execute(text(REFUSE_PG))
-            await conn.execute(text("CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_logs "
-                                    "FOR EACH ROW EXECUTE FUNCTION test_refuse_audit()"))
-        else:
-            await conn.execute(text("CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_logs "
-                                    "BEGIN SELECT RAISE(ABORT, 'audit volume full (simulated)'); END"))
-    yield
-    async with db.engine.begin() as conn:
-        await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_audit"
-                                + (" ON audit_logs" if db.dialect == "postgresql" else "")))
+    async with audit_rows_refused(db):
+        yield
 
 
 @pytest.fixture

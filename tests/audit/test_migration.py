@@ -25,6 +25,7 @@ from billwatch.audit.sealing import seal
 from billwatch.audit.verify import verify
 from billwatch.db import Database, utcnow
 from billwatch.migrations import alembic_config, upgrade
+from billwatch.runtime import Runtime
 from tests.audit.conftest import write_rows, write_rows_at
 
 ROW_ID = uuid.uuid4()
@@ -35,9 +36,9 @@ FOUNDATION_ROW = (
 
 
 
-async def foundation_with_a_plaintext_row(url: str) -> Database:
+async def foundation_with_a_plaintext_row(url: str, runtime: Runtime) -> Database:
     await asyncio.to_thread(upgrade, url, "0001_foundation")
-    db = Database(url)
+    db = Database(url, runtime=runtime)
     row_id = ROW_ID.hex if db.dialect == "sqlite" else str(ROW_ID)
     casts = ({"id": "CAST(:id AS uuid)", "at": "CAST(:at AS timestamptz)",
               "metadata": "CAST(:metadata AS jsonb)"} if db.dialect == "postgresql"
@@ -52,10 +53,10 @@ async def foundation_with_a_plaintext_row(url: str) -> Database:
 
 class TestMigration:
     async def test_existing_rows_are_encrypted_and_verify(
-            self, fresh_url: str, keys: AuditKeys, tmp_path: Path) -> None:
-        db = await foundation_with_a_plaintext_row(fresh_url)
+            self, fresh_url: str, keys: AuditKeys, runtime: Runtime, tmp_path: Path) -> None:
+        db = await foundation_with_a_plaintext_row(fresh_url, runtime)
         try:
-            await asyncio.to_thread(upgrade, fresh_url)
+            await asyncio.to_thread(upgrade, fresh_url, audit_keys=keys)
             async with db.engine.connect() as conn:
                 raw = (await conn.execute(text("SELECT * FROM audit_logs"))).mappings().one()
             assert "metadata" not in raw and b"before the audit" not in bytes(raw["metadata_ciphertext"])
@@ -70,11 +71,12 @@ class TestMigration:
             await db.dispose()
 
     async def test_downgrade_restores_plaintext_metadata(self, fresh_url: str,
-                                                         keys: AuditKeys) -> None:
-        db = await foundation_with_a_plaintext_row(fresh_url)
+                                                         keys: AuditKeys, runtime: Runtime) -> None:
+        db = await foundation_with_a_plaintext_row(fresh_url, runtime)
         try:
-            await asyncio.to_thread(upgrade, fresh_url)
-            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "0200_audit-1")
+            await asyncio.to_thread(upgrade, fresh_url, audit_keys=keys)
+            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url, audit_keys=keys),
+                                    "0200_audit-1")
             async with db.engine.connect() as conn:
                 metadata = (await conn.execute(text("SELECT metadata FROM audit_logs"))).scalar_one()
             loaded = json.loads(metadata) if isinstance(metadata, str) else metadata
@@ -85,11 +87,11 @@ class TestMigration:
 
 class TestIntegrityMigration:
     async def test_0210_keeps_the_triggers_and_downgrades_cleanly(
-            self, fresh_url: str, keys: AuditKeys, tmp_path: Path) -> None:
-        await asyncio.to_thread(upgrade, fresh_url)
-        await asyncio.to_thread(command.downgrade, alembic_config(fresh_url), "0200_audit")
-        await asyncio.to_thread(upgrade, fresh_url)
-        db = Database(fresh_url)
+            self, fresh_url: str, keys: AuditKeys, runtime: Runtime, tmp_path: Path) -> None:
+        await asyncio.to_thread(upgrade, fresh_url, audit_keys=keys)
+        await asyncio.to_thread(command.downgrade, alembic_config(fresh_url, audit_keys=keys), "0200_audit")
+        await asyncio.to_thread(upgrade, fresh_url, audit_keys=keys)
+        db = Database(fresh_url, runtime=runtime)
         try:
             async with db.unit_of_work() as session:
                 recorder.record(session, AuditEvent.OVERRIDE_CREATED, actor=SystemActor("cli"))
@@ -111,9 +113,9 @@ class TestPartitionMigration:
     """0610 converts a trail that already has rows: same rows, same chain, same grants."""
 
     async def test_rows_move_into_their_months_and_the_chain_goes_on(
-            self, fresh_url: str, keys: AuditKeys, tmp_path: Path) -> None:
-        await asyncio.to_thread(upgrade, fresh_url, "0210_audit_integrity")
-        db = Database(fresh_url)
+            self, fresh_url: str, keys: AuditKeys, runtime: Runtime, tmp_path: Path) -> None:
+        await asyncio.to_thread(upgrade, fresh_url, "0210_audit_integrity", audit_keys=keys)
+        db = Database(fresh_url, runtime=runtime)
         this_month = Month.of(utcnow())
         role = f"billwatch_reader_{uuid.uuid4().hex[:10]}"
         try:
@@ -126,7 +128,7 @@ class TestPartitionMigration:
                 async with db.engine.begin() as conn:
                     await conn.execute(text(f"CREATE ROLE {role}"))
                     await conn.execute(text(f"GRANT SELECT, INSERT ON audit_logs TO {role}"))
-            await asyncio.to_thread(upgrade, fresh_url)
+            await asyncio.to_thread(upgrade, fresh_url, audit_keys=keys)
             async with db.sessionmaker() as session:
                 found = set((await session.scalars(select(AuditLog.id))).all())
             assert found == set(ids)
@@ -143,7 +145,7 @@ class TestPartitionMigration:
             assert (after.last_seq, after.prev_hash) == (10, before.digest())
             assert (await verify(db, keys=keys, store=store)).ok
 
-            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url),
+            await asyncio.to_thread(command.downgrade, alembic_config(fresh_url, audit_keys=keys),
                                     "0210_audit_integrity")
             async with db.engine.connect() as conn:
                 assert (await conn.execute(text("SELECT count(*) FROM audit_logs"))).scalar() == 10

@@ -25,6 +25,7 @@ from billwatch.db import Database, utcnow
 from billwatch.jobs import service
 from billwatch.jobs.celery_app import AUDIT_PARTITIONS_TASK, beat_schedule
 from billwatch.migrations import upgrade
+from billwatch.runtime import Runtime
 from tests import support
 from tests.audit.conftest import write_rows, write_rows_at
 
@@ -36,10 +37,10 @@ FAR_AHEAD = THIS_MONTH.plus(60)
 
 
 @pytest.fixture
-async def fresh_db(fresh_url: str) -> AsyncIterator[Database]:
+async def fresh_db(fresh_url: str, runtime: Runtime) -> AsyncIterator[Database]:
     """A database of its own: these tests create and drop partitions."""
-    await asyncio.to_thread(upgrade, fresh_url)
-    database = Database(fresh_url)
+    await asyncio.to_thread(upgrade, fresh_url, audit_keys=runtime.keys)
+    database = Database(fresh_url, runtime=runtime)
     yield database
     await database.dispose()
 

@@ -26,6 +26,7 @@ from billwatch.billing.models import (
     Subscription,
     SubscriptionStatus,
 )
+from billwatch.bootstrap import open_database
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.errors import PaymentProviderError
@@ -52,7 +53,7 @@ class TestFreeGrantExpiry:
             people: People, settings: Settings) -> None:
         grant = await free_grant(client, factory, people)
         ends_at = datetime.fromisoformat(grant["ends_at"])
-        other = Database(database_url)  # a second scheduler process: its own engine and pool
+        other = open_database(settings)  # a second scheduler process: its own engine, runtime
         try:
             results = await asyncio.gather(
                 expire_due_overrides(db, settings, now=ends_at + timedelta(seconds=1)),
@@ -158,7 +159,7 @@ class TestHalfDoneOverrides:
         assert (await reload(db, BillingOverride, intent.id)).state is OverrideState.PENDING
 
         later = datetime.now(UTC) + STALE_GRACE + timedelta(seconds=1)
-        other = Database(database_url)
+        other = open_database(settings)  # another process
         try:
             await asyncio.gather(expire_due_overrides(db, settings, gateway=gateway, now=later),
                                  expire_due_overrides(other, settings, gateway=gateway, now=later))

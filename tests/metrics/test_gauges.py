@@ -174,19 +174,18 @@ class TestCache:
 class TestSwitchedOff:
     async def test_no_gauges_no_queries_and_callers_unharmed(
             self, settings: Settings, db: Database, statements: list[str]) -> None:
-        from billwatch.metrics import billing
-
         app = create_app(settings.model_copy(update={"enable_billing_metrics": False}), database=db)
+        billing = app.state.runtime.metrics
         async for client in client_for(app):
             before = await scrape(client)
             billing.checkout_created("patient", "basic_monthly", by_proxy=True)
             billing.payment_succeeded("patient", "basic_monthly", 1500)
             billing.alert_sent("webhook_failure")
             billing.audit_write_failed()
-            billing.WEBHOOKS_RECEIVED.labels(event_type="invoice.paid").inc()
-            billing.REFUND_AMOUNT.observe(500)
-            with billing.WEBHOOK_SECONDS.labels(event_type="invoice.paid").time():
-                billing.AUDIT_WRITES.labels("success").inc()
+            billing.webhooks_received.labels(event_type="invoice.paid").inc()
+            billing.refund_amount.observe(500)
+            with billing.webhook_seconds.labels(event_type="invoice.paid").time():
+                billing.audit_writes.labels("success").inc()
             response = await client.get("/metrics")
             assert response.status_code == 200
             after = parse(response.text)

@@ -15,7 +15,8 @@ from billwatch.billing.models import CheckoutSession
 from billwatch.billing.refunds import RefundReason
 from billwatch.config import Settings
 from billwatch.db import Database
-from billwatch.metrics import billing, labels
+from billwatch.metrics import labels
+from billwatch.runtime import Runtime
 from tests.metrics.helpers import label_offences, scrape, suspicious, total, value
 from tests.support import Factory, People, keyed, paid_subscription
 
@@ -76,17 +77,18 @@ class TestClosedSets:
 
 class TestHostileCallers:
     async def test_ids_passed_to_the_functions_never_reach_a_label(
-            self, client: httpx.AsyncClient, settings: Settings) -> None:
+            self, client: httpx.AsyncClient, settings: Settings, runtime: Runtime) -> None:
+        billing = runtime.metrics  # the app's, as the app fixture shares the test's runtime
         billing.checkout_created("patient", "price_1MoBy5LkdIwHu7ixZhnattbh", by_proxy=False)
         billing.subscription_cancelled("cus_NffrFeUfNV2Hib", "someone@example.test")
         billing.refund_issued("refund for invoice in_1MtHbELkdIwHu7ixl4OzzPMv", 1200)
         billing.payment_failed("patient", "do_not_honor_123456", final=True)
-        billing.WEBHOOKS_REJECTED.labels(reason="3f2b8c1e-9a4d-4e8b-b1c2-0d9e8f7a6b5c").inc()
+        billing.webhooks_rejected.labels(reason="3f2b8c1e-9a4d-4e8b-b1c2-0d9e8f7a6b5c").inc()
         billing.alert_sent("alert-4242424242424242")
         billing.manager_assigned("someone@example.test")
-        billing.WEBHOOKS_RECEIVED.labels(event_type="evt_1NG8Du2eZvKYlo2CUI79vXWy").inc()
-        billing.PAYMENTS_FAILED.labels("cus_NffrFeUfNV2Hib", "card_declined_99999").inc()
-        billing.WEBHOOK_SECONDS.labels("3f2b8c1e9a4d4e8bb1c20d9e8f7a6b5c").observe(0.1)
+        billing.webhooks_received.labels(event_type="evt_1NG8Du2eZvKYlo2CUI79vXWy").inc()
+        billing.payments_failed.labels("cus_NffrFeUfNV2Hib", "card_declined_99999").inc()
+        billing.webhook_seconds.labels("3f2b8c1e9a4d4e8bb1c20d9e8f7a6b5c").observe(0.1)
         samples = await scrape(client)
         assert label_offences(samples) == []
         assert value(samples, "billing_checkouts_created_total",

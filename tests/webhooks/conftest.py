@@ -16,7 +16,6 @@ import pytest
 import stripe
 import uvicorn
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from billwatch.accounts.actor import OwnerRef
@@ -58,8 +57,9 @@ async def business_state(db: Database) -> dict[str, list[str]]:
             if not name.startswith(("alert", "job_"))}
 
 
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+def metric(db: Database, name: str, **labels: str) -> float:
+    """A sample of ``db``'s runtime (the test's own, shared with its app fixture)."""
+    return db.required_runtime().metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def drain_inbox(app: FastAPI) -> list[ProcessResult]:

@@ -93,7 +93,7 @@ class TestHandlerFailure:
         sub_id = se.new_id("sub")
         event = se.event("customer.subscription.created", se.subscription(
             sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
-        failed_before = metric("billing_webhooks_failed_total",
+        failed_before = metric(db, "billing_webhooks_failed_total",
                                event_type="customer.subscription.created")
         response = await asgi.deliver(event)  # Stripe is answered 200 whatever the handler does
         assert response.status_code == 200 and response.json()["status"] == "received"
@@ -129,7 +129,7 @@ class TestHandlerFailure:
         assert received.data["attempt"] == 3
         # retried failures are not the alerting failure: only giving up is
         assert not await audit_rows(db, event_type="billing.webhook.failed")
-        assert metric("billing_webhooks_failed_total",
+        assert metric(db, "billing_webhooks_failed_total",
                       event_type="customer.subscription.created") == failed_before
 
     async def test_the_last_attempt_fails_the_event_audits_it_and_replay_fixes_it(
@@ -139,7 +139,7 @@ class TestHandlerFailure:
         sub_id = se.new_id("sub")
         event = se.event("customer.subscription.created", se.subscription(
             sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
-        failed_before = metric("billing_webhooks_failed_total",
+        failed_before = metric(db, "billing_webhooks_failed_total",
                                event_type="customer.subscription.created")
         assert (await asgi.deliver(event)).outcome == "retrying"
         await retry_due(app, event["id"])
@@ -154,7 +154,7 @@ class TestHandlerFailure:
         assert failure.data["stage"] == "handler" and failure.stripe_event_id == event["id"]
         assert failure.stripe_subscription_id == sub_id and failure.owner_id == patient.id
         assert failure.reason and "UnknownPlan" in failure.reason
-        assert metric("billing_webhooks_failed_total",
+        assert metric(db, "billing_webhooks_failed_total",
                       event_type="customer.subscription.created") == failed_before + 1
         # a failed event is not picked up again by the processors, however late
         later = utcnow() + timedelta(days=2)

@@ -64,7 +64,7 @@ class TestSequentialDuplicates:
         _, events = await new_subscription_events(db, factory, peer)
         paid = events["invoice.payment_succeeded"]
         succeeded = ("billing_payments_succeeded_total", {"owner_type": "patient", "plan": "plus_monthly"})
-        before = metric(succeeded[0], **succeeded[1])
+        before = metric(db, succeeded[0], **succeeded[1])
         first = await server.deliver(paid)
         assert first.status_code == 200 and first.outcome == "processed", first.text
         state = await self.state(db)
@@ -78,7 +78,7 @@ class TestSequentialDuplicates:
         again_stored = await stored_event(db, paid["id"])
         assert again_stored is not None and again_stored.processed_at == stored.processed_at
         assert again_stored.attempts == 1 and again_stored.status is EventStatus.PROCESSED
-        assert metric(succeeded[0], **succeeded[1]) == before + 1
+        assert metric(db, succeeded[0], **succeeded[1]) == before + 1
 
     @staticmethod
     async def state(db: Database) -> tuple[list[Any], int, int]:

@@ -42,7 +42,7 @@ class TestWholeLife:
             self, client: httpx.AsyncClient, db: Database, factory: Factory, peer: stripe.StripeClient,
             localstripe_delivers: Server) -> None:
         server = localstripe_delivers
-        before = {name: metric(name, **labels) for name, labels in COUNTERS}
+        before = {name: metric(db, name, **labels) for name, labels in COUNTERS}
         customer = await checkout_customer(client, db, factory)
 
         # Checkout completes at Stripe: a real subscription at the peer, whose events it signs
@@ -119,7 +119,7 @@ class TestWholeLife:
         await self.assert_state(db, customer.patient.id, sub_id, first_invoice, renewal["id"], failing_id)
         await self.assert_audit(db, customer.stripe_id, customer.patient.id, sub_id, failing_id)
         await self.assert_events(db, customer.stripe_id, sub_id)
-        after = {name: metric(name, **labels) for name, labels in COUNTERS}
+        after = {name: metric(db, name, **labels) for name, labels in COUNTERS}
         assert {k: after[k] - before[k] for k in after} == EXPECTED_METRIC_DELTAS
 
     async def assert_state(self, db: Database, patient_id, sub_id: str, first_invoice: str,

@@ -103,9 +103,10 @@ class TestOutOfOrder:
         assert [(c.data["mode"], c.actor_name) for c in cancelled] == [("period_end", "stripe")]
 
 
-def cancellations() -> tuple[float, float]:
+def cancellations(db: Database) -> tuple[float, float]:
     """billing_subscriptions_cancelled_total for patients: (by the owner, by Stripe)."""
-    by = {who: metric("billing_subscriptions_cancelled_total", owner_type="patient", cancelled_by=who)
+    by = {who: metric(db, "billing_subscriptions_cancelled_total", owner_type="patient",
+                      cancelled_by=who)
           for who in ("owner", "stripe")}
     return by["owner"], by["stripe"]
 
@@ -120,7 +121,7 @@ class TestCancellationCountedOnce:
         assert (await server.deliver(created)).outcome == "processed"
         row = await subscription_row(db, sub["id"])
         assert row is not None
-        before = cancellations()
+        before = cancellations(db)
 
         response = await client.post(f"/billing/subscriptions/{row.id}/cancel",
                                      headers=factory.headers(patient), json={"at_period_end": True})
@@ -137,6 +138,6 @@ class TestCancellationCountedOnce:
         assert [(c.actor_user_id, c.outcome) for c in cancelled] == [(patient.id, Outcome.SUCCESS)]
         updated = await audit_rows(db, event_type="billing.subscription.updated")
         assert updated[-1].data["changes"]["status"] == ["active", "canceled"]
-        assert cancellations() == (before[0] + 1, before[1])
+        assert cancellations(db) == (before[0] + 1, before[1])
         final = await subscription_row(db, sub["id"])
         assert final is not None and final.status is SubscriptionStatus.CANCELED

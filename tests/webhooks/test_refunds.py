@@ -162,7 +162,7 @@ class TestRefundsMadeElsewhere:
             self, asgi: Server, db: Database, factory: Factory, peer: stripe.StripeClient,
             localstripe_silent: None) -> None:
         patient, customer_id, payment = await booked_payment(asgi, db, factory, peer)
-        counted = metric("billing_refunds_issued_total", reason_category="requested_by_customer")
+        counted = metric(db, "billing_refunds_issued_total", reason_category="requested_by_customer")
         external = se.refund(refund_id=se.new_id("re"), charge_id=payment.stripe_charge_id or "",
                              amount=1200, reason="requested_by_customer")
 
@@ -180,7 +180,7 @@ class TestRefundsMadeElsewhere:
         assert len(recorded) == 1 and recorded[0].actor_name == "stripe"
         assert recorded[0].data["amount_cents"] == 1200 and recorded[0].owner_id == patient.id
         assert recorded[0].data["refundable_remaining_cents"] == 1800
-        assert metric("billing_refunds_issued_total",
+        assert metric(db, "billing_refunds_issued_total",
                       reason_category="requested_by_customer") == counted + 1
         paid = next(t for t in await transactions_of(db, patient.id) if t.id == payment.id)
         assert paid.refunded_cents == 1200

@@ -43,7 +43,7 @@ async def post(client: httpx.AsyncClient, body: bytes, header: str | None) -> ht
 
 
 async def baseline(db: Database, reason: str) -> tuple[dict[str, list[str]], float]:
-    return await business_state(db), metric("billing_webhooks_rejected_total", reason=reason)
+    return await business_state(db), metric(db, "billing_webhooks_rejected_total", reason=reason)
 
 
 async def assert_rejected(db: Database, response: httpx.Response, status: int, code: str,
@@ -56,7 +56,7 @@ async def assert_rejected(db: Database, response: httpx.Response, status: int, c
     assert rows[0].reason is not None and rows[0].reason.startswith(code)
     assert rows[0].data["stage"] == "verification" and rows[0].data["reject_reason"] == reason
     assert rows[0].client_ip in ("203.0.113.7", "127.0.0.1") and rows[0].request_id
-    assert metric("billing_webhooks_rejected_total", reason=reason) == rejected_before + 1
+    assert metric(db, "billing_webhooks_rejected_total", reason=reason) == rejected_before + 1
 
 
 class TestAccepted:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
 import billwatch.db
@@ -28,6 +28,7 @@ from billwatch.audit.chain import (
     content_bytes,
 )
 from billwatch.config import get_settings
+from billwatch.migrations import AUDIT_KEYS
 
 revision: str = '0200_audit'
 down_revision: str | Sequence[str] | None = '0001_foundation'
@@ -72,6 +73,12 @@ def _audit_logs_table() -> sa.TableClause:
                     sa.column("metadata_ciphertext", sa.LargeBinary()))
 
 
+def _keys() -> crypto.AuditKeys:
+    """The keys the caller of the migrations gave, else those of the configured settings."""
+    given = context.config.attributes.get(AUDIT_KEYS)
+    return given if isinstance(given, crypto.AuditKeys) else crypto.keys_for(get_settings())
+
+
 def _protect_existing_rows() -> None:
     """Encrypt and hash rows the foundation wrote in plaintext."""
     bind = op.get_bind()
@@ -79,7 +86,7 @@ def _protect_existing_rows() -> None:
     rows = bind.execute(sa.select(table)).all()
     if not rows:
         return
-    keys = crypto.keys_for(get_settings())  # the migrating process's configured keys
+    keys = _keys()
     hasher = RowHasher(keys.hmac_key)
     for row in rows:
         plaintext = canonical_metadata(row.metadata or {})
@@ -92,7 +99,7 @@ def _protect_existing_rows() -> None:
 def _restore_plaintext() -> None:
     bind = op.get_bind()
     table = _audit_logs_table()
-    keys = crypto.keys_for(get_settings())  # the migrating process's configured keys
+    keys = _keys()
     for row in bind.execute(sa.select(table.c.id, table.c.metadata_key_id, table.c.metadata_ciphertext)).all():
         data = json.loads(keys.ring.decrypt(row.metadata_key_id, row.metadata_ciphertext, associated_data(row.id)))
         bind.execute(table.update().where(table.c.id == row.id).values(metadata=data))
