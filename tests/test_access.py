@@ -10,13 +10,16 @@ did not validate.
 
 from __future__ import annotations
 
+import ast
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
+import billwatch
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import OwnerType, Role, User
 from billwatch.audit.events import Outcome
@@ -312,3 +315,17 @@ async def test_an_anonymous_refusal_names_nobody(world: World, client: httpx.Asy
     assert response.status_code == 401
     assert [row for row in await audit_rows(world.db, outcome=Outcome.FAILURE)
             if row.actor_user_id is not None] == []
+
+
+PACKAGE = Path(billwatch.__file__).parent
+ROUTE_MODULES = [*sorted(PACKAGE.glob("*/endpoints.py")), PACKAGE / "console" / "pages.py"]
+
+
+@pytest.mark.parametrize("module", ROUTE_MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_route_module_writes_request_state(module: Path) -> None:
+    """The failure context has one writer, the access module; a route module only depends on it."""
+    tree = ast.parse(module.read_text())
+    writes = [node.lineno for node in ast.walk(tree)
+              if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+              and isinstance(node.value, ast.Attribute) and node.value.attr == "state"]
+    assert writes == [], f"{module.name} sets request.state at lines {writes}"
