@@ -151,6 +151,10 @@ async def cancel_with_bad_body(w: World) -> tuple[Call, str | None]:
             {"at_period_end": "later"}), None
 
 
+async def cancel_unknown_with_bad_body(w: World) -> tuple[Call, str | None]:
+    return ("POST", f"/billing/subscriptions/{UNKNOWN}/cancel", {"at_period_end": "later"}), None
+
+
 async def refund(w: World) -> tuple[Call, str | None]:
     _, payment = await paid_subscription(w.db, w.settings, w.owner)
     return ("POST", f"/admin/transactions/{payment.id}/refund",
@@ -220,6 +224,8 @@ CASES = [
          Expected(404, CHECKOUT, owner="unknown")),
     Case("checkout_invalid_body_names_no_owner", "patient", checkout_without_plan,
          Expected(422, CHECKOUT)),
+    Case("checkout_stranger_invalid_body_is_422_not_403", "stranger", checkout_without_plan,
+         Expected(422, CHECKOUT)),
     Case("portal_proxy_403", "proxy", portal,
          Expected(403, "billing.portal.accessed", owner="patient")),
     # owner named in the path
@@ -236,6 +242,8 @@ CASES = [
          Expected(502, "billing.proxy.subscription.cancelled", owner="patient",
                   resource=("subscription", "target"), via_assignment=True)),
     Case("cancel_invalid_body_names_nothing", "patient", cancel_with_bad_body,
+         Expected(422, CANCEL)),
+    Case("cancel_unknown_invalid_body_is_422_not_404", "patient", cancel_unknown_with_bad_body,
          Expected(422, CANCEL)),
     # admin routes: the target is named once the caller is known to be an admin
     Case("refund_non_admin_403", "patient", refund, Expected(403, "billing.refund.issued")),
