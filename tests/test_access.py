@@ -11,8 +11,10 @@ did not validate.
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pytest
 import billwatch
 from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.accounts.models import OwnerType, Role, User
+from billwatch.app import create_app
 from billwatch.audit.events import Outcome
 from billwatch.audit.models import AuditLog
 from billwatch.billing.models import Subscription
@@ -323,6 +326,66 @@ async def test_an_anonymous_refusal_names_nobody(world: World, client: httpx.Asy
     assert response.status_code == 401
     assert [row for row in await audit_rows(world.db, outcome=Outcome.FAILURE)
             if row.actor_user_id is not None] == []
+
+
+class HangingStripe:
+    """A Stripe that takes the call and never answers: the route stays inside its Stripe step."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _hold(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        self.called.set()
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def hanging() -> AsyncIterator[HangingStripe]:
+    peer = HangingStripe()
+    yield peer
+    await peer.stop()
+
+
+async def proxy_checkout(w: World) -> tuple[str, dict[str, object]]:
+    return "/billing/checkout", {**_owner_body(w), "plan_code": "basic_monthly"}
+
+
+async def proxy_cancel(w: World) -> tuple[str, dict[str, object]]:
+    subscription, _ = await paid_subscription(w.db, w.settings, w.owner)
+    return f"/billing/subscriptions/{subscription.id}/cancel", {"at_period_end": False}
+
+
+@pytest.mark.parametrize("prepare", [proxy_checkout, proxy_cancel], ids=["checkout", "cancel"])
+async def test_a_phased_route_holds_no_connection_while_stripe_answers(
+        world: World, hanging: HangingStripe,
+        prepare: Callable[[World], Awaitable[tuple[str, dict[str, object]]]]) -> None:
+    """The proxy is authorised (a read of its assignment) and that transaction is closed first."""
+    path, body = await prepare(world)
+    stuck = world.settings.model_copy(update={"stripe_api_base": await hanging.start()})
+    app = create_app(stuck, database=world.db)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as http:
+        call = asyncio.create_task(http.post(path, json=body, headers=world.as_("proxy")))
+        try:
+            await asyncio.wait_for(hanging.called.wait(), timeout=30)
+            assert world.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        finally:
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
 
 
 PACKAGE = Path(billwatch.__file__).parent
