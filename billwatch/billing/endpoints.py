@@ -1,4 +1,4 @@
-"""Billing routes for owners, their proxies and admins: parse, authorize, call one service."""
+"""Billing routes for owners, their proxies and admins: parse, depend on access, call one service."""
 
 from __future__ import annotations
 
