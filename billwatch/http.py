@@ -4,7 +4,9 @@ Routers built with :class:`AuditedRouter` get, for every request, a session whos
 commits once when the endpoint returns and rolls back when it raises. A route names the audit
 event it writes in ``openapi_extra={"x-audit-event": ...}``; when the request fails (validation,
 auth, a domain error, Stripe), the rollback is followed by exactly one ``outcome=failure`` row in
-a fresh transaction, carrying what was known: actor, owner, reason.
+a fresh transaction, carrying what was known: actor, owner, resource, reason. What is known is
+the request's :class:`~billwatch.access.AuditContext`, which the access dependencies of
+:mod:`billwatch.access` fill in as they authenticate, load and authorise.
 
 A route that calls Stripe is *phased* (``openapi_extra=phased(...)``): it gets no request-wide
 transaction at all, only the :class:`~billwatch.db.Database`, and its service runs its own short
@@ -28,22 +30,20 @@ from fastapi.dependencies.utils import get_dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from billwatch import idempotency
-from billwatch.accounts.actor import Actor, OwnerRef
+from billwatch.access import admin_actor, audit_context, current_actor
 from billwatch.accounts.models import Role
-from billwatch.accounts.tokens import authenticated_user, read_token
 from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
 from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database
-from billwatch.errors import BadRequest, BillwatchError, Forbidden, Unauthorized
+from billwatch.errors import BadRequest, BillwatchError, Forbidden
 from billwatch.openapi_errors import error_responses
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.request_origin import IPNetwork, client_ip, fresh_request_id, safe_request_id
@@ -109,8 +109,8 @@ def failure_reason(error: Exception) -> tuple[int, str]:
 async def record_failure(request: Request, event: AuditEvent, error: Exception) -> None:
     """Write the one failure row for a request whose transaction was rolled back."""
     status, reason = failure_reason(error)
-    actor: Actor | None = getattr(request.state, "actor", None)
-    owner: OwnerRef | None = getattr(request.state, "audit_owner", None)
+    context = audit_context(request)
+    actor = context.actor
     if isinstance(error, Forbidden) and actor is not None and actor.role is Role.PROXY:
         event = for_actor(event, via_assignment=True)
     elif actor is not None:
@@ -125,8 +125,8 @@ async def record_failure(request: Request, event: AuditEvent, error: Exception) 
     try:
         async with db.unit_of_work() as session:
             recorder.record(
-                session, event, actor=actor, outcome=Outcome.FAILURE, owner=owner,
-                resource=getattr(request.state, "audit_resource", None), reason=reason,
+                session, event, actor=actor, outcome=Outcome.FAILURE, owner=context.owner,
+                resource=context.resource, reason=reason,
                 data={"status_code": status, "method": request.method,
                       "route": getattr(route, "path", None)},
             )
@@ -239,6 +239,11 @@ def _has_params(dependant: Dependant) -> bool:
                 or dependant.body_params) or any(_has_params(d) for d in dependant.dependencies)
 
 
+def _has(dependant: Dependant, kind: Callable[[Dependant], list[Any]]) -> bool:
+    """Whether the route or a dependency of it declares ``kind`` (an access rule takes the body)."""
+    return bool(kind(dependant)) or any(_has(d, kind) for d in dependant.dependencies)
+
+
 def documented_errors(path: str, endpoint: Callable[..., Any], *, methods: Any,
                       openapi_extra: dict[str, Any] | None) -> set[int]:
     """The error statuses a route can answer, read from what it depends on.
@@ -251,7 +256,7 @@ def documented_errors(path: str, endpoint: Callable[..., Any], *, methods: Any,
     """
     dependant = get_dependant(path=path, call=endpoint)
     calls = _dependency_calls(dependant)
-    has_body = bool(dependant.body_params)
+    has_body = _has(dependant, lambda d: d.body_params)
     statuses = {500}
     if _has_params(dependant):
         statuses.add(422)
@@ -261,7 +266,7 @@ def documented_errors(path: str, endpoint: Callable[..., Any], *, methods: Any,
         statuses.add(401)
         if admin_actor in calls or AUDIT_EVENT_KEY in (openapi_extra or {}):
             statuses.add(403)
-    if dependant.path_params or has_body:
+    if _has(dependant, lambda d: d.path_params) or has_body:
         statuses.add(404)
     if {m.upper() for m in methods or ("GET",)} - {"GET", "HEAD"}:
         statuses.add(409)
@@ -294,40 +299,10 @@ def get_gateway(request: Request) -> PaymentsGateway:
     return gateway
 
 
-_bearer = HTTPBearer(auto_error=False, description="A token from `billwatch token EMAIL`.")
-
-
-async def current_actor(
-    request: Request,
-    settings: Annotated[Settings, Depends(get_settings_dep)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Actor:
-    if credentials is None:
-        raise Unauthorized("missing bearer token", code="missing_token")
-    claims = read_token(credentials.credentials, settings)
-    session: AsyncSession | None = getattr(request.state, "session", None)
-    if session is not None:
-        user = await authenticated_user(session, claims)  # revoked, unknown, other role: 401
-    else:  # a phased route: read the user in a transaction of its own, closed at once
-        async with get_database(request).unit_of_work() as own:
-            user = await authenticated_user(own, claims)
-    actor = Actor(user.id, user.role)
-    request.state.actor = actor
-    return actor
-
-
-async def admin_actor(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
-    if not actor.is_admin:
-        raise Forbidden("admin role required", code="admin_required")
-    return actor
-
-
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 GatewayDep = Annotated[PaymentsGateway, Depends(get_gateway)]
-CurrentActor = Annotated[Actor, Depends(current_actor)]
-AdminActor = Annotated[Actor, Depends(admin_actor)]
 
 
 # --- request origin -----------------------------------------------------------------------

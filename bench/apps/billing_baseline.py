@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
 
+from billwatch.access import AdminActor
 from billwatch.accounts import service as accounts
 from billwatch.accounts.actor import OwnerRef
 from billwatch.billing.models import (
@@ -32,7 +33,7 @@ from billwatch.billing.schemas import FreeGrantRequest, OverrideOut
 from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
 from billwatch.config import Settings, get_settings
 from billwatch.db import Database, utcnow
-from billwatch.http import AdminActor, AuditedRouter, RequestContextMiddleware, SessionDep
+from billwatch.http import AuditedRouter, RequestContextMiddleware, SessionDep
 from billwatch.logging import configure_logging
 
 router = AuditedRouter(prefix="/admin")

@@ -6,9 +6,10 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict
 
+from billwatch.access import CurrentActor
 from billwatch.accounts.models import Role
 from billwatch.accounts.service import get_user
-from billwatch.http import AuditedRouter, CurrentActor, SessionDep
+from billwatch.http import AuditedRouter, SessionDep
 
 router = AuditedRouter(tags=["accounts"])
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
-from fastapi import Query, Request
+from fastapi import Depends, Query
 
+from billwatch import access
+from billwatch.access import AdminActor, AdminTarget
 from billwatch.alerts import ledger
 from billwatch.alerts.models import AlertStatus, IncidentStatus, Severity
 from billwatch.alerts.schemas import (
@@ -17,11 +18,13 @@ from billwatch.alerts.schemas import (
     IncidentPage,
 )
 from billwatch.audit.events import AuditEvent
-from billwatch.audit.recorder import Resource
-from billwatch.http import AdminActor, AuditedRouter, SessionDep, audited
+from billwatch.http import AuditedRouter, SessionDep, audited
 from billwatch.schema_types import INT64_MAX, BoundedDatetime, Line
 
 router = AuditedRouter(prefix="/admin/alerts", tags=["admin", "alerts"])
+
+AcknowledgeAccess = Annotated[AdminTarget[AcknowledgeRequest | None], Depends(
+    access.admin_on("alert", "alert_id", AcknowledgeRequest | None, body_default=None))]
 
 
 @router.get("", response_model=AlertPage, openapi_extra=audited(AuditEvent.ALERTS_READ))
@@ -63,10 +66,8 @@ async def list_incidents(
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertOut,
              openapi_extra=audited(AuditEvent.ALERT_ACKNOWLEDGED))
-async def acknowledge_alert(alert_id: uuid.UUID, request: Request, session: SessionDep,
-                            actor: AdminActor, body: AcknowledgeRequest | None = None) -> AlertOut:
+async def acknowledge_alert(target: AcknowledgeAccess, session: SessionDep) -> AlertOut:
     """Mark an alert and its incident as handled by the calling admin (409 if already done)."""
-    request.state.audit_resource = Resource("alert", alert_id)
-    alert = await ledger.acknowledge(session, actor=actor, alert_id=alert_id,
-                                     note=body.note if body else None)
+    alert = await ledger.acknowledge(session, actor=target.actor, alert_id=target.id,
+                                     note=target.body.note if target.body else None)
     return AlertOut.model_validate(alert)

@@ -20,6 +20,8 @@ from fastapi import Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from billwatch import access
+from billwatch.access import AdminActor, AdminTarget
 from billwatch.accounts.models import OwnerType, Role
 from billwatch.audit import recorder, service
 from billwatch.audit.events import AuditEvent, Outcome
@@ -28,14 +30,7 @@ from billwatch.audit.recorder import Resource
 from billwatch.audit.service import AuditFilters, Entry
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Forbidden, Unauthorized
-from billwatch.http import (
-    AdminActor,
-    AuditedRoute,
-    AuditedRouter,
-    SessionDep,
-    audited,
-    record_failure,
-)
+from billwatch.http import AuditedRoute, AuditedRouter, SessionDep, audited, record_failure
 from billwatch.schema_types import Line, UtcDatetime
 
 
@@ -127,6 +122,7 @@ def audit_filters(
 
 
 Filters = Annotated[AuditFilters, Depends(audit_filters)]
+RowAccess = Annotated[AdminTarget[None], Depends(access.admin_on("audit_log", "audit_log_id"))]
 
 
 @router.get("", response_model=AuditLogPage, openapi_extra=audited(AuditEvent.AUDIT_READ))
@@ -172,13 +168,11 @@ def export_response(request: Request, filters: AuditFilters,
 
 @router.get("/{audit_log_id}", response_model=AuditLogOut,
             openapi_extra=audited(AuditEvent.AUDIT_READ))
-async def read_audit_log(audit_log_id: uuid.UUID, request: Request, session: SessionDep,
-                         actor: AdminActor) -> Response:
+async def read_audit_log(target: RowAccess, session: SessionDep) -> Response:
     """One audit row, with its decrypted metadata and its place in the chain."""
-    request.state.audit_resource = Resource("audit_log", audit_log_id)
-    entry = await service.get(session, audit_log_id)
-    recorder.record(session, AuditEvent.AUDIT_READ, actor=actor,
-                    resource=Resource("audit_log", audit_log_id), data={"view": "one"})
+    entry = await service.get(session, target.id)
+    recorder.record(session, AuditEvent.AUDIT_READ, actor=target.actor,
+                    resource=Resource("audit_log", target.id), data={"view": "one"})
     return _json(AuditLogOut.of(entry))
 
 

@@ -1,15 +1,14 @@
-"""Billing routes for owners, their proxies and admins: parse, authorize, call one service."""
+"""Billing routes for owners, their proxies and admins: parse, depend on access, call one service."""
 
 from __future__ import annotations
 
-import uuid
+from typing import Annotated
 
-from fastapi import Request, Response, status
+from fastapi import Depends, Response, status
 
-from billwatch.accounts.actor import Actor, OwnerRef
-from billwatch.accounts.models import OwnerType
+from billwatch import access
+from billwatch.access import AdminActor, AdminTarget, OwnerAccess, SubscriptionAccess
 from billwatch.audit.events import AuditEvent
-from billwatch.audit.recorder import Resource
 from billwatch.billing import cancellations, checkout, overrides, refunds, subscriptions
 from billwatch.billing.schemas import (
     AccountAdminOut,
@@ -29,11 +28,8 @@ from billwatch.billing.schemas import (
     TransactionAdminOut,
     TransactionOut,
 )
-from billwatch.db import Database
 from billwatch.http import (
-    AdminActor,
     AuditedRouter,
-    CurrentActor,
     DatabaseDep,
     GatewayDep,
     SessionDep,
@@ -42,44 +38,42 @@ from billwatch.http import (
     phased,
 )
 from billwatch.idempotency import RequiredIdempotencyKey
-from billwatch.managers.service import Purpose, authorize_owner
+from billwatch.managers.service import Purpose
 
 router = AuditedRouter(prefix="/billing", tags=["billing"])
 admin_router = AuditedRouter(prefix="/admin", tags=["admin"])
 
-
-async def owner_access(request: Request, session: SessionDep, actor: Actor, owner: OwnerRef,
-                       purpose: Purpose) -> Actor:
-    """Authorize ``actor`` for ``owner``; the owner is remembered for a failure audit row."""
-    request.state.audit_owner = owner
-    allowed = await authorize_owner(session, actor, owner, purpose=purpose)
-    request.state.actor = allowed
-    return allowed
-
-
-async def owner_access_phased(request: Request, db: Database, actor: Actor, owner: OwnerRef,
-                              purpose: Purpose) -> Actor:
-    """:func:`owner_access` for a phased route, in a short transaction of its own."""
-    async with db.unit_of_work() as session:
-        return await owner_access(request, session, actor, owner, purpose)
+CheckoutAccess = Annotated[OwnerAccess[CheckoutRequest], Depends(
+    access.owner_in_body(CheckoutRequest, Purpose.CHECKOUT))]
+PortalAccess = Annotated[OwnerAccess[PortalRequest], Depends(
+    access.owner_in_body(PortalRequest, Purpose.PORTAL))]
+AccountAccess = Annotated[OwnerAccess[None], Depends(access.owner_in_path(Purpose.READ))]
+CancelAccess = Annotated[SubscriptionAccess[CancelRequest], Depends(
+    access.subscription_in_path(CancelRequest, Purpose.CANCEL))]
+RefundAccess = Annotated[AdminTarget[RefundRequest], Depends(
+    access.admin_on("transaction", "transaction_id", RefundRequest))]
+FreeGrantAccess = Annotated[OwnerAccess[FreeGrantRequest], Depends(
+    access.admin_for_owner(FreeGrantRequest))]
+OverrideAccess = Annotated[OwnerAccess[OverrideRequest], Depends(
+    access.admin_for_owner(OverrideRequest))]
+RevokeAccess = Annotated[AdminTarget[RevokeRequest], Depends(
+    access.admin_on("billing_override", "override_id", RevokeRequest))]
 
 
 @router.post("/checkout", status_code=status.HTTP_201_CREATED, response_model=CheckoutOut,
              openapi_extra=phased(AuditEvent.CHECKOUT_CREATED),
              responses={200: {"model": CheckoutOut,
                               "description": "The owner's open checkout for this plan, reused"}})
-async def create_checkout(body: CheckoutRequest, request: Request, response: Response,
-                          db: DatabaseDep, actor: CurrentActor, gateway: GatewayDep,
-                          settings: SettingsDep) -> CheckoutOut:
+async def create_checkout(allowed: CheckoutAccess, response: Response, db: DatabaseDep,
+                          gateway: GatewayDep, settings: SettingsDep) -> CheckoutOut:
     """Start a Stripe Checkout for an owner (as the owner, its proxy, or an admin).
 
     An owner has at most one open checkout: asking again for the same plan returns it (200);
     another plan, or one still being opened, is a 409 naming it.
     """
-    owner = OwnerRef(body.owner_type, body.owner_id)
-    actor = await owner_access_phased(request, db, actor, owner, Purpose.CHECKOUT)
+    body = allowed.body
     result = await checkout.create_checkout(
-        db, gateway, settings, actor=actor, owner=owner, plan_code=body.plan_code,
+        db, gateway, settings, actor=allowed.actor, owner=allowed.owner, plan_code=body.plan_code,
         success_url=str(body.success_url) if body.success_url else None,
         cancel_url=str(body.cancel_url) if body.cancel_url else None)
     if not result.created:
@@ -89,11 +83,9 @@ async def create_checkout(body: CheckoutRequest, request: Request, response: Res
 
 @router.get("/owners/{owner_type}/{owner_id}", response_model=AccountAdminOut | AccountOut,
             openapi_extra=audited(AuditEvent.SUBSCRIPTION_VIEWED))
-async def read_account(owner_type: OwnerType, owner_id: uuid.UUID, request: Request,
-                       session: SessionDep, actor: CurrentActor) -> AccountAdminOut | AccountOut:
+async def read_account(allowed: AccountAccess, session: SessionDep) -> AccountAdminOut | AccountOut:
     """An owner's subscriptions, latest transactions and overrides; admins also see why."""
-    owner = OwnerRef(owner_type, owner_id)
-    actor = await owner_access(request, session, actor, owner, Purpose.READ)
+    actor, owner = allowed.actor, allowed.owner
     account = await subscriptions.read_account(session, actor=actor, owner=owner)
     subscription_rows = [SubscriptionOut.model_validate(s) for s in account.subscriptions]
     if actor.is_admin:
@@ -109,42 +101,37 @@ async def read_account(owner_type: OwnerType, owner_id: uuid.UUID, request: Requ
 
 @router.post("/subscriptions/{subscription_id}/cancel", response_model=SubscriptionOut,
              openapi_extra=phased(AuditEvent.SUBSCRIPTION_CANCELLED))
-async def cancel_subscription(subscription_id: uuid.UUID, body: CancelRequest, request: Request,
-                              db: DatabaseDep, actor: CurrentActor,
+async def cancel_subscription(allowed: CancelAccess, db: DatabaseDep,
                               gateway: GatewayDep) -> SubscriptionOut:
     """Cancel at period end (default) or immediately; concurrent cancels reach Stripe once."""
-    request.state.audit_resource = Resource("subscription", subscription_id)
-    async with db.unit_of_work() as session:
-        subscription = await subscriptions.get_subscription(session, subscription_id)
-        owner = OwnerRef(subscription.owner_type, subscription.owner_id)
-        actor = await owner_access(request, session, actor, owner, Purpose.CANCEL)
     cancelled = await cancellations.cancel_subscription(
-        db, gateway, actor=actor, subscription_id=subscription_id,
-        at_period_end=body.at_period_end, reason=body.reason)
+        db, gateway, actor=allowed.actor, subscription_id=allowed.subscription_id,
+        at_period_end=allowed.body.at_period_end, reason=allowed.body.reason)
     return SubscriptionOut.model_validate(cancelled)
 
 
 @router.post("/portal", response_model=PortalOut,
              openapi_extra=phased(AuditEvent.PORTAL_ACCESSED))
-async def open_portal(body: PortalRequest, request: Request, db: DatabaseDep,
-                      actor: CurrentActor, gateway: GatewayDep, settings: SettingsDep) -> PortalOut:
+async def open_portal(allowed: PortalAccess, db: DatabaseDep, gateway: GatewayDep,
+                      settings: SettingsDep) -> PortalOut:
     """A Stripe customer-portal link for the owner (not for proxies)."""
-    owner = OwnerRef(body.owner_type, body.owner_id)
-    actor = await owner_access_phased(request, db, actor, owner, Purpose.PORTAL)
-    info = await checkout.open_portal(db, gateway, settings, actor=actor, owner=owner,
-                                      return_url=str(body.return_url) if body.return_url else None)
+    return_url = allowed.body.return_url
+    info = await checkout.open_portal(db, gateway, settings, actor=allowed.actor,
+                                      owner=allowed.owner,
+                                      return_url=str(return_url) if return_url else None)
     return PortalOut(id=info.id, url=info.url)
 
 
 @admin_router.post("/transactions/{transaction_id}/refund", status_code=status.HTTP_201_CREATED,
                    response_model=TransactionAdminOut,
                    openapi_extra=phased(AuditEvent.REFUND_ISSUED, idempotency_key_required=True))
-async def refund_transaction(transaction_id: uuid.UUID, body: RefundRequest, request: Request,
-                             db: DatabaseDep, actor: AdminActor, client_key: RequiredIdempotencyKey,
+async def refund_transaction(_: AdminActor, client_key: RequiredIdempotencyKey,
+                             target: RefundAccess, db: DatabaseDep,
                              gateway: GatewayDep) -> TransactionAdminOut:
     """Refund all (no amount) or part of a payment; requires an ``Idempotency-Key``."""
-    request.state.audit_resource = Resource("transaction", transaction_id)
-    refund = await refunds.issue_refund(db, gateway, actor=actor, transaction_id=transaction_id,
+    # ``_`` orders the checks: the admin (401/403), then the key (400), then the transaction.
+    body = target.body
+    refund = await refunds.issue_refund(db, gateway, actor=target.actor, transaction_id=target.id,
                                         amount_cents=body.amount_cents, reason=body.reason,
                                         note=body.note, client_key=client_key)
     return TransactionAdminOut.model_validate(refund)
@@ -152,39 +139,34 @@ async def refund_transaction(transaction_id: uuid.UUID, body: RefundRequest, req
 
 @admin_router.post("/free-grants", status_code=status.HTTP_201_CREATED, response_model=OverrideAdminOut,
                    openapi_extra=audited(AuditEvent.FREE_SUBSCRIPTION_GRANTED))
-async def grant_free(body: FreeGrantRequest, request: Request, session: SessionDep,
-                     actor: AdminActor, settings: SettingsDep) -> OverrideAdminOut:
+async def grant_free(allowed: FreeGrantAccess, session: SessionDep,
+                     settings: SettingsDep) -> OverrideAdminOut:
     """Grant a free subscription for N months, or with no end."""
-    owner = OwnerRef(body.owner_type, body.owner_id)
-    request.state.audit_owner = owner
+    body = allowed.body
     override = await overrides.grant_free_subscription(
-        session, settings, actor=actor, owner=owner, plan_code=body.plan_code,
+        session, settings, actor=allowed.actor, owner=allowed.owner, plan_code=body.plan_code,
         months=body.months, reason=body.reason)
     return OverrideAdminOut.model_validate(override)
 
 
 @admin_router.post("/overrides", status_code=status.HTTP_201_CREATED, response_model=OverrideAdminOut,
                    openapi_extra=phased(AuditEvent.OVERRIDE_CREATED))
-async def create_override(body: OverrideRequest, request: Request, db: DatabaseDep,
-                          actor: AdminActor, gateway: GatewayDep,
+async def create_override(allowed: OverrideAccess, db: DatabaseDep, gateway: GatewayDep,
                           settings: SettingsDep) -> OverrideAdminOut:
     """Create a discount or payment exemption, applied at Stripe before it is answered."""
-    owner = OwnerRef(body.owner_type, body.owner_id)
-    request.state.audit_owner = owner
+    body = allowed.body
     override = await overrides.create_override(
-        db, gateway, settings, actor=actor, owner=owner, kind=body.kind, reason=body.reason,
-        percent_off=body.percent_off, amount_off_cents=body.amount_off_cents,
+        db, gateway, settings, actor=allowed.actor, owner=allowed.owner, kind=body.kind,
+        reason=body.reason, percent_off=body.percent_off, amount_off_cents=body.amount_off_cents,
         plan_code=body.plan_code, ends_at=body.ends_at)
     return OverrideAdminOut.model_validate(override)
 
 
 @admin_router.post("/overrides/{override_id}/revoke", response_model=OverrideAdminOut,
                    openapi_extra=phased(AuditEvent.OVERRIDE_REVOKED))
-async def revoke_override(override_id: uuid.UUID, body: RevokeRequest, request: Request,
-                          db: DatabaseDep, actor: AdminActor,
+async def revoke_override(target: RevokeAccess, db: DatabaseDep,
                           gateway: GatewayDep) -> OverrideAdminOut:
     """Revoke an override now (removed at Stripe first); a concurrent second revoke is 409."""
-    request.state.audit_resource = Resource("billing_override", override_id)
-    override = await overrides.revoke_override(db, gateway, actor=actor, override_id=override_id,
-                                               reason=body.reason)
+    override = await overrides.revoke_override(db, gateway, actor=target.actor,
+                                               override_id=target.id, reason=target.body.reason)
     return OverrideAdminOut.model_validate(override)

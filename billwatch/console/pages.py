@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from billwatch.access import audit_context
 from billwatch.accounts.models import OwnerType
 from billwatch.alerts import ledger
 from billwatch.alerts.ledger import AlertFilter
@@ -102,7 +103,7 @@ async def _who(request: Request, session: AsyncSession) -> SignedIn:
     who = await auth.signed_in(session, _settings(request), request.cookies.get(COOKIE))
     if who is None:
         raise SignInRequired
-    request.state.actor = who.actor  # for the failure row, should the page's action fail
+    audit_context(request).actor = who.actor  # for the failure row, should the action fail
     return who
 
 

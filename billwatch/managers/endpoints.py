@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import Request, status
+from fastapi import Depends, status
 from pydantic import BaseModel, ConfigDict
 
-from billwatch.accounts.actor import OwnerRef
-from billwatch.accounts.models import OwnerType
+from billwatch import access
+from billwatch.access import OwnerAccess
 from billwatch.audit.events import AuditEvent
-from billwatch.http import AuditedRouter, CurrentActor, SessionDep, audited
+from billwatch.http import AuditedRouter, SessionDep, audited
 from billwatch.managers import service
 
 router = AuditedRouter(prefix="/patients/{patient_id}/billing-managers", tags=["billing managers"])
@@ -34,37 +35,35 @@ class AssignmentOut(BaseModel):
     removed_at: datetime | None
 
 
-def _remember_owner(request: Request, patient_id: uuid.UUID) -> None:
-    request.state.audit_owner = OwnerRef(OwnerType.PATIENT, patient_id)
+AssignAccess = Annotated[OwnerAccess[AssignRequest], Depends(access.patient_in_path(AssignRequest))]
+RemoveAccess = Annotated[OwnerAccess[Any], Depends(access.patient_in_path(also=("proxy_id",)))]
+ListAccess = Annotated[OwnerAccess[Any], Depends(access.patient_in_path())]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AssignmentOut,
              openapi_extra=audited(AuditEvent.MANAGER_ASSIGNED))
-async def assign(patient_id: uuid.UUID, body: AssignRequest, request: Request,
-                 session: SessionDep, actor: CurrentActor) -> AssignmentOut:
+async def assign(patient: AssignAccess, session: SessionDep) -> AssignmentOut:
     """Name a proxy as the patient's billing manager."""
-    _remember_owner(request, patient_id)
-    assignment = await service.assign_manager(session, actor=actor, patient_id=patient_id,
-                                              proxy_id=body.proxy_id)
+    assignment = await service.assign_manager(session, actor=patient.actor,
+                                              patient_id=patient.owner.id,
+                                              proxy_id=patient.body.proxy_id)
     return AssignmentOut.model_validate(assignment)
 
 
 @router.delete("/{proxy_id}", response_model=AssignmentOut,
                openapi_extra=audited(AuditEvent.MANAGER_REMOVED))
-async def remove(patient_id: uuid.UUID, proxy_id: uuid.UUID, request: Request,
-                 session: SessionDep, actor: CurrentActor) -> AssignmentOut:
+async def remove(patient: RemoveAccess, session: SessionDep) -> AssignmentOut:
     """Remove a proxy's billing authority."""
-    _remember_owner(request, patient_id)
-    assignment = await service.remove_manager(session, actor=actor, patient_id=patient_id,
-                                              proxy_id=proxy_id)
+    assignment = await service.remove_manager(session, actor=patient.actor,
+                                              patient_id=patient.owner.id,
+                                              proxy_id=patient.path["proxy_id"])
     return AssignmentOut.model_validate(assignment)
 
 
 @router.get("", response_model=list[AssignmentOut],
             openapi_extra=audited(AuditEvent.MANAGERS_VIEWED))
-async def list_managers(patient_id: uuid.UUID, request: Request, session: SessionDep,
-                        actor: CurrentActor) -> list[AssignmentOut]:
+async def list_managers(patient: ListAccess, session: SessionDep) -> list[AssignmentOut]:
     """The patient's current billing managers."""
-    _remember_owner(request, patient_id)
-    assignments = await service.list_managers(session, actor=actor, patient_id=patient_id)
+    assignments = await service.list_managers(session, actor=patient.actor,
+                                              patient_id=patient.owner.id)
     return [AssignmentOut.model_validate(a) for a in assignments]
