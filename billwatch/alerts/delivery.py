@@ -39,10 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billwatch.alerts import incidents, mail
 from billwatch.alerts.explain import load_owner
 from billwatch.alerts.models import Alert, AlertCooldown, AlertStatus
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.metrics import billing as billing_metrics
+from billwatch.redaction import redact_text
 
 log = structlog.get_logger(__name__)
 

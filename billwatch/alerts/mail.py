@@ -21,9 +21,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from billwatch.alerts.explain import Owner, explain, format_money, link, runbook_path
 from billwatch.alerts.models import Alert, AlertKind
 from billwatch.alerts.raising import spec_for
-from billwatch.audit.redaction import redact, redact_text
 from billwatch.config import Settings
 from billwatch.db import utcnow
+from billwatch.redaction import redact, redact_text
 
 _HEADER_UNSAFE = re.compile(r"[\r\n\t]+")
 

@@ -28,7 +28,6 @@ from billwatch.audit import service as audit_service
 from billwatch.audit.endpoints import ExportFormat, export_response
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
-from billwatch.audit.redaction import redact_text
 from billwatch.billing.refunds import RefundReason, issue_refund
 from billwatch.config import Settings
 from billwatch.console import auth, data, integrity, mail, views
@@ -46,6 +45,7 @@ from billwatch.console.web import (
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Unprocessable
 from billwatch.http import AuditedRoute, audited, record_failure
+from billwatch.redaction import redact_text
 from billwatch.webhooks import store as webhook_store
 from billwatch.webhooks.models import EventStatus
 from billwatch.webhooks.service import replay

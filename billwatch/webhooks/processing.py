@@ -28,12 +28,12 @@ from sqlalchemy.exc import DBAPIError
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.metrics import billing as billing_metrics
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.redaction import redact_text
 from billwatch.webhooks import shapes, store
 from billwatch.webhooks.handlers import HANDLERS, EventContext, Handled
 from billwatch.webhooks.handlers.common import STRIPE, NeedsStripeRead, owner_for_customer
