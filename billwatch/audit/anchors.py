@@ -36,6 +36,7 @@ from prometheus_client import Counter
 from billwatch.audit.checkpoints import Checkpoint
 from billwatch.config import Settings
 from billwatch.db import utcnow
+from billwatch.smtp import header_text, send
 
 log = structlog.get_logger(__name__)
 
@@ -82,8 +83,6 @@ class MailAnchor:
     name: str = "mail"
 
     async def send(self, checkpoint: Checkpoint) -> None:
-        from billwatch.alerts.mail import header_text, send  # alerts depend on audit, not back
-
         message = EmailMessage()
         message["Subject"] = (f"billwatch audit checkpoint seq {checkpoint.last_seq} "
                               f"({checkpoint.created_at[:19]}Z)")

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billwatch.accounts.models import OwnerType
 from billwatch.alerts import ledger
 from billwatch.alerts.ledger import AlertFilter
-from billwatch.alerts.mail import send as send_mail
 from billwatch.alerts.models import AlertStatus, Severity
 from billwatch.audit import crypto, recorder
 from billwatch.audit import service as audit_service
@@ -46,6 +45,7 @@ from billwatch.db import Database
 from billwatch.errors import BillwatchError, Unprocessable
 from billwatch.http import AuditedRoute, audited, record_failure
 from billwatch.redaction import redact_text
+from billwatch.smtp import send as send_mail
 from billwatch.webhooks import store as webhook_store
 from billwatch.webhooks.models import EventStatus
 from billwatch.webhooks.service import replay
