@@ -31,8 +31,10 @@ bench: install services
 services:
 	bash scripts/ensure-services.sh
 
+## ruff, and the layering contracts of pyproject.toml's [tool.importlinter] (docs/architecture.md).
 lint: install
 	$(BIN)/ruff check billwatch tests bench deploy
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

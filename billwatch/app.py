@@ -17,7 +17,6 @@ from billwatch.accounts.endpoints import router as accounts_router
 from billwatch.alerts.endpoints import router as alerts_router
 from billwatch.audit.anonymous import refusals_of
 from billwatch.audit.endpoints import router as audit_router
-from billwatch.audit.redaction import redact, redact_text
 from billwatch.billing.endpoints import admin_router as billing_admin_router
 from billwatch.billing.endpoints import router as billing_router
 from billwatch.bootstrap import build_runtime, open_database
@@ -37,6 +36,7 @@ from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
 from billwatch.metrics.exposition import install_metrics
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.redaction import redact, redact_text
 from billwatch.runtime import Runtime
 from billwatch.startup import require_secure_settings
 from billwatch.webhooks.endpoints import router as webhooks_router

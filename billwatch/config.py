@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from billwatch import money
-from billwatch.audit.crypto import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, keys_from
+from billwatch.secret_keys import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, check_audit_keys
 
 
 class BillingInterval(StrEnum):
@@ -326,8 +326,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _audit_keys_parse(self) -> Settings:
-        keys_from(self.audit_encryption_keys.get_secret_value(),
-                  self.audit_hmac_key.get_secret_value())
+        check_audit_keys(self.audit_encryption_keys.get_secret_value(),
+                         self.audit_hmac_key.get_secret_value())
         return self
 
     @property

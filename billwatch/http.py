@@ -39,13 +39,13 @@ from billwatch.access import admin_actor, audit_context, current_actor
 from billwatch.accounts.models import Role
 from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database
 from billwatch.errors import BadRequest, BillwatchError, Forbidden
 from billwatch.openapi_errors import error_responses
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.redaction import redact_text
 from billwatch.request_origin import IPNetwork, client_ip, fresh_request_id, safe_request_id
 
 log = structlog.get_logger(__name__)

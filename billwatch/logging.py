@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from billwatch.audit.redaction import redact
+from billwatch.redaction import redact
 
 
 def redact_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapper
 from sqlalchemy.types import TypeDecorator
 
-from billwatch.audit.redaction import redact_text
+from billwatch.redaction import redact_text
 
 _TRUNCATION_ROUNDS = 3
 

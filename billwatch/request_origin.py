@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 
-from billwatch.audit.redaction import redact_text
+from billwatch.redaction import redact_text
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -12,7 +12,6 @@ import sys
 
 import structlog
 
-from billwatch.audit.crypto import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, KeyRing
 from billwatch.config import (
     DEVELOPMENT_STRIPE_API_KEY,
     DEVELOPMENT_TOKEN_SECRET,
@@ -20,13 +19,14 @@ from billwatch.config import (
     Settings,
     get_settings,
 )
+from billwatch.secret_keys import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, parse_ring
 
 log = structlog.get_logger(__name__)
 
 MIN_SECRET_BYTES = 32
 """HS256 and HMAC-SHA256 keys shorter than the hash output are guessable sooner than needed."""
 
-_DEV_AES_KEYS = {key for _kid, key in KeyRing.parse(DEVELOPMENT_ENCRYPTION_KEYS).keys}
+_DEV_AES_KEYS = {key for _kid, key in parse_ring(DEVELOPMENT_ENCRYPTION_KEYS)}
 
 
 class InsecureSettings(ValueError):
@@ -62,8 +62,7 @@ def secret_problems(settings: Settings) -> list[str]:
         checks.append(("BILLWATCH_METRICS_TOKEN", settings.metrics_token.get_secret_value(), None))
     problems = [problem for name, value, default in checks
                 if (problem := _secret_problem(name, value, default)) is not None]
-    ring = KeyRing.parse(settings.audit_encryption_keys.get_secret_value())
-    for kid, key in ring.keys:
+    for kid, key in parse_ring(settings.audit_encryption_keys.get_secret_value()):
         if key in _DEV_AES_KEYS:
             problems.append(f"BILLWATCH_AUDIT_ENCRYPTION_KEYS key {kid!r} is the development key")
     if settings.stripe_api_key.get_secret_value() == DEVELOPMENT_STRIPE_API_KEY:

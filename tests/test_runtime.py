@@ -19,6 +19,7 @@ from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.runtime import NoRuntime
+from billwatch.secret_keys import KeyRingError
 from tests.audit.conftest import audit_rows_refused
 
 OTHER_KEYS = crypto.keys_from(crypto.generate_key_entry("other"),
@@ -82,7 +83,7 @@ class TestTwoRuntimesInOneProcess:
             assert row.data == {"event_type": "invoice.paid"}
         async with db.sessionmaker() as session:  # the development ring cannot open it
             row = (await session.scalars(select(AuditLog))).one()
-            with pytest.raises(crypto.KeyRingError):
+            with pytest.raises(KeyRingError):
                 _ = row.data
 
     async def test_two_apps_count_into_their_own_registries(

@@ -13,13 +13,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from billwatch.app import create_app
-from billwatch.audit.crypto import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY, generate_key_entry
+from billwatch.audit.crypto import generate_key_entry
 from billwatch.config import (
     DEVELOPMENT_STRIPE_API_KEY,
     DEVELOPMENT_TOKEN_SECRET,
     DEVELOPMENT_WEBHOOK_SECRET,
     Settings,
 )
+from billwatch.secret_keys import DEVELOPMENT_ENCRYPTION_KEYS, DEVELOPMENT_HMAC_KEY
 from billwatch.startup import InsecureSettings, require_secure_settings, secret_problems
 
 BIN = Path(sys.executable).parent

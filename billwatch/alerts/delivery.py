@@ -39,10 +39,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billwatch.alerts import incidents, mail
 from billwatch.alerts.explain import load_owner
 from billwatch.alerts.models import Alert, AlertCooldown, AlertStatus
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.db import Database, after_commit, utcnow
+from billwatch.redaction import redact_text
 from billwatch.runtime import runtime_of
+from billwatch.smtp import UncertainDelivery, send, smtp_lease_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +68,7 @@ MAX_COPIES = 2
 
 
 def lease(settings: Settings) -> timedelta:
-    return timedelta(seconds=mail.smtp_lease_seconds(settings))
+    return timedelta(seconds=smtp_lease_seconds(settings))
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -89,8 +90,8 @@ async def deliver_one(db: Database, settings: Settings, alert_id: uuid.UUID, *,
         return prepared
     message, kind, now = prepared  # the clock moves no earlier than the alert's own time
     try:
-        await mail.send(settings, message)
-    except mail.UncertainDelivery as error:
+        await send(settings, message)
+    except UncertainDelivery as error:
         log.warning("alert_delivery_uncertain", alert_id=str(alert_id), kind=kind,
                     error=redact_text(str(error)))
         return await _record_uncertain(db, settings, alert_id, error, now)

@@ -6,8 +6,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billwatch.accounts.actor import Actor
 from billwatch.alerts.models import Alert, AlertIncident, AlertStatus, IncidentStatus, Severity
@@ -103,3 +103,10 @@ async def acknowledge(session: AsyncSession, *, actor: Actor, alert_id: uuid.UUI
                           "dedup_key": alert.dedup_key, "note": note,
                           "incident_id": str(alert.incident_id) if alert.incident_id else None})
     return alert
+
+
+async def oldest_pending(reader: AsyncSession | AsyncConnection) -> datetime | None:
+    """When the oldest alert still waiting for delivery was raised; None when none waits."""
+    oldest: datetime | None = await reader.scalar(select(func.min(Alert.created_at)).where(
+        Alert.status == AlertStatus.PENDING))
+    return oldest

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.alerts import handoff
 from billwatch.alerts.models import Alert, AlertKind, AlertStatus, Severity
-from billwatch.audit.redaction import redact, redact_text
 from billwatch.db import Database, after_commit, utcnow
+from billwatch.redaction import redact, redact_text
 from billwatch.runtime import runtime_of
 
 

@@ -25,9 +25,9 @@ from billwatch.alerts.raising import raise_alert
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.models import AuditLog
 from billwatch.audit.recorder import AuditWriteFailure
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.db import after_commit, utcnow
+from billwatch.redaction import redact_text
 from billwatch.runtime import Runtime, runtime_of
 
 log = structlog.get_logger(__name__)

@@ -27,7 +27,7 @@ from email import message_from_string, policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import structlog
@@ -35,7 +35,10 @@ import structlog
 from billwatch.audit.checkpoints import Checkpoint
 from billwatch.config import Settings
 from billwatch.db import utcnow
-from billwatch.metrics.billing import BillingMetrics
+from billwatch.smtp import header_text, send
+
+if TYPE_CHECKING:
+    from billwatch.metrics.billing import BillingMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -78,8 +81,6 @@ class MailAnchor:
     name: str = "mail"
 
     async def send(self, checkpoint: Checkpoint) -> None:
-        from billwatch.alerts.mail import header_text, send  # alerts depend on audit, not back
-
         message = EmailMessage()
         message["Subject"] = (f"billwatch audit checkpoint seq {checkpoint.last_seq} "
                               f"({checkpoint.created_at[:19]}Z)")

@@ -18,11 +18,9 @@ with the keys of the session's runtime, and a row loaded through a session decry
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -30,20 +28,19 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from billwatch.secret_keys import (
+    DEVELOPMENT_ENCRYPTION_KEYS,
+    DEVELOPMENT_HMAC_KEY,
+    KeyRingError,
+    check_hmac_key,
+    check_key_id,
+    check_ring,
+    parse_ring,
+)
+
 NONCE_BYTES = 12
-DEVELOPMENT_KEY_ID = "dev"
-DEVELOPMENT_ENCRYPTION_KEYS = (
-    f"{DEVELOPMENT_KEY_ID}:" + base64.b64encode(b"billwatch-DEVELOPMENT-ONLY-key!!").decode())
-"""A fixed, public key for laptops and tests. Anything encrypted with it is readable by anyone."""
-DEVELOPMENT_HMAC_KEY = "billwatch-development-audit-hmac-key-DO-NOT-USE-IN-PRODUCTION"
 if TYPE_CHECKING:
     from billwatch.config import Settings
-
-_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-
-
-class KeyRingError(ValueError):
-    """A malformed key ring, or a ciphertext no key in the ring can open."""
 
 
 @dataclass(frozen=True)
@@ -54,32 +51,13 @@ class KeyRing:
     _ciphers: dict[str, AESGCM] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.keys:
-            raise KeyRingError("the audit key ring is empty")
-        for kid, key in self.keys:
-            if not _KEY_ID.match(kid):
-                raise KeyRingError(f"bad key id {kid!r}: use 1-32 of A-Z a-z 0-9 _ . -")
-            if len(key) != 32:
-                raise KeyRingError(f"key {kid!r} must be 32 bytes (AES-256), got {len(key)}")
-            if kid in self._ciphers:
-                raise KeyRingError(f"key id {kid!r} appears twice in the ring")
+        for kid, key in check_ring(self.keys):
             self._ciphers[kid] = AESGCM(key)
 
     @classmethod
     def parse(cls, spec: str) -> KeyRing:
         """Read ``kid:base64key[,kid:base64key...]``."""
-        keys: list[tuple[str, bytes]] = []
-        for entry in (part.strip() for part in spec.split(",")):
-            if not entry:
-                continue
-            kid, sep, encoded = entry.partition(":")
-            if not sep:
-                raise KeyRingError("each key ring entry is kid:base64key")
-            try:
-                keys.append((kid.strip(), base64.b64decode(encoded.strip(), validate=True)))
-            except binascii.Error as error:
-                raise KeyRingError(f"key {kid.strip()!r} is not valid base64") from error
-        return cls(tuple(keys))
+        return cls(parse_ring(spec))
 
     @property
     def primary_id(self) -> str:
@@ -107,9 +85,7 @@ class KeyRing:
 
 def generate_key_entry(kid: str) -> str:
     """A fresh ``kid:base64key`` entry to put at the front of the ring."""
-    if not _KEY_ID.match(kid):
-        raise KeyRingError(f"bad key id {kid!r}")
-    return f"{kid}:{base64.b64encode(os.urandom(32)).decode()}"
+    return f"{check_key_id(kid)}:{base64.b64encode(os.urandom(32)).decode()}"
 
 
 @dataclass(frozen=True)
@@ -130,11 +106,10 @@ class AuditKeys:
 
 
 def keys_from(encryption_keys: str, hmac_key: str) -> AuditKeys:
-    if len(hmac_key.encode()) < 32:
-        raise KeyRingError("the audit HMAC key must be at least 32 bytes")
+    encoded = check_hmac_key(hmac_key)
     development = (encryption_keys.strip() == DEVELOPMENT_ENCRYPTION_KEYS
                    or hmac_key == DEVELOPMENT_HMAC_KEY)
-    return AuditKeys(KeyRing.parse(encryption_keys), hmac_key.encode(), development)
+    return AuditKeys(KeyRing.parse(encryption_keys), encoded, development)
 
 
 def keys_for(settings: Settings) -> AuditKeys:

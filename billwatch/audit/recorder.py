@@ -34,10 +34,10 @@ from billwatch.audit import chain
 from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.models import AuditLog
-from billwatch.audit.redaction import redact, redact_text
 from billwatch.context import current_origin
 from billwatch.db import after_commit, utcnow
 from billwatch.redacted import RedactedString, clean
+from billwatch.redaction import redact, redact_text
 from billwatch.runtime import Runtime, runtime_of, runtime_of_connection
 
 log = structlog.get_logger(__name__)

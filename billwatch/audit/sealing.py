@@ -27,9 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, exists, insert, select, text
+from sqlalchemy import ColumnElement, Table, exists, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billwatch.audit import crypto
 from billwatch.audit.anchors import CheckpointAnchor, anchors_for, send_to_anchors
@@ -186,6 +186,17 @@ async def _seal_once(db: Database, keys: AuditKeys, *, skip_empty: bool) -> Chec
     return checkpoint
 
 
+def not_sealed() -> ColumnElement[bool]:
+    """An audit row no seal names yet: what the sealer chains next."""
+    return ~exists().where(AuditSeal.audit_log_id == AuditLog.id)
+
+
+async def count_unsealed(reader: AsyncSession | AsyncConnection) -> int:
+    """How many audit rows wait for their place in the seal chain (the sealer's own test)."""
+    count = await reader.scalar(select(func.count()).select_from(AuditLog).where(not_sealed()))
+    return int(count or 0)
+
+
 async def _seal_unsealed(db: Database, session: AsyncSession, head: Head) -> Head:
     """Stream unsealed rows on a second connection and chain them in ``session``'s transaction.
 
@@ -193,7 +204,7 @@ async def _seal_unsealed(db: Database, session: AsyncSession, head: Head) -> Hea
     millions); the reader starts after the lock is held, so it sees every earlier seal.
     """
     unsealed = (select(AuditLog.id, AuditLog.content_hash)
-                .where(~exists().where(AuditSeal.audit_log_id == AuditLog.id))
+                .where(not_sealed())
                 .order_by(AuditLog.occurred_at, AuditLog.id))
     seq, chain_hash, row_id = head.seq, head.chain_hash, head.row_id
     sealed_at = utcnow()

@@ -21,12 +21,12 @@ from sqlalchemy import Select, and_, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.accounts.models import OwnerType, Role
-from billwatch.audit.crypto import KeyRingError
 from billwatch.audit.events import Outcome, matching
 from billwatch.audit.models import AuditLog, AuditSeal
 from billwatch.db import Database
 from billwatch.errors import NotFound, Unprocessable
 from billwatch.schema_types import bounded_instant
+from billwatch.secret_keys import KeyRingError
 
 EXPORT_BATCH = 500
 

@@ -15,10 +15,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billwatch.audit.redaction import redact, redact_text
 from billwatch.audit.verify import VerifyReport
 from billwatch.db import Database, utcnow
 from billwatch.jobs.models import JobRun, RunStatus
+from billwatch.redaction import redact, redact_text
 
 AUDIT_VERIFY = "audit_verify"
 """The ``job_runs.job`` of verify runs; each run's period is its start time (unique per run)."""

@@ -25,7 +25,6 @@ from billwatch.accounts.actor import Actor, OwnerRef
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
 from billwatch.audit.recorder import Resource, StripeRefs
-from billwatch.audit.redaction import redact_text
 from billwatch.billing.models import (
     CancelMode,
     IntentStatus,
@@ -38,6 +37,7 @@ from billwatch.billing.subscriptions import cancelled_by, get_subscription
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError
 from billwatch.payments.gateway import PaymentsGateway, stripe_refused
+from billwatch.redaction import redact_text
 from billwatch.runtime import runtime_of
 
 

@@ -25,7 +25,6 @@ from billwatch.accounts.models import User
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome, for_actor
 from billwatch.audit.recorder import Resource, StripeRefs
-from billwatch.audit.redaction import redact_text
 from billwatch.billing.customers import ensure_customer, find_customer
 from billwatch.billing.models import OPEN_CHECKOUT_STATUSES, CheckoutSession, CheckoutStatus
 from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
@@ -39,6 +38,7 @@ from billwatch.payments.gateway import (
     PortalSessionInfo,
     stripe_refused,
 )
+from billwatch.redaction import redact_text
 from billwatch.runtime import runtime_of
 
 CHECKOUT_EXPIRY = SystemActor("checkout-expiry")

@@ -23,9 +23,10 @@ from billwatch.audit.chain import (
     column_text,
     content_bytes,
 )
-from billwatch.audit.crypto import AuditKeys, KeyRingError
+from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.models import AuditCheckpoint, AuditLog, AuditSeal
 from billwatch.audit.sealing import from_row
+from billwatch.secret_keys import KeyRingError
 
 MAX_WALK = 1000
 """Seals walked from a row to its checkpoint on a page view; beyond it the walk is left to verify."""

@@ -22,14 +22,12 @@ from billwatch.access import audit_context
 from billwatch.accounts.models import OwnerType
 from billwatch.alerts import ledger
 from billwatch.alerts.ledger import AlertFilter
-from billwatch.alerts.mail import send as send_mail
 from billwatch.alerts.models import AlertStatus, Severity
 from billwatch.audit import recorder
 from billwatch.audit import service as audit_service
 from billwatch.audit.endpoints import ExportFormat, export_response
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.recorder import Resource
-from billwatch.audit.redaction import redact_text
 from billwatch.billing.refunds import RefundReason, issue_refund
 from billwatch.config import Settings
 from billwatch.console import auth, data, integrity, mail, views
@@ -47,7 +45,9 @@ from billwatch.console.web import (
 from billwatch.db import Database
 from billwatch.errors import BillwatchError, Unprocessable
 from billwatch.http import AuditedRoute, audited, record_failure
+from billwatch.redaction import redact_text
 from billwatch.runtime import runtime_of
+from billwatch.smtp import send as send_mail
 from billwatch.webhooks import store as webhook_store
 from billwatch.webhooks.models import EventStatus
 from billwatch.webhooks.service import replay

@@ -10,16 +10,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billwatch.alerts.models import AlertKind
 from billwatch.alerts.raising import raise_alert
-from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
+from billwatch.billing import stats
 from billwatch.config import Settings
 from billwatch.jobs import daily_metrics
-
-T = Transaction
 
 
 def start_of_day(moment: datetime) -> datetime:
@@ -30,11 +27,8 @@ async def check_refunds_today(session: AsyncSession, settings: Settings,
                               now: datetime) -> dict[str, Any]:
     """More than ``alert_refunds_per_day`` refunds since 00:00 UTC raises ``refunds_high``."""
     day = start_of_day(now)
-    count, amount = (await session.execute(
-        select(func.count(), func.coalesce(func.sum(T.amount_cents), 0)).where(
-            T.kind == TransactionKind.REFUND, T.status != TransactionStatus.FAILED,
-            T.created_at >= day, T.created_at <= now))).one()
-    figures: dict[str, Any] = {"refunds_today": int(count), "refunded_cents": int(amount),
+    count, amount = await stats.refunds_between(session, start=day, until=now)
+    figures: dict[str, Any] = {"refunds_today": count, "refunded_cents": amount,
                "threshold": settings.alert_refunds_per_day, "day": day.date().isoformat()}
     if figures["refunds_today"] > settings.alert_refunds_per_day:
         raise_alert(session, AlertKind.REFUNDS_HIGH,
@@ -70,16 +64,6 @@ async def check_churn(session: AsyncSession, settings: Settings, now: datetime) 
             "churn_customers_start": figures["churn_customers_start"]}
 
 
-async def _failure_counts(session: AsyncSession, start: datetime, end: datetime) -> tuple[int, int]:
-    failed, total = (await session.execute(select(
-        func.coalesce(func.sum(case((T.status == TransactionStatus.FAILED, 1), else_=0)), 0),
-        func.count(),
-    ).where(T.kind == TransactionKind.PAYMENT,
-            T.status.in_((TransactionStatus.SUCCEEDED, TransactionStatus.FAILED)),
-            and_(T.created_at >= start, T.created_at < end)))).one()
-    return int(failed), int(total)
-
-
 async def check_payment_failure_rate(session: AsyncSession, settings: Settings,
                                      hour_end: datetime) -> dict[str, Any]:
     """The failure rate of the hour ending ``hour_end`` against the 7 days before it.
@@ -90,9 +74,9 @@ async def check_payment_failure_rate(session: AsyncSession, settings: Settings,
     ``alert_payment_failure_rate_min_increase`` above it (so 1 % -> 3 % stays quiet).
     """
     hour_start = hour_end - timedelta(hours=1)
-    failed, total = await _failure_counts(session, hour_start, hour_end)
-    base_failed, base_total = await _failure_counts(session, hour_start - timedelta(days=7),
-                                                    hour_start)
+    failed, total = await stats.payment_outcomes(session, start=hour_start, end=hour_end)
+    base_failed, base_total = await stats.payment_outcomes(
+        session, start=hour_start - timedelta(days=7), end=hour_start)
     rate = failed / total if total else 0.0
     baseline = base_failed / base_total if base_total else 0.0
     figures = {"hour_start": hour_start.isoformat(), "attempts": total, "failed": failed,

@@ -38,6 +38,9 @@ whose ``canceled_at`` falls in D. *Active subscriptions* (by owner type and plan
 subscription at the end of D, trials and free grants included. *Gross revenue*: succeeded
 payments created during D. *Refunds*: refunds created during D that did not fail (count and
 amount). *Payment success rate*: succeeded / (succeeded + failed) payments created during D.
+
+The queries over the billing tables are :mod:`billwatch.billing.stats`'s; this module turns
+their answers into the row of ``daily_billing_metrics`` it owns.
 """
 
 from __future__ import annotations
@@ -45,22 +48,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billwatch import money
-from billwatch.billing import revenue
-from billwatch.billing.models import NEVER_PAID_SUBSCRIPTION_STATUSES as NEVER_PAID
-from billwatch.billing.models import NOT_STARTED_SUBSCRIPTION_STATUSES as NOT_STARTED
-from billwatch.billing.models import STOPPED_SUBSCRIPTION_STATUSES as STOPPED
-from billwatch.billing.models import (
-    Subscription,
-    SubscriptionSource,
-    Transaction,
-    TransactionKind,
-    TransactionStatus,
-)
+from billwatch.billing import stats
 from billwatch.config import Settings
 from billwatch.db import utcnow
 from billwatch.jobs.models import DailyBillingMetrics
@@ -70,62 +63,10 @@ DEFINITION_VERSION = 2
 CHURN_WINDOW_DAYS = 30
 WORK_MEM = "128MB"
 
-S = Subscription
-T = Transaction
-
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     start = datetime.combine(day, time.min, tzinfo=UTC)
     return start, start + timedelta(days=1)
-
-
-def stop_at() -> ColumnElement[datetime]:
-    """When a subscription stopped paying (or null if it has not), per the module docstring."""
-    stopped = case((S.status.in_(STOPPED), func.coalesce(S.canceled_at, S.updated_at)), else_=None)
-    return func.coalesce(S.ended_at, stopped)
-
-
-def live_until() -> ColumnElement[datetime]:
-    """Like :func:`stop_at`, and a free grant also ends at the end of its granted period."""
-    granted_end = case((and_(S.source == SubscriptionSource.FREE_GRANT, S.status.not_in(STOPPED)),
-                        S.current_period_end), else_=None)
-    return func.coalesce(stop_at(), granted_end)
-
-
-def _paying_at(moment: datetime, stop: ColumnElement[datetime]) -> ColumnElement[bool]:
-    return and_(S.created_at <= moment, or_(stop.is_(None), stop > moment))
-
-
-async def owner_mrr_figures(session: AsyncSession, settings: Settings, *, start: datetime,
-                            end: datetime) -> dict[str, Any]:
-    """MRR and paying customers at ``end``, and the churn counts of the window start..end."""
-    stop = stop_at()
-    at_start, at_end = revenue.adjustments_at(start), revenue.adjustments_at(end)
-    price_start = revenue.subscription_mrr(settings.plans, at_start)
-    price_end = revenue.subscription_mrr(settings.plans, at_end)
-    owners = (
-        select(func.sum(case((_paying_at(start, stop), price_start), else_=0)).label("mrr_start"),
-               func.sum(case((_paying_at(end, stop), price_end), else_=0)).label("mrr_end"))
-        .select_from(S)
-        .outerjoin(at_start, revenue.join_adjustments(at_start))
-        .outerjoin(at_end, revenue.join_adjustments(at_end))
-        .where(S.source == SubscriptionSource.STRIPE, S.status.not_in(NEVER_PAID),
-               S.created_at <= end, or_(stop.is_(None), stop > start))
-        .group_by(S.owner_type, S.owner_id)
-        .subquery())
-    start_mrr, end_mrr = owners.c.mrr_start, owners.c.mrr_end
-    row = (await session.execute(select(
-        func.coalesce(func.sum(end_mrr), 0),
-        func.coalesce(func.sum(case((end_mrr > 0, 1), else_=0)), 0),
-        func.coalesce(func.sum(start_mrr), 0),
-        func.coalesce(func.sum(case((start_mrr > 0, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((and_(start_mrr > 0, end_mrr <= 0), 1), else_=0)), 0),
-        func.coalesce(func.sum(case((and_(start_mrr > 0, start_mrr > end_mrr),
-                                     start_mrr - end_mrr), else_=0)), 0),
-    ))).one()
-    keys = ("mrr_cents", "paying_customers", "churn_mrr_start_cents", "churn_customers_start",
-            "churn_customers_lost", "churn_mrr_lost_cents")
-    return {key: int(value) for key, value in zip(keys, row, strict=True)}
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -133,58 +74,37 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 async def churn_rates(session: AsyncSession, settings: Settings, *, end: datetime) -> dict[str, Any]:
-    """The churn figures of the :data:`CHURN_WINDOW_DAYS` days ending at ``end``."""
-    figures = await owner_mrr_figures(session, settings,
-                                      start=end - timedelta(days=CHURN_WINDOW_DAYS), end=end)
-    figures["customer_churn_rate"] = _rate(figures["churn_customers_lost"],
-                                           figures["churn_customers_start"])
-    figures["revenue_churn_rate"] = _rate(figures["churn_mrr_lost_cents"],
-                                          figures["churn_mrr_start_cents"])
-    return figures
+    """MRR and paying customers at ``end``, and the churn of the :data:`CHURN_WINDOW_DAYS` days
+    ending there."""
+    window = await stats.revenue_window(session, settings.plans,
+                                        start=end - timedelta(days=CHURN_WINDOW_DAYS), end=end)
+    return {"mrr_cents": window.mrr_cents, "paying_customers": window.paying_customers,
+            "churn_mrr_start_cents": window.start_mrr_cents,
+            "churn_customers_start": window.start_customers,
+            "churn_customers_lost": window.customers_lost,
+            "churn_mrr_lost_cents": window.mrr_lost_cents,
+            "customer_churn_rate": _rate(window.customers_lost, window.start_customers),
+            "revenue_churn_rate": _rate(window.mrr_lost_cents, window.start_mrr_cents)}
 
 
 async def subscription_counts(session: AsyncSession, *, start: datetime,
                               end: datetime) -> dict[str, Any]:
-    """Live subscriptions at ``end`` by owner type and plan, and new and cancelled ones in the
-    day: one scan, grouped by the (few) owner type and plan pairs."""
-    until = live_until()
-    live = and_(S.status.not_in(NOT_STARTED), S.created_at < end,
-                or_(until.is_(None), until >= end))
-    new = and_(S.created_at >= start, S.created_at < end, S.status.not_in(NOT_STARTED))
-    cancelled = and_(S.canceled_at >= start, S.canceled_at < end)
-    rows = await session.execute(
-        select(S.owner_type, S.plan_code, func.sum(case((live, 1), else_=0)),
-               func.sum(case((new, 1), else_=0)), func.sum(case((cancelled, 1), else_=0)))
-        .where(or_(live, new, cancelled))
-        .group_by(S.owner_type, S.plan_code))
-    by_plan: dict[str, dict[str, int]] = {}
-    totals = {"new_subscriptions": 0, "cancelled_subscriptions": 0}
-    for owner_type, plan_code, live_count, new_count, cancelled_count in rows:
-        if live_count:
-            by_plan.setdefault(str(owner_type.value), {})[plan_code] = int(live_count)
-        totals["new_subscriptions"] += int(new_count)
-        totals["cancelled_subscriptions"] += int(cancelled_count)
-    return {"active_by_owner_plan": by_plan,
-            "active_subscriptions": sum(sum(plans.values()) for plans in by_plan.values()),
-            **totals}
+    """Live subscriptions at ``end`` by owner type and plan, and new and cancelled ones in the day."""
+    day = await stats.subscription_day(session, start=start, end=end)
+    return {"active_by_owner_plan": day.live_by_owner_plan,
+            "active_subscriptions": sum(sum(plans.values())
+                                        for plans in day.live_by_owner_plan.values()),
+            "new_subscriptions": day.new, "cancelled_subscriptions": day.cancelled}
 
 
 async def money_counts(session: AsyncSession, *, start: datetime, end: datetime) -> dict[str, Any]:
-    """Payments and refunds created in ``[start, end)``; one indexed range scan per kind."""
-    in_day = and_(T.created_at >= start, T.created_at < end)
-    succeeded, failed, gross = (await session.execute(select(
-        func.coalesce(func.sum(case((T.status == TransactionStatus.SUCCEEDED, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((T.status == TransactionStatus.FAILED, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((T.status == TransactionStatus.SUCCEEDED, T.amount_cents),
-                                    else_=0)), 0),
-    ).where(T.kind == TransactionKind.PAYMENT, in_day))).one()
-    refunds, refunded = (await session.execute(select(
-        func.count(), func.coalesce(func.sum(T.amount_cents), 0),
-    ).where(T.kind == TransactionKind.REFUND, T.status != TransactionStatus.FAILED, in_day))).one()
-    return {"gross_revenue_cents": int(gross), "payments_succeeded": int(succeeded),
-            "payments_failed": int(failed), "refunds_count": int(refunds),
-            "refunds_cents": int(refunded),
-            "payment_success_rate": _rate(int(succeeded), int(succeeded) + int(failed))}
+    """Payments and refunds created in ``[start, end)``."""
+    day = await stats.money_day(session, start=start, end=end)
+    return {"gross_revenue_cents": day.gross_revenue_cents,
+            "payments_succeeded": day.payments_succeeded, "payments_failed": day.payments_failed,
+            "refunds_count": day.refunds_count, "refunds_cents": day.refunds_cents,
+            "payment_success_rate": _rate(day.payments_succeeded,
+                                          day.payments_succeeded + day.payments_failed)}
 
 
 async def compute(session: AsyncSession, settings: Settings, day: date) -> dict[str, Any]:
@@ -214,3 +134,13 @@ async def store(session: AsyncSession, figures: dict[str, Any]) -> None:
 
 async def load(session: AsyncSession, day: date) -> DailyBillingMetrics | None:
     return await session.get(DailyBillingMetrics, day, populate_existing=True)
+
+
+async def newest_figures(conn: AsyncConnection) -> tuple[float | None, float | None, int | None] | None:
+    """The newest day's customer churn, revenue churn and gross revenue; None before the first
+    run. A database not yet migrated to the jobs schema raises ``DBAPIError``."""
+    row = (await conn.execute(
+        select(DailyBillingMetrics.customer_churn_rate, DailyBillingMetrics.revenue_churn_rate,
+               DailyBillingMetrics.gross_revenue_cents)
+        .order_by(DailyBillingMetrics.day.desc()).limit(1))).first()
+    return None if row is None else (row[0], row[1], row[2])

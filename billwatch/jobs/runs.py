@@ -31,10 +31,10 @@ from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billwatch.audit.redaction import redact, redact_text
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database, utcnow
 from billwatch.jobs.models import JobRun, RunStatus
+from billwatch.redaction import redact, redact_text
 
 log = structlog.get_logger(__name__)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from billwatch.billing.models import Subscription, Transaction
+from billwatch.billing import stats
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import anomaly, daily_metrics, report
@@ -79,9 +79,7 @@ async def installation_first_day(db: Database, *, now: datetime | None = None) -
                               .on_conflict_do_nothing(index_elements=["id"]))
         installed = await session.scalar(select(Installation.installed_at)
                                          .where(Installation.id == 1))
-        earliest = [installed,
-                    await session.scalar(select(func.min(Subscription.created_at))),
-                    await session.scalar(select(func.min(Transaction.created_at)))]
+        earliest = [installed, *await stats.earliest_activity(session)]
     return min(found for found in earliest if found is not None).astimezone(UTC).date()
 
 

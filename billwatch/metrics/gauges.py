@@ -24,20 +24,18 @@ from datetime import datetime
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import exists, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billwatch import money
-from billwatch.alerts.models import Alert, AlertStatus
-from billwatch.audit.models import AuditLog, AuditSeal
-from billwatch.billing import revenue
-from billwatch.billing.models import ACTIVE_SUBSCRIPTION_STATUSES, Subscription
+from billwatch.alerts import ledger
+from billwatch.audit import sealing
+from billwatch.billing import revenue, stats
 from billwatch.config import Plan, Settings
 from billwatch.db import Database, utcnow
-from billwatch.jobs.models import DailyBillingMetrics
+from billwatch.jobs import daily_metrics
 from billwatch.metrics import labels
-from billwatch.webhooks.models import UNFINISHED, EventStatus, StripeEvent
+from billwatch.webhooks import store
 
 log = structlog.get_logger(__name__)
 
@@ -120,39 +118,24 @@ async def query_snapshot(db: Database, plans: Sequence[Plan],
     async with db.engine.connect() as conn:
         active = await _active_subscriptions(conn, frozenset(plan.code for plan in plans))
         mrr, paying = await _revenue(conn, plans, now or utcnow())
-        proxy_managed = await conn.scalar(select(func.count()).select_from(Subscription).where(
-            Subscription.status.in_(ACTIVE_SUBSCRIPTION_STATUSES),
-            Subscription.managed_by_proxy_id.is_not(None)))
+        proxy_managed = await stats.proxy_managed_active(conn)
         daily = await _daily_figures(conn)
         backlog = await query_backlog(conn)
-    return GaugeSnapshot(active, mrr, paying, int(proxy_managed or 0), daily, backlog)
+    return GaugeSnapshot(active, mrr, paying, proxy_managed, daily, backlog)
 
 
 async def query_backlog(conn: AsyncConnection) -> Backlog:
-    """The backlog figures; unsealed rows use the sealer's own test (no seal names the row)."""
-    by_status = dict.fromkeys((status.value for status in EventStatus), 0)
-    for status, count in await conn.execute(
-            select(StripeEvent.status, func.count()).group_by(StripeEvent.status)):
-        by_status[EventStatus(status).value] = int(count)
-    oldest_event = await conn.scalar(select(func.min(StripeEvent.received_at)).where(
-        StripeEvent.status.in_(UNFINISHED)))
-    oldest_alert = await conn.scalar(select(func.min(Alert.created_at)).where(
-        Alert.status == AlertStatus.PENDING))
-    unsealed = await conn.scalar(select(func.count()).select_from(AuditLog).where(
-        ~exists().where(AuditSeal.audit_log_id == AuditLog.id)))
-    return Backlog(by_status, oldest_event, oldest_alert, int(unsealed or 0))
+    """The backlog figures, each asked of the domain that owns the table."""
+    return Backlog(await store.count_by_status(conn), await store.oldest_unfinished(conn),
+                   await ledger.oldest_pending(conn), await sealing.count_unsealed(conn))
 
 
 async def _active_subscriptions(conn: AsyncConnection,
                                 plans: frozenset[str]) -> dict[tuple[str, str], int]:
-    rows = await conn.execute(
-        select(Subscription.owner_type, Subscription.plan_code, func.count())
-        .where(Subscription.status.in_(ACTIVE_SUBSCRIPTION_STATUSES))
-        .group_by(Subscription.owner_type, Subscription.plan_code))
     result = {(owner, plan): 0 for owner in labels.OWNER_TYPES for plan in sorted(plans)}
-    for owner_type, plan_code, count in rows:
+    for (owner_type, plan_code), count in (await stats.active_by_owner_plan(conn)).items():
         key = (labels.owner_type(owner_type), labels.closed(plan_code, plans))
-        result[key] = result.get(key, 0) + int(count)
+        result[key] = result.get(key, 0) + count
     return result
 
 
@@ -171,10 +154,7 @@ async def _revenue(conn: AsyncConnection, plans: Sequence[Plan],
 async def _daily_figures(conn: AsyncConnection) -> DailyFigures | None:
     """The newest row of the daily metrics job; None before its first run."""
     try:
-        row = (await conn.execute(
-            select(DailyBillingMetrics.customer_churn_rate, DailyBillingMetrics.revenue_churn_rate,
-                   DailyBillingMetrics.gross_revenue_cents)
-            .order_by(DailyBillingMetrics.day.desc()).limit(1))).first()
+        row = await daily_metrics.newest_figures(conn)
     except DBAPIError:
         # A database not yet migrated to the jobs schema still gets the other gauges.
         log.warning("metrics_daily_figures_unavailable")

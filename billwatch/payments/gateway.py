@@ -23,10 +23,10 @@ from typing import Any
 import stripe
 import structlog
 
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Plan, Settings
 from billwatch.errors import GatewayTimeout, PaymentProviderError
 from billwatch.payments import standins
+from billwatch.redaction import redact_text
 
 log = structlog.get_logger(__name__)
 

@@ -18,11 +18,11 @@ from fastapi.responses import JSONResponse
 
 from billwatch.audit import anonymous, recorder
 from billwatch.audit.events import AuditEvent, Outcome
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import current_origin
 from billwatch.db import Database, after_commit
 from billwatch.openapi_errors import ErrorOut
+from billwatch.redaction import redact_text
 from billwatch.runtime import runtime_of
 from billwatch.webhooks.inbox import accept
 from billwatch.webhooks.signature import (

@@ -21,10 +21,10 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import DBAPIError
 
-from billwatch.audit.redaction import redact
 from billwatch.config import Settings
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.redaction import redact
 from billwatch.runtime import runtime_of
 from billwatch.webhooks import handoff, store
 from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent

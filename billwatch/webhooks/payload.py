@@ -13,7 +13,7 @@ change, and that can be seen on the raw body cheaply:
   sample values and the answer cached, so new key rules in the redactor apply here unchanged.
 
 When nothing is flagged the parsed event is stored as it is; otherwise the full redactor runs.
-Either way the stored payload is what :func:`billwatch.audit.redaction.redact` returns (a
+Either way the stored payload is what :func:`billwatch.redaction.redact` returns (a
 property test holds the two equal). A new *text* rule in the redactor needs its trigger added to
 ``_FLAGS`` below; the test's samples cover the rules known today.
 """
@@ -25,7 +25,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from billwatch.audit.redaction import CVV_WORDS, redact
+from billwatch.redaction import CVV_WORDS, redact
 
 _DIGITS_TO_ZERO = bytes(48 if 48 <= b <= 57 else 120 for b in range(256))
 """Every digit becomes ``0``, every letter ``x``; everything else is deleted first."""

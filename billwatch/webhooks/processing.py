@@ -27,12 +27,12 @@ from sqlalchemy.exc import DBAPIError
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
-from billwatch.audit.redaction import redact_text
 from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin, current_origin
 from billwatch.db import Database, after_commit, utcnow
 from billwatch.metrics.billing import BillingMetrics
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.redaction import redact_text
 from billwatch.runtime import runtime_of
 from billwatch.webhooks import shapes, store
 from billwatch.webhooks.handlers import HANDLERS, EventContext, Handled

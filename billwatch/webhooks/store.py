@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billwatch.db import utcnow
 from billwatch.webhooks.models import (
@@ -254,3 +254,19 @@ async def known_ids(session: AsyncSession, ids: Iterable[str]) -> set[str]:
         found.update((await session.scalars(
             select(StripeEvent.stripe_event_id).where(StripeEvent.stripe_event_id.in_(chunk)))).all())
     return found
+
+
+async def count_by_status(reader: AsyncSession | AsyncConnection) -> dict[str, int]:
+    """Stored events per status value, every status present (zero when none has it)."""
+    by_status = dict.fromkeys((status.value for status in EventStatus), 0)
+    for status, count in await reader.execute(
+            select(StripeEvent.status, func.count()).group_by(StripeEvent.status)):
+        by_status[EventStatus(status).value] = int(count)
+    return by_status
+
+
+async def oldest_unfinished(reader: AsyncSession | AsyncConnection) -> datetime | None:
+    """When the oldest event still waiting for processing arrived; None when none waits."""
+    oldest: datetime | None = await reader.scalar(select(func.min(StripeEvent.received_at)).where(
+        StripeEvent.status.in_(UNFINISHED)))
+    return oldest

@@ -26,10 +26,10 @@ from sqlalchemy import select, text
 from billwatch.alerts import mail
 from billwatch.alerts.models import Alert
 from billwatch.audit.models import AuditLog
-from billwatch.audit.redaction import canonical_text
 from billwatch.config import Settings
 from billwatch.db import Base, Database
 from billwatch.logging import configure_logging
+from billwatch.redaction import canonical_text
 from billwatch.webhooks.handlers import HANDLERS
 from tests.support import Factory, People, paid_subscription
 from tests.webhooks import stripe_events as se

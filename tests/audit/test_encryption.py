@@ -8,10 +8,11 @@ import uuid
 import pytest
 from sqlalchemy import select, text
 
+from billwatch import secret_keys
 from billwatch.accounts.actor import SystemActor
 from billwatch.audit import crypto, recorder
 from billwatch.audit.checkpoints import CheckpointStore
-from billwatch.audit.crypto import AuditKeys, KeyRing, KeyRingError
+from billwatch.audit.crypto import AuditKeys, KeyRing
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.models import AuditLog
 from billwatch.audit.rotation import rotate, rows_to_rotate
@@ -20,6 +21,7 @@ from billwatch.audit.verify import verify
 from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
+from billwatch.secret_keys import KeyRingError
 from tests.audit.conftest import write_rows
 
 MARKER = "clinic-visit-7f3a9c"
@@ -61,7 +63,8 @@ class TestKeyRing:
                 KeyRing.parse(bad)
 
     def test_the_development_keys_are_flagged(self) -> None:
-        development = crypto.keys_from(crypto.DEVELOPMENT_ENCRYPTION_KEYS, crypto.DEVELOPMENT_HMAC_KEY)
+        development = crypto.keys_from(secret_keys.DEVELOPMENT_ENCRYPTION_KEYS,
+                                       secret_keys.DEVELOPMENT_HMAC_KEY)
         assert development.development
         assert not crypto.keys_from(crypto.generate_key_entry("k"), "x" * 40).development
 

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billwatch.audit.redaction import REDACTED, canonical_text, luhn_valid, redact, redact_text
+from billwatch.redaction import REDACTED, canonical_text, luhn_valid, redact, redact_text
 
 SEPARATOR_CHARS = [" ", "-", ".", "/", "_", "\t", "+", ",", "\u00a0", "\u2009", "\n", ":", "*",
                    "|", "\\", "#", "(", ")", "\u3000", "\u2013"]

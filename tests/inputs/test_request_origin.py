@@ -126,7 +126,7 @@ class TestParsing:
     def test_a_fresh_request_id_is_never_masked(self) -> None:
         # Plain uuid4 hex is masked about once in a few hundred ids (a Luhn-valid digit run):
         # 20,000 of them would all but surely include one.
-        from billwatch.audit.redaction import redact_text
+        from billwatch.redaction import redact_text
 
         ids = [fresh_request_id() for _ in range(20_000)]
         assert all(redact_text(i) == i and safe_request_id(i) == i for i in ids)

@@ -29,7 +29,6 @@ from sqlalchemy import func, insert, select
 
 from billwatch.accounts.models import OwnerType, Role, User
 from billwatch.audit.models import AuditLog
-from billwatch.audit.redaction import redact_text
 from billwatch.billing.models import (
     StripeCustomer,
     Subscription,
@@ -39,6 +38,7 @@ from billwatch.billing.models import (
     TransactionKind,
 )
 from billwatch.db import Database, utcnow
+from billwatch.redaction import redact_text
 from billwatch.webhooks.models import UNFINISHED, AttemptOutcome, StripeEvent, StripeEventAttempt
 from tests.pgserver import PgServer, private_server
 from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, free_port, migrate

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billwatch.audit.redaction import redact
 from billwatch.db import Database
+from billwatch.redaction import redact
 from billwatch.webhooks import shapes
 from billwatch.webhooks.payload import may_need_redaction, redacted_payload
 from tests.support import SHARED_STRIPE_FIXTURES
