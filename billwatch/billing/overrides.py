@@ -15,7 +15,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import structlog
 from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,8 +39,6 @@ from billwatch.config import Settings
 from billwatch.db import Database, UTCDateTime, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError, Unprocessable
 from billwatch.payments.gateway import Coupon, DiscountInfo, PaymentsGateway, stripe_refused
-
-log = structlog.get_logger(__name__)
 
 EXEMPTION_BEHAVIOR = "void"
 """``pause_collection`` behavior of an exemption: invoices are voided, so nothing is owed later

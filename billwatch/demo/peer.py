@@ -104,11 +104,6 @@ class StripePeer:
         paid: dict[str, Any] = await self._call("POST", f"/v1/invoices/{invoice_id}/pay")
         return paid
 
-    async def set_cancel_at_period_end(self, sub_id: str) -> dict[str, Any]:
-        updated: dict[str, Any] = await self._call("POST", f"/v1/subscriptions/{sub_id}",
-                                                   {"cancel_at_period_end": True})
-        return updated
-
     async def end_subscription(self, sub_id: str) -> None:
         """End a subscription at the peer (period over, or dunning exhausted)."""
         await self._call("DELETE", f"/v1/subscriptions/{sub_id}")
