@@ -13,9 +13,9 @@ from billwatch.alerts.models import Alert, AlertStatus
 from billwatch.audit import recorder
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
-from billwatch.audit.redaction import luhn_valid
 from billwatch.config import Settings
 from billwatch.db import Database
+from tests.audit.helpers import luhn_valid
 from tests.support import test_settings
 
 STRIPE = SystemActor("stripe")

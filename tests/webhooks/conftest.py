@@ -27,7 +27,7 @@ from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.webhooks import handoff, store
 from billwatch.webhooks.inbox import drain
-from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
+from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent, StripeEventAttempt
 from billwatch.webhooks.processing import ProcessResult
 from tests.support import TEST_WEBHOOK_SECRET, Factory, LocalStripe, free_port, snapshot
 from tests.webhooks import stripe_events
@@ -295,6 +295,14 @@ async def stored_event(db: Database, event_id: str) -> StripeEvent | None:
     async with db.sessionmaker() as session:
         return (await session.scalars(
             select(StripeEvent).where(StripeEvent.stripe_event_id == event_id))).first()
+
+
+async def attempts_of_event(db: Database, event_id: str) -> list[StripeEventAttempt]:
+    """The stored event's attempts, first to last."""
+    stored = await stored_event(db, event_id)
+    assert stored is not None
+    async with db.sessionmaker() as session:
+        return await store.attempts_of(session, stored.id)
 
 
 async def stored_as_failed(db: Database, event: dict[str, Any], error: str) -> None:

@@ -16,14 +16,15 @@ from billwatch.audit.events import Outcome
 from billwatch.billing.models import Subscription
 from billwatch.config import DEFAULT_PLANS, BillingInterval, Plan, Settings
 from billwatch.db import Database, utcnow
-from billwatch.webhooks import service, store
+from billwatch.webhooks import service
 from billwatch.webhooks.inbox import drain
-from billwatch.webhooks.models import AttemptOutcome, EventStatus, StripeEventAttempt
+from billwatch.webhooks.models import AttemptOutcome, EventStatus
 from billwatch.webhooks.processing import ProcessOutcome, ProcessResult, retry_delay
 from tests.support import Factory, audit_rows
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import (
     Server,
+    attempts_of_event,
     business_state,
     linked_customer,
     metric,
@@ -56,13 +57,6 @@ async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
 async def subscriptions(db: Database) -> int:
     async with db.sessionmaker() as session:
         return int(await session.scalar(select(func.count()).select_from(Subscription)) or 0)
-
-
-async def attempts(db: Database, event_id: str) -> list[StripeEventAttempt]:
-    async with db.sessionmaker() as session:
-        row = await store.get(session, event_id)
-        assert row is not None
-        return await store.attempts_of(session, row.id)
 
 
 async def retry_due(app: FastAPI, event_id: str) -> list[ProcessResult]:
@@ -113,7 +107,7 @@ class TestHandlerFailure:
         [third] = await retry_due(fixed, event["id"])
         assert third.outcome is ProcessOutcome.PROCESSED and third.attempts == 3
 
-        rows = await attempts(db, event["id"])
+        rows = await attempts_of_event(db, event["id"])
         assert [(a.attempt, a.outcome) for a in rows] == [
             (1, AttemptOutcome.FAILED), (2, AttemptOutcome.FAILED), (3, AttemptOutcome.PROCESSED)]
         assert all(a.error and NEW_PRICE in a.error for a in rows[:2]) and rows[2].error is None
@@ -163,7 +157,7 @@ class TestHandlerFailure:
         fixed = with_premium(settings)
         result = await service.replay(db, app.state.gateway, fixed, event["id"])
         assert result.outcome is ProcessOutcome.PROCESSED and result.attempts == MAX_ATTEMPTS + 1
-        rows = await attempts(db, event["id"])
+        rows = await attempts_of_event(db, event["id"])
         assert [a.outcome for a in rows] == [AttemptOutcome.FAILED] * MAX_ATTEMPTS + [
             AttemptOutcome.PROCESSED]
         assert rows[-1].delivery == "replay"
@@ -187,6 +181,6 @@ class TestHandlerFailure:
         stored = await stored_event(db, paid["id"])
         assert stored is not None and stored.status is EventStatus.RETRYING
         assert stored.last_error is not None and "amount_paid" in stored.last_error
-        [attempt] = await attempts(db, paid["id"])
+        [attempt] = await attempts_of_event(db, paid["id"])
         assert attempt.outcome is AttemptOutcome.FAILED
         assert attempt.error is not None and "amount_paid" in attempt.error
