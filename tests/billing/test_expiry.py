@@ -33,6 +33,7 @@ from billwatch.jobs import tasks
 from billwatch.jobs.celery_app import OVERRIDES_EXPIRE_TASK, beat_schedule
 from billwatch.jobs.embedded import EmbeddedRunner
 from billwatch.payments.gateway import PaymentsGateway, stripe_refused
+from tests.billing.helpers import standin_renewal
 from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
 from tests.support import Factory, People, audit_rows, free_port, paid_subscription, reload
 
@@ -124,7 +125,7 @@ class TestTimedDiscountExpiry:
         assert override.state is OverrideState.EXPIRED and override.stripe_coupon_id
         with pytest.raises(stripe.InvalidRequestError):
             await gateway.client.v1.coupons.retrieve_async(override.stripe_coupon_id)
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1500
         [row] = await audit_rows(db, event_type="billing.override.expired")
         assert row.actor_name == "job:expire-overrides"
@@ -168,7 +169,7 @@ class TestHalfDoneOverrides:
         assert override.state is OverrideState.ACTIVE and override.stripe_coupon_id
         [row] = await audit_rows(db, event_type="billing.override.created")
         assert row.actor_user_id == people.admin.id
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1200
 
     async def test_a_revoke_that_reached_stripe_but_not_the_database_is_finished(
@@ -206,7 +207,7 @@ class TestHalfDoneOverrides:
         [row] = [r for r in await audit_rows(db, event_type="billing.override.revoked")
                  if r.outcome.value == "success"]
         assert row.actor_user_id == people.admin.id and row.data["reason"] == "review closed"
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1500
 
     async def test_no_answer_from_stripe_leaves_the_intent_pending_not_failed(

@@ -27,6 +27,7 @@ from billwatch.db import Database
 from billwatch.jobs import daily_metrics
 from billwatch.metrics.gauges import query_snapshot
 from billwatch.payments.gateway import PaymentsGateway
+from tests.billing.helpers import standin_renewal
 from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
 
@@ -128,7 +129,7 @@ class TestDiscountAtStripe:
         coupon = await gateway.client.v1.coupons.retrieve_async(override.stripe_coupon_id)
         assert coupon.percent_off == 25
 
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert (renewal.amount_due_cents, renewal.amount_paid_cents) == (1125, 1125)
         assert renewal.charge_id is not None
         charge = await gateway.client.v1.charges.retrieve_async(renewal.charge_id)
@@ -139,7 +140,7 @@ class TestDiscountAtStripe:
         assert revoked.json()["state"] == "revoked" and revoked.json()["revoked_at"]
         with pytest.raises(stripe.InvalidRequestError):
             await gateway.client.v1.coupons.retrieve_async(override.stripe_coupon_id)
-        after = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        after = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert after.amount_paid_cents == 1500
         assert await charges_at_peer(settings, str(subscription.stripe_customer_id)) == [
             1125, 1500, 1500]
@@ -162,8 +163,8 @@ class TestDiscountAtStripe:
         created = await discount(client, factory, people, amount_off_cents=300)
         assert created.status_code == 201, created.text
         assert created.json()["currency"] == "usd"
-        renewal = await PaymentsGateway(settings).standin_renewal(
-            subscription.stripe_subscription_id)
+        renewal = await standin_renewal(PaymentsGateway(settings).client,
+                                       subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1200
 
     async def test_a_second_discount_waits_for_a_revoke(
@@ -231,7 +232,7 @@ class TestPaymentExemption:
                                     json={**people.owner_body, "kind": "payment_exemption",
                                           "reason": "inpatient stay"})
         assert created.status_code == 201, created.text
-        paused = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        paused = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert paused.collection_paused == "void" and paused.amount_paid_cents == 0
         customer = str(subscription.stripe_customer_id)
         assert await charges_at_peer(settings, customer) == [1500]  # the first invoice only
@@ -240,7 +241,7 @@ class TestPaymentExemption:
 
         revoked = await revoke(client, factory, people, created.json()["id"])
         assert revoked.status_code == 200, revoked.text
-        resumed = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        resumed = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert resumed.collection_paused is None and resumed.amount_paid_cents == 1500
         assert await charges_at_peer(settings, customer) == [1500, 1500]
 
