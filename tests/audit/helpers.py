@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+DEFAULT_PARTITION = "audit_logs_default"
+"""Where PostgreSQL puts a row whose month has no partition (made by migration 0610)."""
+
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn checksum every payment card number satisfies, written apart from the redactor's
