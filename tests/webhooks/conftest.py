@@ -21,7 +21,13 @@ from sqlalchemy import select, update
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import OwnerType, Role, User
-from billwatch.billing.models import CheckoutSession, StripeCustomer, Subscription, Transaction
+from billwatch.billing.models import (
+    CheckoutSession,
+    CheckoutStatus,
+    StripeCustomer,
+    Subscription,
+    Transaction,
+)
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
@@ -156,6 +162,12 @@ async def _started(server: uvicorn.Server) -> bool:
 
 
 @pytest.fixture
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    """The webhook endpoint reached in process (no socket), draining the app's inbox."""
+    return Server("/webhooks/stripe", client, app)
+
+
+@pytest.fixture
 async def server(app: FastAPI) -> AsyncIterator[Server]:
     async for running in serve(app):
         yield running
@@ -261,6 +273,20 @@ async def checkout_customer(client: httpx.AsyncClient, db: Database, factory: Fa
         checkout = await session.get(CheckoutSession, uuid.UUID(response.json()["id"]))
         assert checkout is not None
     return Customer(patient, checkout.stripe_customer_id, checkout)
+
+
+async def pending_checkout(db: Database, factory: Factory, peer: stripe.StripeClient) -> Customer:
+    """A patient's checkout left at phase 1 (its intent committed, the process died before it
+    heard from Stripe), and the Stripe customer Stripe's side made for it."""
+    patient = await factory.user(Role.PATIENT)
+    async with db.unit_of_work() as session:
+        checkout = CheckoutSession(
+            id=uuid.uuid4(), owner_type=OwnerType.PATIENT, owner_id=patient.id,
+            plan_code="basic_monthly", status=CheckoutStatus.PENDING,
+            created_by_user_id=patient.id, idempotency_key=f"checkout:{uuid.uuid4()}")
+        session.add(checkout)
+    customer = await peer.v1.customers.create_async(params={"name": patient.name})
+    return Customer(patient, customer.id, checkout)
 
 
 async def linked_customer(db: Database, factory: Factory, peer: stripe.StripeClient) -> tuple[User, str]:

@@ -7,10 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 import stripe
-from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner, Result
 
@@ -37,11 +35,6 @@ from tests.webhooks.test_failures import NEW_PRICE, PREMIUM
 def settings(settings: Settings) -> Settings:
     """One attempt per event: a failing handler leaves its event ``failed`` at once."""
     return settings.model_copy(update={"webhook_max_attempts": 1})
-
-
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
 
 
 async def billwatch(settings: Settings, *args: str, premium: bool = False) -> Result:

@@ -4,13 +4,14 @@ recorded attempt by attempt, and after the last attempt ``failed``, audited and 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-import httpx
 import pytest
 import stripe
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from billwatch.accounts.models import User
 from billwatch.app import create_app
 from billwatch.audit.events import Outcome
 from billwatch.billing.models import Subscription
@@ -49,11 +50,6 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"webhook_max_attempts": MAX_ATTEMPTS})
 
 
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
-
-
 async def subscriptions(db: Database) -> int:
     async with db.sessionmaker() as session:
         return int(await session.scalar(select(func.count()).select_from(Subscription)) or 0)
@@ -66,6 +62,21 @@ async def retry_due(app: FastAPI, event_id: str) -> list[ProcessResult]:
     assert stored.next_attempt_at is not None
     at: datetime = stored.next_attempt_at + timedelta(milliseconds=1)
     return await drain(app.state.db, app.state.gateway, app.state.settings, now=at)
+
+
+async def unknown_price_event(db: Database, factory: Factory,
+                              peer: stripe.StripeClient) -> tuple[User, str, dict[str, Any]]:
+    """A patient, and a ``customer.subscription.created`` of theirs on a price the catalogue
+    does not know yet: its handler fails until the settings gain :data:`PREMIUM`."""
+    patient, customer_id = await linked_customer(db, factory, peer)
+    sub_id = se.new_id("sub")
+    event = se.event("customer.subscription.created", se.subscription(
+        sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
+    return patient, sub_id, event
+
+
+def failed_count() -> float:
+    return metric("billing_webhooks_failed_total", event_type="customer.subscription.created")
 
 
 class TestRetrySchedule:
@@ -83,12 +94,8 @@ class TestHandlerFailure:
     async def test_failing_twice_then_succeeding_records_three_attempts(
             self, asgi: Server, app: FastAPI, db: Database, factory: Factory,
             peer: stripe.StripeClient, settings: Settings) -> None:
-        patient, customer_id = await linked_customer(db, factory, peer)
-        sub_id = se.new_id("sub")
-        event = se.event("customer.subscription.created", se.subscription(
-            sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
-        failed_before = metric("billing_webhooks_failed_total",
-                               event_type="customer.subscription.created")
+        patient, sub_id, event = await unknown_price_event(db, factory, peer)
+        failed_before = failed_count()
         response = await asgi.deliver(event)  # Stripe is answered 200 whatever the handler does
         assert response.status_code == 200 and response.json()["status"] == "received"
         assert response.outcome == "retrying"
@@ -123,18 +130,13 @@ class TestHandlerFailure:
         assert received.data["attempt"] == 3
         # retried failures are not the alerting failure: only giving up is
         assert not await audit_rows(db, event_type="billing.webhook.failed")
-        assert metric("billing_webhooks_failed_total",
-                      event_type="customer.subscription.created") == failed_before
+        assert failed_count() == failed_before
 
     async def test_the_last_attempt_fails_the_event_audits_it_and_replay_fixes_it(
             self, asgi: Server, app: FastAPI, db: Database, factory: Factory,
             peer: stripe.StripeClient, settings: Settings) -> None:
-        patient, customer_id = await linked_customer(db, factory, peer)
-        sub_id = se.new_id("sub")
-        event = se.event("customer.subscription.created", se.subscription(
-            sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
-        failed_before = metric("billing_webhooks_failed_total",
-                               event_type="customer.subscription.created")
+        patient, sub_id, event = await unknown_price_event(db, factory, peer)
+        failed_before = failed_count()
         assert (await asgi.deliver(event)).outcome == "retrying"
         await retry_due(app, event["id"])
         [last] = await retry_due(app, event["id"])
@@ -148,8 +150,7 @@ class TestHandlerFailure:
         assert failure.data["stage"] == "handler" and failure.stripe_event_id == event["id"]
         assert failure.stripe_subscription_id == sub_id and failure.owner_id == patient.id
         assert failure.reason and "UnknownPlan" in failure.reason
-        assert metric("billing_webhooks_failed_total",
-                      event_type="customer.subscription.created") == failed_before + 1
+        assert failed_count() == failed_before + 1
         # a failed event is not picked up again by the processors, however late
         later = utcnow() + timedelta(days=2)
         assert await drain(db, app.state.gateway, settings, now=later) == []
