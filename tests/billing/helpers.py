@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import stripe
 
 from billwatch import money
+from billwatch.accounts.models import User
 from billwatch.payments import standins
+from tests.support import Factory, keyed
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +59,10 @@ async def standin_renewal(client: stripe.StripeClient, subscription_id: str) -> 
     charge = paid.get("charge")
     return RenewalInvoice(str(paid["id"]), int(paid["amount_due"]), int(paid["amount_paid"]),
                           str(charge["id"]) if isinstance(charge, dict) else charge, None)
+
+
+async def request_refund(client: httpx.AsyncClient, factory: Factory, admin: User,
+                         transaction_id: uuid.UUID, body: dict[str, Any]) -> httpx.Response:
+    """``admin`` asks for a refund of the transaction, with a fresh ``Idempotency-Key``."""
+    return await client.post(f"/admin/transactions/{transaction_id}/refund",
+                             headers=keyed(factory.headers(admin)), json=body)
