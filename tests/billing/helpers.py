@@ -12,7 +12,7 @@ import stripe
 from billwatch import money
 from billwatch.accounts.models import User
 from billwatch.payments import standins
-from tests.support import Factory, keyed
+from tests.support import Factory, People, keyed
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +66,10 @@ async def request_refund(client: httpx.AsyncClient, factory: Factory, admin: Use
     """``admin`` asks for a refund of the transaction, with a fresh ``Idempotency-Key``."""
     return await client.post(f"/admin/transactions/{transaction_id}/refund",
                              headers=keyed(factory.headers(admin)), json=body)
+
+
+async def create_override(client: httpx.AsyncClient, factory: Factory, people: People, kind: str,
+                          **terms: object) -> httpx.Response:
+    """The admin asks for an override of ``kind`` for the people's owner."""
+    return await client.post("/admin/overrides", headers=factory.headers(people.admin), json={
+        **people.owner_body, "kind": kind, "reason": "financial hardship", **terms})

@@ -33,7 +33,7 @@ from billwatch.jobs import tasks
 from billwatch.jobs.celery_app import OVERRIDES_EXPIRE_TASK, beat_schedule
 from billwatch.jobs.embedded import EmbeddedRunner
 from billwatch.payments.gateway import PaymentsGateway, stripe_refused
-from tests.billing.helpers import standin_renewal
+from tests.billing.helpers import create_override, standin_renewal
 from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
 from tests.support import Factory, People, audit_rows, free_port, paid_subscription, reload
 
@@ -111,10 +111,8 @@ class TestTimedDiscountExpiry:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
         ends_at = datetime.now(UTC) + timedelta(days=30)
-        created = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                    json={**people.owner_body, "kind": "discount",
-                                          "percent_off": 50, "reason": "first month",
-                                          "ends_at": ends_at.isoformat()})
+        created = await create_override(client, factory, people, "discount", percent_off=50,
+                                        reason="first month", ends_at=ends_at.isoformat())
         assert created.status_code == 201, created.text
         gateway = PaymentsGateway(settings)
         results = await asyncio.gather(
@@ -177,9 +175,7 @@ class TestHalfDoneOverrides:
             settings: Settings) -> None:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
-        created = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                    json={**people.owner_body, "kind": "discount",
-                                          "percent_off": 30, "reason": "hardship"})
+        created = await create_override(client, factory, people, "discount", percent_off=30)
         assert created.status_code == 201, created.text
         gateway = PaymentsGateway(settings)
         override_id = uuid.UUID(created.json()["id"])

@@ -27,7 +27,7 @@ from billwatch.db import Database
 from billwatch.jobs import daily_metrics
 from billwatch.metrics.gauges import query_snapshot
 from billwatch.payments.gateway import PaymentsGateway
-from tests.billing.helpers import standin_renewal
+from tests.billing.helpers import create_override, standin_renewal
 from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
 
@@ -94,12 +94,6 @@ class TestFreeGrants:
         assert row.outcome is Outcome.FAILURE and (row.reason or "").startswith("validation_error")
 
 
-async def discount(client: httpx.AsyncClient, factory: Factory, people: People,
-                   **terms: object) -> httpx.Response:
-    return await client.post("/admin/overrides", headers=factory.headers(people.admin), json={
-        **people.owner_body, "kind": "discount", "reason": "financial hardship", **terms})
-
-
 async def revoke(client: httpx.AsyncClient, factory: Factory, people: People,
                  override_id: str) -> httpx.Response:
     return await client.post(f"/admin/overrides/{override_id}/revoke",
@@ -120,7 +114,7 @@ class TestDiscountAtStripe:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
         gateway = PaymentsGateway(settings)
-        created = await discount(client, factory, people, percent_off=25)
+        created = await create_override(client, factory, people, "discount", percent_off=25)
         assert created.status_code == 201, created.text
         body = created.json()
         assert body["state"] == "active" and body["subscription_id"] == str(subscription.id)
@@ -160,7 +154,7 @@ class TestDiscountAtStripe:
                                        settings: Settings) -> None:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
-        created = await discount(client, factory, people, amount_off_cents=300)
+        created = await create_override(client, factory, people, "discount", amount_off_cents=300)
         assert created.status_code == 201, created.text
         assert created.json()["currency"] == "usd"
         renewal = await standin_renewal(PaymentsGateway(settings).client,
@@ -171,20 +165,20 @@ class TestDiscountAtStripe:
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
-        first = await discount(client, factory, people, percent_off=10)
+        first = await create_override(client, factory, people, "discount", percent_off=10)
         assert first.status_code == 201
-        second = await discount(client, factory, people, percent_off=20)
+        second = await create_override(client, factory, people, "discount", percent_off=20)
         assert second.status_code == 409 and second.json()["error"] == "override_exists"
         await revoke(client, factory, people, first.json()["id"])
-        third = await discount(client, factory, people, percent_off=20)
+        third = await create_override(client, factory, people, "discount", percent_off=20)
         assert third.status_code == 201, third.text
 
     async def test_concurrent_creates_give_one_override(
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
-        answers = await asyncio.gather(*(discount(client, factory, people, percent_off=10)
-                                         for _ in range(3)))
+        answers = await asyncio.gather(*(create_override(client, factory, people, "discount",
+                                                         percent_off=10) for _ in range(3)))
         assert sorted(a.status_code for a in answers) == [201, 409, 409]
         assert {a.json().get("error") for a in answers if a.status_code == 409} == {
             "override_exists"}
@@ -195,7 +189,7 @@ class TestDiscountAtStripe:
             self, client: httpx.AsyncClient, db: Database, factory: Factory,
             people: People) -> None:
         before = await snapshot(db)
-        response = await discount(client, factory, people, percent_off=10)
+        response = await create_override(client, factory, people, "discount", percent_off=10)
         assert response.status_code == 409
         assert response.json()["error"] == "no_stripe_subscription"
         assert await snapshot(db) == before
@@ -208,9 +202,7 @@ class TestDiscountAtStripe:
                 id=uuid.uuid4(), owner_type=people.owner.type, owner_id=people.owner.id,
                 plan_code="basic_monthly", status=SubscriptionStatus.ACTIVE,
                 stripe_subscription_id="sub_unknown_to_the_peer", stripe_customer_id="cus_x"))
-        response = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                     json={**people.owner_body, "kind": "payment_exemption",
-                                           "reason": "hardship"})
+        response = await create_override(client, factory, people, "payment_exemption")
         assert response.status_code == 502, response.text
         async with db.sessionmaker() as session:
             [override] = (await session.scalars(select(BillingOverride))).all()
@@ -228,9 +220,8 @@ class TestPaymentExemption:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
         gateway = PaymentsGateway(settings)
-        created = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                    json={**people.owner_body, "kind": "payment_exemption",
-                                          "reason": "inpatient stay"})
+        created = await create_override(client, factory, people, "payment_exemption",
+                                        reason="inpatient stay")
         assert created.status_code == 201, created.text
         paused = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert paused.collection_paused == "void" and paused.amount_paid_cents == 0
@@ -251,7 +242,7 @@ class TestRevoke:
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
-        created = await discount(client, factory, people, percent_off=25)
+        created = await create_override(client, factory, people, "discount", percent_off=25)
         override_id = created.json()["id"]
         first, second = await asyncio.gather(revoke(client, factory, people, override_id),
                                              revoke(client, factory, people, override_id))
@@ -269,7 +260,7 @@ class TestRevoke:
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
         ends = (datetime.now(UTC) + timedelta(days=90)).isoformat()
-        created = await discount(client, factory, people, percent_off=25, ends_at=ends)
+        created = await create_override(client, factory, people, "discount", percent_off=25, ends_at=ends)
         assert created.status_code == 201, created.text
         assert (await revoke(client, factory, people, created.json()["id"])).status_code == 200
         again = await revoke(client, factory, people, created.json()["id"])
