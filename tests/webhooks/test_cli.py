@@ -28,7 +28,7 @@ from tests.webhooks.conftest import (
     subscription_row,
     transactions_of,
 )
-from tests.webhooks.test_failures import NEW_PRICE, PREMIUM
+from tests.webhooks.test_failures import PREMIUM, unknown_price_event
 
 
 @pytest.fixture
@@ -58,9 +58,7 @@ async def billwatch(settings: Settings, *args: str, premium: bool = False) -> Re
 async def failing_subscription(asgi: Server, db: Database, factory: Factory,
                                peer: stripe.StripeClient) -> dict[str, Any]:
     """A subscription event that fails: its price is not in the catalogue (yet)."""
-    _, customer_id = await linked_customer(db, factory, peer)
-    event = se.event("customer.subscription.created", se.subscription(
-        sub_id=se.new_id("sub"), customer=customer_id, price=NEW_PRICE))
+    _, _, event = await unknown_price_event(db, factory, peer)
     assert (await asgi.deliver(event)).outcome == "failed"
     return event
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from billwatch.db import Database
 from tests.support import Factory, LocalStripe, audit_rows, reload
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import (
+    Customer,
     Server,
     checkout_customer,
     pending_checkout,
@@ -36,16 +38,24 @@ from tests.webhooks.conftest import (
 )
 
 
+async def subscribed(asgi: Server, client: httpx.AsyncClient, db: Database, factory: Factory,
+                     peer: stripe.StripeClient) -> tuple[Customer, dict[str, Any]]:
+    """A customer who checked out, and the subscription at the peer whose creation billwatch
+    has processed (its event dated 10 s back, so later events of the test come after it)."""
+    customer = await checkout_customer(client, db, factory)
+    sub = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly", customer.metadata())
+    created = se.event("customer.subscription.created", se.subscription(
+        sub_id=sub["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"),
+        created=se.now() - 10)
+    assert (await asgi.deliver(created)).outcome == "processed"
+    return customer, sub
+
+
 class TestSecondLiveSubscription:
     async def test_is_recorded_flagged_and_alerted(
             self, asgi: Server, client: httpx.AsyncClient, db: Database, factory: Factory,
             peer: stripe.StripeClient, localstripe_silent: None) -> None:
-        customer = await checkout_customer(client, db, factory)
-        first = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly",
-                                customer.metadata())
-        created = se.event("customer.subscription.created", se.subscription(
-            sub_id=first["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"))
-        assert (await asgi.deliver(created)).outcome == "processed"
+        customer, first = await subscribed(asgi, client, db, factory, peer)
         # a second subscription made on Stripe's side (a second checkout tab, the Dashboard)
         second_id = se.new_id("sub")
         second = se.event("customer.subscription.created", se.subscription(
@@ -95,13 +105,7 @@ class TestAdoption:
     async def test_a_subscription_update_settles_a_pending_cancel_as_its_actor(
             self, asgi: Server, client: httpx.AsyncClient, db: Database, factory: Factory,
             peer: stripe.StripeClient, localstripe_silent: None) -> None:
-        customer = await checkout_customer(client, db, factory)
-        sub = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly",
-                              customer.metadata())
-        created = se.event("customer.subscription.created", se.subscription(
-            sub_id=sub["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"),
-            created=se.now() - 10)
-        assert (await asgi.deliver(created)).outcome == "processed"
+        customer, sub = await subscribed(asgi, client, db, factory, peer)
         row = await subscription_row(db, sub["id"])
         assert row is not None
         async with db.unit_of_work() as session:  # phase 1 only: the cancel intent
