@@ -44,11 +44,9 @@ async def standin_renewal(client: stripe.StripeClient, subscription_id: str) -> 
     coupon_id = metadata.get(standins.discount_key(subscription_id)) or None
     if coupon_id is not None:
         coupon = (await client.v1.coupons.retrieve_async(str(coupon_id))).to_dict()
-        amount = int(plan["amount"])
-        percent = coupon.get("percent_off")
-        off = amount - money.discounted_cents(
-            amount, percent_off=None if percent is None else int(percent),
-            amount_off_cents=coupon.get("amount_off"))
+        amount, percent = int(plan["amount"]), coupon.get("percent_off")
+        off = (money.divide_half_up(amount * int(percent), money.PERCENT) if percent is not None
+               else min(int(coupon.get("amount_off") or 0), amount))
         if off:
             await client.v1.invoice_items.create_async(params={
                 "customer": customer_id, "subscription": subscription_id, "amount": -off,
