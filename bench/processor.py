@@ -168,6 +168,18 @@ async def run_processors(mode: str, count: int, env: dict[str, str], *, log_dir:
                    sum(r["cpu_seconds"] for r in results), [r["events"] for r in results])
 
 
+async def applied_counts(conn: asyncpg.Connection) -> tuple[dict[str, int], int, int, int]:
+    """Events by status, payments, their distinct invoices and ``billing.payment.succeeded``
+    rows: what "every event applied exactly once" is checked against after a drain."""
+    statuses = dict(await conn.fetch("SELECT status::text, count(*) FROM stripe_events GROUP BY 1"))
+    payments, invoices = await conn.fetchrow(
+        "SELECT count(*), count(DISTINCT stripe_invoice_id) FROM transactions "
+        "WHERE kind = 'payment'")
+    audited = await conn.fetchval(
+        "SELECT count(*) FROM audit_logs WHERE event_type = 'billing.payment.succeeded'")
+    return statuses, int(payments), int(invoices), int(audited)
+
+
 async def until_drained(conn: asyncpg.Connection, *, stored: int = 0, within: float) -> None:
     """Wait until at least ``stored`` events are stored and none is unprocessed."""
     from billwatch.webhooks.models import UNFINISHED_SQL

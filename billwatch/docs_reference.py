@@ -312,7 +312,8 @@ def api_page(app: FastAPI) -> str:
 
 # --- the CLI ----------------------------------------------------------------------------------
 
-def _commands(group: typer.core.TyperGroup, prefix: str) -> Iterator[tuple[str, Any]]:
+def leaf_commands(group: typer.core.TyperGroup, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Every visible command below ``group`` by its full name, groups walked through."""
     context = typer.Context(group, info_name=prefix)
     for name in group.list_commands(context):
         command = group.get_command(context, name)
@@ -320,7 +321,7 @@ def _commands(group: typer.core.TyperGroup, prefix: str) -> Iterator[tuple[str, 
             continue
         full = f"{prefix} {name}"
         if isinstance(command, typer.core.TyperGroup):
-            yield from _commands(command, full)
+            yield from leaf_commands(command, full)
         else:
             yield full, command
 
@@ -343,7 +344,7 @@ def cli_page() -> str:
     root = typer.main.get_command(cli_app)
     assert isinstance(root, typer.core.TyperGroup)
     body: list[str] = []
-    for name, command in _commands(root, "billwatch"):
+    for name, command in leaf_commands(root, "billwatch"):
         params = [param for param in command.params if not getattr(param, "hidden", False)]
         body += [f"## `{name}`", "", _md((command.help or "").strip().split("\n\n")[0]), ""]
         body += [f"- {_param_text(param)}" for param in params]
@@ -353,19 +354,6 @@ def cli_page() -> str:
              "Stripe read the [settings](settings.md) and refuse development secrets outside "
              "`BILLWATCH_ENV=development`.")
     return _page("The command line", intro, body[:-1] if body and not body[-1] else body)
-
-
-def cli_commands() -> dict[str, frozenset[str]]:
-    """Every command's full name (``billwatch audit verify``) and its options, for the runbooks."""
-    from billwatch.cli import app as cli_app
-
-    root = typer.main.get_command(cli_app)
-    assert isinstance(root, typer.core.TyperGroup)
-    return {name: frozenset(option for param in command.params
-                            if isinstance(param, typer.core.TyperOption)
-                            for option in (*param.opts, *param.secondary_opts))
-            | {"--help"}
-            for name, command in _commands(root, "billwatch")}
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ method and route, with a hash of the request (path, query and canonical JSON bod
   from the client key, so running again resumes instead of repeating);
 - a phased claim whose process died is taken over after :data:`STALE_CLAIM`.
 
-:class:`~billwatch.http.AuditedRoute` wires this into every audited POST; services read the
-client key through :data:`ClientIdempotencyKey` or :data:`RequiredIdempotencyKey`.
+:class:`~billwatch.http.AuditedRoute` wires this into every audited POST; a money-moving
+endpoint reads the client key through :data:`RequiredIdempotencyKey`.
 """
 
 from __future__ import annotations
@@ -227,10 +227,6 @@ def held_claim(request: Request) -> Claim | None:
     return held
 
 
-def _client_key_dependency(request: Request) -> str | None:
-    return client_key(request)
-
-
 def _required_key_dependency(request: Request) -> str:
     key = client_key(request)
     if key is None:
@@ -240,7 +236,6 @@ def _required_key_dependency(request: Request) -> str:
     return key
 
 
-ClientIdempotencyKey = Annotated[str | None, Depends(_client_key_dependency)]
 RequiredIdempotencyKey = Annotated[str, Depends(_required_key_dependency)]
 
 

@@ -33,21 +33,6 @@ def monthly_cents(amount_cents: int, *, yearly: bool) -> int:
     return divide_half_up(amount_cents, MONTHS_PER_YEAR) if yearly else amount_cents
 
 
-def percent_of(amount_cents: int, percent: int) -> int:
-    """``percent`` % of ``amount_cents``, rounded half up."""
-    return divide_half_up(amount_cents * percent, PERCENT)
-
-
-def discounted_cents(amount_cents: int, *, percent_off: int | None = None,
-                     amount_off_cents: int | None = None) -> int:
-    """What an invoice of ``amount_cents`` charges after a coupon (never below zero)."""
-    if percent_off is not None:
-        return amount_cents - percent_of(amount_cents, percent_off)
-    if amount_off_cents is not None:
-        return max(amount_cents - amount_off_cents, 0)
-    return amount_cents
-
-
 def average_cents(total_cents: int, count: int) -> int | None:
     """``total / count`` rounded half up (ARPU); None when there is nothing to divide by."""
     return divide_half_up(total_cents, count) if count else None
@@ -65,8 +50,8 @@ def sql_divide_half_up(numerator: Any, denominator: Any) -> ColumnElement[int]:
 
 def sql_discount_cents(amount_cents: Any, percent_off: Any,
                        amount_off_cents: Any) -> ColumnElement[int]:
-    """SQL for ``amount - discounted_cents(amount, ...)``: what a coupon takes off an invoice
-    (null coupon columns take nothing off)."""
+    """SQL for what a coupon takes off an invoice: ``percent_off`` % of it rounded half up, or
+    ``amount_off_cents`` but never more than the invoice (null coupon columns take nothing off)."""
     amount = cast(amount_cents, BigInteger)
     return case(
         (percent_off.is_not(None), sql_divide_half_up(amount * percent_off, PERCENT)),

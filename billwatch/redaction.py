@@ -123,15 +123,6 @@ def is_cvv_key(name: str) -> bool:
     return not name.endswith("check") and any(part in name for part in _CVV_KEY_PARTS)
 
 
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum every payment card number satisfies."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        total += _DOUBLED[value] if index % 2 else value
-    return total % 10 == 0
-
-
 def _masked_positions(digits: list[int]) -> set[int]:
     """Indexes of digits to hide: all but the last four of every 13-19 digit Luhn window.
 

@@ -11,28 +11,17 @@ usual ``BILLWATCH_*`` variables.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
 
 from billwatch.access import AdminActor
-from billwatch.accounts import service as accounts
 from billwatch.accounts.actor import OwnerRef
-from billwatch.billing.models import (
-    BillingOverride,
-    OverrideKind,
-    OverrideState,
-    Subscription,
-    SubscriptionSource,
-    SubscriptionStatus,
-)
-from billwatch.billing.overrides import add_months
+from billwatch.billing.overrides import free_grant_rows
 from billwatch.billing.schemas import FreeGrantRequest, OverrideOut
-from billwatch.billing.subscriptions import ensure_no_live_subscription, require_plan
 from billwatch.config import Settings, get_settings
-from billwatch.db import Database, utcnow
+from billwatch.db import Database
 from billwatch.http import AuditedRouter, RequestContextMiddleware, SessionDep
 from billwatch.logging import configure_logging
 
@@ -44,21 +33,9 @@ async def grant_free(body: FreeGrantRequest, request: Request, session: SessionD
                      actor: AdminActor) -> OverrideOut:
     """A free grant: the business writes of billwatch's route, nothing else."""
     settings: Settings = request.app.state.settings
-    owner = OwnerRef(body.owner_type, body.owner_id)
-    await accounts.owner_display(session, owner)
-    plan = require_plan(settings, body.plan_code)
-    await ensure_no_live_subscription(session, owner)
-    now = utcnow()
-    ends_at = add_months(now, body.months) if body.months is not None else None
-    subscription = Subscription(
-        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id, plan_code=plan.code,
-        status=SubscriptionStatus.ACTIVE, source=SubscriptionSource.FREE_GRANT,
-        current_period_start=now, current_period_end=ends_at)
-    override = BillingOverride(
-        id=uuid.uuid4(), owner_type=owner.type, owner_id=owner.id,
-        kind=OverrideKind.FREE_SUBSCRIPTION, plan_code=plan.code, starts_at=now, ends_at=ends_at,
-        reason=body.reason, subscription_id=subscription.id, created_by_user_id=actor.user_id,
-        state=OverrideState.ACTIVE, applied_at=now)
+    subscription, override = await free_grant_rows(
+        session, settings, actor=actor, owner=OwnerRef(body.owner_type, body.owner_id),
+        plan_code=body.plan_code, months=body.months, reason=body.reason)
     session.add(subscription)
     await session.flush()
     session.add(override)

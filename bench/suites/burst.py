@@ -25,7 +25,7 @@ import asyncpg
 
 from bench import loadgen
 from bench.context import WEBHOOK_SECRET, BenchContext
-from bench.processor import until_drained
+from bench.processor import applied_counts, until_drained
 from bench.report import Figure, ratio
 from bench.scratch import scratch_database
 from bench.seed import seed_subscribers
@@ -82,12 +82,7 @@ async def run(ctx: BenchContext) -> None:
 
 
 async def _applied(conn: asyncpg.Connection) -> Applied:
-    statuses = dict(await conn.fetch("SELECT status::text, count(*) FROM stripe_events GROUP BY 1"))
-    payments, invoices = await conn.fetchrow(
-        "SELECT count(*), count(DISTINCT stripe_invoice_id) FROM transactions "
-        "WHERE kind = 'payment'")
-    audited = await conn.fetchval(
-        "SELECT count(*) FROM audit_logs WHERE event_type = 'billing.payment.succeeded'")
+    statuses, payments, invoices, audited = await applied_counts(conn)
     drain, after_last, peak = await conn.fetchrow(
         "SELECT extract(epoch FROM max(processed_at) - min(received_at)), "
         "extract(epoch FROM max(processed_at) - max(received_at)), "

@@ -22,7 +22,7 @@ import asyncpg
 
 from bench.context import WEBHOOK_SECRET, BenchContext
 from bench.loadgen import Request
-from bench.processor import BASELINE_SCHEMA, Drained, run_processors
+from bench.processor import BASELINE_SCHEMA, Drained, applied_counts, run_processors
 from bench.report import Figure, ratio
 from bench.scratch import ScratchDatabase, scratch_database
 from bench.seed import seed_subscribers
@@ -109,12 +109,7 @@ async def _check(conn: asyncpg.Connection, baseline: Drained, measured: Drained,
     if baseline.events != count or await conn.fetchval(
             "SELECT count(*) FROM bench_inbox WHERE status <> 'processed'"):
         raise RuntimeError(f"baseline processed {baseline.events} of {count} events")
-    statuses = dict(await conn.fetch("SELECT status::text, count(*) FROM stripe_events GROUP BY 1"))
-    payments, invoices = await conn.fetchrow(
-        "SELECT count(*), count(DISTINCT stripe_invoice_id) FROM transactions "
-        "WHERE kind = 'payment'")
-    audited = await conn.fetchval(
-        "SELECT count(*) FROM audit_logs WHERE event_type = 'billing.payment.succeeded'")
+    statuses, payments, invoices, audited = await applied_counts(conn)
     if measured.events != count or statuses != {"processed": applied} or \
             not payments == invoices == audited == applied:
         raise RuntimeError(f"billwatch processed {measured.events} of {count}; events by status "

@@ -146,14 +146,6 @@ def seal_fields(fields: Mapping[str, Any], data: Mapping[str, Any], keys: AuditK
     return Sealed(digest, key_id, ciphertext, plaintext)
 
 
-def protect(row: AuditLog, data: Mapping[str, Any], keys: AuditKeys) -> bytes:
-    """Encrypt ``data`` onto ``row`` and set its content hash; returns the plaintext JSON."""
-    sealed = seal_fields({name: getattr(row, name) for name in CONTENT_COLUMNS}, data, keys)
-    row.metadata_key_id, row.metadata_ciphertext = sealed.key_id, sealed.ciphertext
-    row.content_hash = sealed.content_hash
-    return sealed.plaintext
-
-
 def canonical_sql(dialect: str, alias: str) -> list[str]:
     """SQL expressions yielding each content column already in canonical text form.
 

@@ -227,46 +227,39 @@ def archive_command(
     if chosen is not None and before is not None:
         raise typer.BadParameter("give --before or --month, not both")
     settings, keys = _settings()
+    store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
+    directory = archive_dir or settings.audit_archive_dir
+    verify_with = f"; verify with --archive-dir {escape(str(directory))}"
     if chosen is not None:
-        _archive_month(settings, keys, chosen, archive_dir, checkpoint_dir)
+        done = _archived(settings, lambda db: archive_month(
+            db, keys=keys, store=store, directory=directory, month=chosen))
+        if done is None:
+            console.print(f"no rows of {chosen} to archive")
+            return
+        result = done.archive
+        dropped = f"; partition {done.partition_dropped} dropped" if done.partition_dropped else ""
+        console.print(f"archived {chosen}: {done.month_rows:,} rows and {done.strays:,} of other "
+                      f"months sealed among them (seq {result.first_seq:,}..{result.last_seq:,}) "
+                      f"to {escape(str(result.path))}{dropped}{verify_with}")
         return
     cutoff = (before.replace(tzinfo=UTC) if before is not None
               else datetime.now(UTC) - timedelta(days=settings.audit_retention_days))
-    store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
-    directory = archive_dir or settings.audit_archive_dir
-    try:
-        result = _run(settings, "archive", lambda db: archive(
-            db, keys=keys, store=store, directory=directory, before=cutoff))
-    except ArchiveRefused as refused:
-        errors.print(f"[red]{escape(str(refused))}[/red]")
-        raise typer.Exit(1) from refused
-    if result is None:
+    archived = _archived(settings, lambda db: archive(
+        db, keys=keys, store=store, directory=directory, before=cutoff))
+    if archived is None:
         console.print(f"nothing before {cutoff:%Y-%m-%d} to archive")
         return
-    console.print(f"archived {result.rows:,} rows (seq {result.first_seq:,}..{result.last_seq:,}) "
-                  f"to {escape(str(result.path))}; verify with --archive-dir "
-                  f"{escape(str(directory))}")
+    console.print(f"archived {archived.rows:,} rows (seq {archived.first_seq:,}.."
+                  f"{archived.last_seq:,}) to {escape(str(archived.path))}{verify_with}")
 
 
-def _archive_month(settings: Settings, keys: crypto.AuditKeys, month: Month,
-                   archive_dir: Path | None, checkpoint_dir: Path | None) -> None:
-    store = CheckpointStore(checkpoint_dir or settings.audit_checkpoint_dir)
-    directory = archive_dir or settings.audit_archive_dir
+def _archived(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run one archive; a refusal is printed with its reason and exits 1, for either mode."""
     try:
-        done = _run(settings, "archive", lambda db: archive_month(
-            db, keys=keys, store=store, directory=directory, month=month))
+        return _run(settings, "archive", work)
     except ArchiveRefused as refused:
         errors.print(f"[red]{escape(str(refused))}[/red]")
         raise typer.Exit(1) from refused
-    if done is None:
-        console.print(f"no rows of {month} to archive")
-        return
-    result = done.archive
-    dropped = f"; partition {done.partition_dropped} dropped" if done.partition_dropped else ""
-    console.print(f"archived {month}: {done.month_rows:,} rows and {done.strays:,} of other months "
-                  f"sealed among them (seq {result.first_seq:,}..{result.last_seq:,}) to "
-                  f"{escape(str(result.path))}{dropped}; verify with --archive-dir "
-                  f"{escape(str(directory))}")
 
 
 @audit_app.command("keygen")

@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billwatch.db import Database, utcnow
 
 ENSURE_FUNCTION = "billwatch_audit_ensure_partitions"
-DEFAULT_PARTITION = "audit_logs_default"
 LOCK_TIMEOUT = "10s"
 
 PARTITIONS_SQL = """

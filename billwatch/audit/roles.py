@@ -26,6 +26,7 @@ and a test applies it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 AUDIT_TABLES = ("audit_logs", "audit_seals", "audit_checkpoints", "audit_archives")
 SEALER_WRITES = ("audit_seals", "audit_checkpoints")
@@ -51,10 +52,15 @@ def _identifiers(*names: str) -> None:
         raise ValueError("role and schema must be plain lower-case SQL identifiers")
 
 
+def _qualified(schema: str, names: Iterable[str]) -> str:
+    """``schema.a, schema.b``: one SQL list of the names in the schema."""
+    return ", ".join(f"{schema}.{name}" for name in names)
+
+
 def _closed_to(role: str, schema: str) -> list[str]:
     """What no role but the owner may hold, whatever broad grant came before."""
-    owner_only = ", ".join(f"{schema}.{table}" for table in OWNER_ONLY)
-    functions = ", ".join(f"{schema}.{function}" for function in MAINTENANCE_FUNCTIONS)
+    owner_only = _qualified(schema, OWNER_ONLY)
+    functions = _qualified(schema, MAINTENANCE_FUNCTIONS)
     return [
         f"REVOKE ALL ON {owner_only} FROM {role}",
         f"GRANT SELECT ON {schema}.alembic_version TO {role}",
@@ -66,8 +72,8 @@ def _closed_to(role: str, schema: str) -> list[str]:
 def app_role_grants(role: str, schema: str = "public") -> list[str]:
     """Statements giving ``role`` what the service needs, and no more on the audit tables."""
     _identifiers(role, schema)
-    audit = ", ".join(f"{schema}.{table}" for table in AUDIT_TABLES)
-    sealed = ", ".join(f"{schema}.{table}" for table in (*SEALER_WRITES, "audit_archives"))
+    audit = _qualified(schema, AUDIT_TABLES)
+    sealed = _qualified(schema, (*SEALER_WRITES, "audit_archives"))
     return [
         f"GRANT USAGE ON SCHEMA {schema} TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
@@ -82,8 +88,8 @@ def app_role_grants(role: str, schema: str = "public") -> list[str]:
 def sealer_role_grants(role: str, schema: str = "public") -> list[str]:
     """Statements giving the sealing job's ``role`` reads of the trail and seal/checkpoint inserts."""
     _identifiers(role, schema)
-    audit = ", ".join(f"{schema}.{table}" for table in AUDIT_TABLES)
-    writes = ", ".join(f"{schema}.{table}" for table in SEALER_WRITES)
+    audit = _qualified(schema, AUDIT_TABLES)
+    writes = _qualified(schema, SEALER_WRITES)
     return [
         f"GRANT USAGE ON SCHEMA {schema} TO {role}",
         f"REVOKE ALL ON {audit} FROM {role}",

@@ -83,15 +83,6 @@ async def seal(db: Database, *, keys: AuditKeys, store: CheckpointStore,
     return result
 
 
-async def seal_new_rows(db: Database, *, keys: AuditKeys, store: CheckpointStore,
-                        anchors: Sequence[CheckpointAnchor] = ()) -> SealResult | None:
-    """Like :func:`seal`, but nothing at all (no checkpoint) when no row waits and one exists.
-
-    The frequent schedule runs this: an idle trail does not grow a checkpoint every few minutes.
-    """
-    return await _seal(db, keys=keys, store=store, anchors=anchors, skip_empty=True)
-
-
 async def _seal(db: Database, *, keys: AuditKeys, store: CheckpointStore,
                 anchors: Sequence[CheckpointAnchor], skip_empty: bool) -> SealResult | None:
     try:

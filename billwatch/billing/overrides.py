@@ -15,7 +15,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import structlog
 from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,8 +39,6 @@ from billwatch.config import Settings
 from billwatch.db import Database, UTCDateTime, utcnow
 from billwatch.errors import Conflict, NotFound, PaymentProviderError, Unprocessable
 from billwatch.payments.gateway import Coupon, DiscountInfo, PaymentsGateway, stripe_refused
-
-log = structlog.get_logger(__name__)
 
 EXEMPTION_BEHAVIOR = "void"
 """``pause_collection`` behavior of an exemption: invoices are voided, so nothing is owed later
@@ -79,10 +76,11 @@ def _stripe_ids(override: BillingOverride) -> dict[str, str | None]:
             "stripe_discount_id": override.stripe_discount_id}
 
 
-async def grant_free_subscription(session: AsyncSession, settings: Settings, *, actor: Actor,
-                                  owner: OwnerRef, plan_code: str, months: int | None,
-                                  reason: str) -> BillingOverride:
-    """Give ``owner`` the plan for free for ``months`` (or with no end); no money moves."""
+async def free_grant_rows(session: AsyncSession, settings: Settings, *, actor: Actor,
+                          owner: OwnerRef, plan_code: str, months: int | None,
+                          reason: str) -> tuple[Subscription, BillingOverride]:
+    """A free grant's checks and its two rows, not yet added; the benchmark's baseline writes
+    the same rows without the audit row, so the two cannot drift apart."""
     await accounts.owner_display(session, owner)
     plan = require_plan(settings, plan_code)
     await ensure_no_live_subscription(session, owner)
@@ -97,6 +95,17 @@ async def grant_free_subscription(session: AsyncSession, settings: Settings, *, 
         kind=OverrideKind.FREE_SUBSCRIPTION, plan_code=plan.code, starts_at=now, ends_at=ends_at,
         reason=reason, subscription_id=subscription.id, created_by_user_id=actor.user_id,
         state=OverrideState.ACTIVE, applied_at=now)
+    return subscription, override
+
+
+async def grant_free_subscription(session: AsyncSession, settings: Settings, *, actor: Actor,
+                                  owner: OwnerRef, plan_code: str, months: int | None,
+                                  reason: str) -> BillingOverride:
+    """Give ``owner`` the plan for free for ``months`` (or with no end); no money moves."""
+    subscription, override = await free_grant_rows(
+        session, settings, actor=actor, owner=owner, plan_code=plan_code, months=months,
+        reason=reason)
+    ends_at = override.ends_at
     try:
         async with session.begin_nested():  # the one-live-subscription index settles a race
             session.add(subscription)
@@ -107,7 +116,7 @@ async def grant_free_subscription(session: AsyncSession, settings: Settings, *, 
     await session.flush()
     recorder.record(session, AuditEvent.FREE_SUBSCRIPTION_GRANTED, actor=actor, owner=owner,
                     resource=Resource("billing_override", override.id),
-                    data={"plan": plan.code, "months": months, "reason": reason,
+                    data={"plan": override.plan_code, "months": months, "reason": reason,
                           "subscription_id": str(subscription.id),
                           "ends_at": ends_at.isoformat() if ends_at else None})
     return override

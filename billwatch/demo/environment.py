@@ -27,10 +27,6 @@ class Population:
     organizations: int = 10
     seed: int = 7
 
-    def scaled(self, factor: float) -> Population:
-        return Population(max(6, round(self.patients * factor)), max(2, round(self.proxies * factor)),
-                          max(1, round(self.organizations * factor)), self.seed)
-
 
 @dataclass(frozen=True)
 class DemoEnvironment:

@@ -44,13 +44,15 @@ class StripePeer:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+    async def _call(self, method: str, path: str,
+                    params: dict[str, Any] | None = None) -> dict[str, Any]:
         data = _form("", params or {}, {}) if method != "GET" else None
         response = await self._http.request(method, path, data=data,
                                             params=_form("", params or {}, {}) if method == "GET" else None)
         if response.status_code >= 400:
             raise PeerError(f"{method} {path}: {response.status_code} {response.text[:200]}")
-        return response.json()
+        found: dict[str, Any] = response.json()  # every Stripe object is a JSON object
+        return found
 
     async def register_webhook(self, name: str, *, url: str, secret: str,
                                events: list[str] | None = None) -> None:
@@ -73,41 +75,28 @@ class StripePeer:
 
     async def subscribe(self, customer: str, price: str, metadata: dict[str, str]) -> dict[str, Any]:
         """Start a subscription; the peer charges the first invoice at once."""
-        sub: dict[str, Any] = await self._call("POST", "/v1/subscriptions", {
+        return await self._call("POST", "/v1/subscriptions", {
             "customer": customer, "items": [{"plan": price}], "metadata": metadata})
-        return sub
 
     async def subscription(self, sub_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = await self._call("GET", f"/v1/subscriptions/{sub_id}")
-        return found
+        return await self._call("GET", f"/v1/subscriptions/{sub_id}")
 
     async def invoice(self, invoice_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = await self._call("GET", f"/v1/invoices/{invoice_id}")
-        return found
+        return await self._call("GET", f"/v1/invoices/{invoice_id}")
 
     async def payment_intent(self, pi_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = await self._call("GET", f"/v1/payment_intents/{pi_id}")
-        return found
+        return await self._call("GET", f"/v1/payment_intents/{pi_id}")
 
     async def charge(self, charge_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = await self._call("GET", f"/v1/charges/{charge_id}")
-        return found
+        return await self._call("GET", f"/v1/charges/{charge_id}")
 
     async def next_invoice(self, customer: str, sub_id: str) -> dict[str, Any]:
         """The subscription's next period's invoice (a renewal), still a draft."""
-        created: dict[str, Any] = await self._call("POST", "/v1/invoices",
-                                                   {"customer": customer, "subscription": sub_id})
-        return created
+        return await self._call("POST", "/v1/invoices", {"customer": customer, "subscription": sub_id})
 
     async def pay(self, invoice_id: str) -> dict[str, Any]:
         """Attempt to charge an open invoice with the customer's default card."""
-        paid: dict[str, Any] = await self._call("POST", f"/v1/invoices/{invoice_id}/pay")
-        return paid
-
-    async def set_cancel_at_period_end(self, sub_id: str) -> dict[str, Any]:
-        updated: dict[str, Any] = await self._call("POST", f"/v1/subscriptions/{sub_id}",
-                                                   {"cancel_at_period_end": True})
-        return updated
+        return await self._call("POST", f"/v1/invoices/{invoice_id}/pay")
 
     async def end_subscription(self, sub_id: str) -> None:
         """End a subscription at the peer (period over, or dunning exhausted)."""

@@ -114,18 +114,6 @@ class DiscountInfo:
     discount_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class RenewalInvoice:
-    """The next-period invoice the stand-in had the peer create (and charge, unless paused)."""
-
-    invoice_id: str | None
-    amount_due_cents: int
-    amount_paid_cents: int
-    charge_id: str | None
-    collection_paused: str | None
-
-
-
 def stripe_refused(error: BaseException) -> bool:
     """Whether Stripe answered a definite no, so nothing was created or changed there.
 
@@ -393,44 +381,6 @@ class PaymentsGateway:
         sub = await self._client.v1.subscriptions.retrieve_async(subscription_id)
         customer = sub.to_dict()["customer"]
         return str(customer["id"] if isinstance(customer, dict) else customer)
-
-    async def standin_renewal(self, subscription_id: str) -> RenewalInvoice:
-        """Stripe's renewal of ``subscription_id``, played on the local peer (stand-ins only).
-
-        The peer cannot hold a discount or a pause on a subscription, so this applies the ones
-        the stand-in recorded: a paused subscription is not charged (``void``: nothing is
-        owed), a discounted one gets the coupon's amount off as a negative invoice item; then
-        the peer creates the invoice and charges the card.
-        """
-        if not self._standins:
-            raise PaymentProviderError("renewals are Stripe's own outside the local stand-in",
-                                       code="standin_only")
-        try:
-            sub = (await self._client.v1.subscriptions.retrieve_async(subscription_id)).to_dict()
-            customer_id = str(sub["customer"])
-            customer = (await self._client.v1.customers.retrieve_async(customer_id)).to_dict()
-            recorded = standins.recorded(customer.get("metadata") or {}, subscription_id)
-            if recorded.pause_behavior is not None:
-                return RenewalInvoice(None, 0, 0, None, recorded.pause_behavior)
-            plan = sub["items"]["data"][0]["plan"]
-            if recorded.coupon_id is not None:
-                found = (await self._client.v1.coupons.retrieve_async(recorded.coupon_id)).to_dict()
-                off = standins.discount_cents(
-                    int(plan["amount"]), percent_off=found.get("percent_off"),
-                    amount_off_cents=found.get("amount_off"))
-                if off:
-                    await self._client.v1.invoice_items.create_async(params={
-                        "customer": customer_id, "subscription": subscription_id,
-                        "amount": -off, "currency": str(plan["currency"]),
-                        "description": f"coupon {recorded.coupon_id}"})
-            invoice = await self._client.v1.invoices.create_async(
-                params={"customer": customer_id, "subscription": subscription_id})
-            paid = (await self._client.v1.invoices.pay_async(str(invoice.id))).to_dict()
-        except stripe.StripeError as error:
-            raise _provider_error("stand-in renewal", error) from error
-        charge = paid.get("charge")
-        return RenewalInvoice(str(paid["id"]), int(paid["amount_due"]), int(paid["amount_paid"]),
-                              str(charge["id"]) if isinstance(charge, dict) else charge, None)
 
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
         try:

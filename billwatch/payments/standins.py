@@ -8,10 +8,9 @@ Stripe's published API fixtures in ``stripe_shapes.json``), instead of calling t
 The peer also stores coupons but cannot put one on a subscription (``discounts``) and has no
 ``pause_collection`` (both answer 500; it ignores subscription metadata updates too). So the
 stand-in records a subscription's discount and pause on its *customer's* metadata at the peer
-(:func:`discount_key`, :func:`pause_key`), and :meth:`PaymentsGateway.standin_renewal` applies
-them to the renewal invoice it has the peer create: the coupon's amount off as a negative
-invoice item (:func:`discount_cents`), no charge while collection is paused. The coupons,
-invoices and charges are the peer's own; only attaching and applying is stood in.
+(:func:`discount_key`, :func:`pause_key`); the billing tests read them back to play Stripe's
+renewal at the peer. The coupons, invoices and charges are the peer's own; only attaching is
+stood in.
 """
 
 from __future__ import annotations
@@ -21,12 +20,9 @@ import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
-
-from billwatch import money
 
 DISCOUNT_KEY = "bw_standin_coupon"
 PAUSE_KEY = "bw_standin_pause"
@@ -98,29 +94,3 @@ def pause_key(subscription_id: str) -> str:
 def discount_id(subscription_id: str, coupon_id: str) -> str:
     """A stable id for the stand-in's discount (Stripe's would be ``di_...``)."""
     return f"di_standin_{subscription_id}_{coupon_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    coupon_id: str | None
-    pause_behavior: str | None
-
-
-def recorded(customer_metadata: dict[str, Any], subscription_id: str) -> Recorded:
-    """The discount and pause the stand-in recorded for ``subscription_id`` ("" is none)."""
-    coupon = customer_metadata.get(discount_key(subscription_id)) or None
-    pause = customer_metadata.get(pause_key(subscription_id)) or None
-    return Recorded(str(coupon) if coupon else None, str(pause) if pause else None)
-
-
-def discount_cents(amount_cents: int, *, percent_off: float | int | None,
-                   amount_off_cents: int | None) -> int:
-    """What a coupon takes off an invoice of ``amount_cents`` (billwatch's one rounding rule)."""
-    percent = None
-    if percent_off is not None:
-        if int(percent_off) != percent_off:
-            raise ValueError("billwatch coupons take whole percentages off")
-        percent = int(percent_off)
-    charged = money.discounted_cents(amount_cents, percent_off=percent,
-                                     amount_off_cents=amount_off_cents)
-    return amount_cents - charged

@@ -214,11 +214,6 @@ def add_attempt(session: AsyncSession, claimed: Claimed, *, worker: str, deliver
         duration_ms=round(duration_ms, 3)))
 
 
-async def get(session: AsyncSession, stripe_event_id: str) -> StripeEvent | None:
-    result = await session.scalars(select(StripeEvent).where(StripeEvent.stripe_event_id == stripe_event_id))
-    return result.first()
-
-
 async def attempts_of(session: AsyncSession, row_id: uuid.UUID) -> list[StripeEventAttempt]:
     """An event's attempts, first to last."""
     result = await session.scalars(select(StripeEventAttempt).where(

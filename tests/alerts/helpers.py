@@ -15,7 +15,7 @@ from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
 from billwatch.config import Settings
 from billwatch.db import Database
-from billwatch.redaction import luhn_valid
+from tests.audit.helpers import luhn_valid
 from tests.support import test_settings
 
 STRIPE = SystemActor("stripe")

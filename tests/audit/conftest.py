@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from billwatch.accounts.actor import Actor, OwnerRef, SystemActor
 from billwatch.accounts.models import OwnerType, Role
-from billwatch.audit import chain, crypto, recorder
+from billwatch.audit import crypto, recorder
 from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.events import AuditEvent, Outcome
 from billwatch.audit.recorder import Resource, StripeRefs
@@ -22,6 +22,7 @@ from billwatch.config import Settings
 from billwatch.context import Origin, bound_origin
 from billwatch.db import Database
 from billwatch.runtime import Runtime
+from tests.audit.tampering import protect
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ async def write_rows_at(db: Database, count: int, when: datetime) -> list[uuid.U
                                   idempotency_key=None, reason=None,
                                   data={"amount_cents": 1500, "n": index})
             row.occurred_at = when + timedelta(seconds=index)
-            chain.protect(row, row.data, keys)
+            protect(row, row.data, keys)
             session.add(row)
             ids.append(row.id)
     return ids

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billwatch.audit.chain import CONTENT_COLUMNS, seal_fields
+from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.models import AuditLog, AuditSeal
 from billwatch.db import Database
 
@@ -58,3 +61,10 @@ async def rechain_from(conn: AsyncConnection, seq: int) -> None:
         previous = hashlib.sha256(previous + content_hash).digest()
         await conn.execute(update(AuditSeal).where(AuditSeal.seq == row_seq)
                            .values(chain_hash=previous))
+
+
+def protect(row: AuditLog, data: Mapping[str, Any], keys: AuditKeys) -> None:
+    """Sign ``data`` onto a row built by hand, as the recorder would: what a key holder can forge."""
+    sealed = seal_fields({name: getattr(row, name) for name in CONTENT_COLUMNS}, data, keys)
+    row.metadata_key_id, row.metadata_ciphertext = sealed.key_id, sealed.ciphertext
+    row.content_hash = sealed.content_hash

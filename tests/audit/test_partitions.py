@@ -17,7 +17,7 @@ from billwatch.audit.checkpoints import CheckpointStore
 from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.models import AuditArchive, AuditLog, AuditSeal
 from billwatch.audit.monthly import archive_month
-from billwatch.audit.partitions import DEFAULT_PARTITION, Month, ensure_partitions, partitions
+from billwatch.audit.partitions import Month, ensure_partitions, partitions
 from billwatch.audit.sealing import seal
 from billwatch.audit.verify import verify
 from billwatch.config import Settings
@@ -28,6 +28,7 @@ from billwatch.migrations import upgrade
 from billwatch.runtime import Runtime
 from tests import support
 from tests.audit.conftest import write_rows, write_rows_at
+from tests.audit.helpers import DEFAULT_PARTITION
 
 THIS_MONTH = Month.of(utcnow())
 OLD = THIS_MONTH.plus(-6)

@@ -22,13 +22,14 @@ from billwatch.audit.crypto import AuditKeys
 from billwatch.audit.events import AuditEvent
 from billwatch.audit.maintenance import maintenance
 from billwatch.audit.models import AuditLog
-from billwatch.audit.partitions import DEFAULT_PARTITION, Month, ensure_partitions, partitions
+from billwatch.audit.partitions import Month, ensure_partitions, partitions
 from billwatch.audit.roles import app_role_grants, sealer_role_grants
 from billwatch.audit.sealing import checkpoint, seal
 from billwatch.audit.verify import verify
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from tests.audit.conftest import write_rows
+from tests.audit.helpers import DEFAULT_PARTITION
 
 FAKE_SEAL = ("INSERT INTO audit_seals (seq, audit_log_id, chain_hash, sealed_at) "
              "VALUES (999999, :id, :hash, now())")

@@ -18,7 +18,7 @@ from billwatch.audit.sealing import seal
 from billwatch.audit.verify import VerifyReport, verify
 from billwatch.db import Database, utcnow
 from tests.audit.conftest import write_rows
-from tests.audit.tampering import move_seal, rechain_from, row_at, tampering
+from tests.audit.tampering import move_seal, protect, rechain_from, row_at, tampering
 
 SEALED = 30
 
@@ -43,7 +43,7 @@ def forged_row(keys: AuditKeys) -> AuditLog:
     row = AuditLog(id=uuid.uuid4(), occurred_at=utcnow(), event_type="billing.refund.issued",
                    action="issued", outcome=Outcome.SUCCESS, resource_type="transaction",
                    resource_id=str(uuid.uuid4()))
-    chain.protect(row, {"amount_cents": 99_999, "currency": "usd"}, keys)
+    protect(row, {"amount_cents": 99_999, "currency": "usd"}, keys)
     return row
 
 

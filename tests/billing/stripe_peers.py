@@ -13,20 +13,26 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 
-class SilentStripe:
-    """A TCP server that accepts and reads, and never writes a byte back."""
+class _Listening:
+    """A local TCP server's address, once it listens."""
 
-    def __init__(self) -> None:
-        self.connections = 0
-        self.accepted = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._held: list[asyncio.StreamWriter] = []
+    _server: asyncio.Server | None
 
     @property
     def url(self) -> str:
         assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
+
+
+class SilentStripe(_Listening):
+    """A TCP server that accepts and reads, and never writes a byte back."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.accepted = asyncio.Event()
+        self._server = None
+        self._held: list[asyncio.StreamWriter] = []
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -48,7 +54,7 @@ class SilentStripe:
             await self._server.wait_closed()
 
 
-class AnswerDroppingProxy:
+class AnswerDroppingProxy(_Listening):
     """Forwards one HTTP/1.1 request per connection upstream, then drops the upstream's answer."""
 
     def __init__(self, upstream: str) -> None:
@@ -56,13 +62,7 @@ class AnswerDroppingProxy:
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.forwarded = 0
         self.answered_upstream = asyncio.Event()
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        self._server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -34,6 +34,7 @@ from billwatch.jobs import tasks
 from billwatch.jobs.celery_app import OVERRIDES_EXPIRE_TASK, beat_schedule
 from billwatch.jobs.embedded import EmbeddedRunner
 from billwatch.payments.gateway import PaymentsGateway, stripe_refused
+from tests.billing.helpers import create_override, standin_renewal
 from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
 from tests.support import Factory, People, audit_rows, free_port, paid_subscription, reload
 
@@ -111,10 +112,8 @@ class TestTimedDiscountExpiry:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
         ends_at = datetime.now(UTC) + timedelta(days=30)
-        created = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                    json={**people.owner_body, "kind": "discount",
-                                          "percent_off": 50, "reason": "first month",
-                                          "ends_at": ends_at.isoformat()})
+        created = await create_override(client, factory, people, "discount", percent_off=50,
+                                        reason="first month", ends_at=ends_at.isoformat())
         assert created.status_code == 201, created.text
         gateway = PaymentsGateway(settings)
         results = await asyncio.gather(
@@ -125,7 +124,7 @@ class TestTimedDiscountExpiry:
         assert override.state is OverrideState.EXPIRED and override.stripe_coupon_id
         with pytest.raises(stripe.InvalidRequestError):
             await gateway.client.v1.coupons.retrieve_async(override.stripe_coupon_id)
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1500
         [row] = await audit_rows(db, event_type="billing.override.expired")
         assert row.actor_name == "job:expire-overrides"
@@ -169,7 +168,7 @@ class TestHalfDoneOverrides:
         assert override.state is OverrideState.ACTIVE and override.stripe_coupon_id
         [row] = await audit_rows(db, event_type="billing.override.created")
         assert row.actor_user_id == people.admin.id
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1200
 
     async def test_a_revoke_that_reached_stripe_but_not_the_database_is_finished(
@@ -177,9 +176,7 @@ class TestHalfDoneOverrides:
             settings: Settings) -> None:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
-        created = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                    json={**people.owner_body, "kind": "discount",
-                                          "percent_off": 30, "reason": "hardship"})
+        created = await create_override(client, factory, people, "discount", percent_off=30)
         assert created.status_code == 201, created.text
         gateway = PaymentsGateway(settings)
         override_id = uuid.UUID(created.json()["id"])
@@ -207,7 +204,7 @@ class TestHalfDoneOverrides:
         [row] = [r for r in await audit_rows(db, event_type="billing.override.revoked")
                  if r.outcome.value == "success"]
         assert row.actor_user_id == people.admin.id and row.data["reason"] == "review closed"
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1500
 
     async def test_no_answer_from_stripe_leaves_the_intent_pending_not_failed(

@@ -27,6 +27,7 @@ from billwatch.db import Database
 from billwatch.jobs import daily_metrics
 from billwatch.metrics.gauges import query_snapshot
 from billwatch.payments.gateway import PaymentsGateway
+from tests.billing.helpers import create_override, standin_renewal
 from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
 
@@ -93,12 +94,6 @@ class TestFreeGrants:
         assert row.outcome is Outcome.FAILURE and (row.reason or "").startswith("validation_error")
 
 
-async def discount(client: httpx.AsyncClient, factory: Factory, people: People,
-                   **terms: object) -> httpx.Response:
-    return await client.post("/admin/overrides", headers=factory.headers(people.admin), json={
-        **people.owner_body, "kind": "discount", "reason": "financial hardship", **terms})
-
-
 async def revoke(client: httpx.AsyncClient, factory: Factory, people: People,
                  override_id: str) -> httpx.Response:
     return await client.post(f"/admin/overrides/{override_id}/revoke",
@@ -119,7 +114,7 @@ class TestDiscountAtStripe:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
         gateway = PaymentsGateway(settings)
-        created = await discount(client, factory, people, percent_off=25)
+        created = await create_override(client, factory, people, "discount", percent_off=25)
         assert created.status_code == 201, created.text
         body = created.json()
         assert body["state"] == "active" and body["subscription_id"] == str(subscription.id)
@@ -128,7 +123,7 @@ class TestDiscountAtStripe:
         coupon = await gateway.client.v1.coupons.retrieve_async(override.stripe_coupon_id)
         assert coupon.percent_off == 25
 
-        renewal = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        renewal = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert (renewal.amount_due_cents, renewal.amount_paid_cents) == (1125, 1125)
         assert renewal.charge_id is not None
         charge = await gateway.client.v1.charges.retrieve_async(renewal.charge_id)
@@ -139,7 +134,7 @@ class TestDiscountAtStripe:
         assert revoked.json()["state"] == "revoked" and revoked.json()["revoked_at"]
         with pytest.raises(stripe.InvalidRequestError):
             await gateway.client.v1.coupons.retrieve_async(override.stripe_coupon_id)
-        after = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        after = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert after.amount_paid_cents == 1500
         assert await charges_at_peer(settings, str(subscription.stripe_customer_id)) == [
             1125, 1500, 1500]
@@ -159,31 +154,31 @@ class TestDiscountAtStripe:
                                        settings: Settings) -> None:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
-        created = await discount(client, factory, people, amount_off_cents=300)
+        created = await create_override(client, factory, people, "discount", amount_off_cents=300)
         assert created.status_code == 201, created.text
         assert created.json()["currency"] == "usd"
-        renewal = await PaymentsGateway(settings).standin_renewal(
-            subscription.stripe_subscription_id)
+        renewal = await standin_renewal(PaymentsGateway(settings).client,
+                                       subscription.stripe_subscription_id)
         assert renewal.amount_paid_cents == 1200
 
     async def test_a_second_discount_waits_for_a_revoke(
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
-        first = await discount(client, factory, people, percent_off=10)
+        first = await create_override(client, factory, people, "discount", percent_off=10)
         assert first.status_code == 201
-        second = await discount(client, factory, people, percent_off=20)
+        second = await create_override(client, factory, people, "discount", percent_off=20)
         assert second.status_code == 409 and second.json()["error"] == "override_exists"
         await revoke(client, factory, people, first.json()["id"])
-        third = await discount(client, factory, people, percent_off=20)
+        third = await create_override(client, factory, people, "discount", percent_off=20)
         assert third.status_code == 201, third.text
 
     async def test_concurrent_creates_give_one_override(
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
-        answers = await asyncio.gather(*(discount(client, factory, people, percent_off=10)
-                                         for _ in range(3)))
+        answers = await asyncio.gather(*(create_override(client, factory, people, "discount",
+                                                         percent_off=10) for _ in range(3)))
         assert sorted(a.status_code for a in answers) == [201, 409, 409]
         assert {a.json().get("error") for a in answers if a.status_code == 409} == {
             "override_exists"}
@@ -194,7 +189,7 @@ class TestDiscountAtStripe:
             self, client: httpx.AsyncClient, db: Database, factory: Factory,
             people: People) -> None:
         before = await snapshot(db)
-        response = await discount(client, factory, people, percent_off=10)
+        response = await create_override(client, factory, people, "discount", percent_off=10)
         assert response.status_code == 409
         assert response.json()["error"] == "no_stripe_subscription"
         assert await snapshot(db) == before
@@ -207,9 +202,7 @@ class TestDiscountAtStripe:
                 id=uuid.uuid4(), owner_type=people.owner.type, owner_id=people.owner.id,
                 plan_code="basic_monthly", status=SubscriptionStatus.ACTIVE,
                 stripe_subscription_id="sub_unknown_to_the_peer", stripe_customer_id="cus_x"))
-        response = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                     json={**people.owner_body, "kind": "payment_exemption",
-                                           "reason": "hardship"})
+        response = await create_override(client, factory, people, "payment_exemption")
         assert response.status_code == 502, response.text
         async with db.sessionmaker() as session:
             [override] = (await session.scalars(select(BillingOverride))).all()
@@ -227,11 +220,10 @@ class TestPaymentExemption:
         subscription, _ = await paid_subscription(db, settings, people.owner)
         assert subscription.stripe_subscription_id is not None
         gateway = PaymentsGateway(settings)
-        created = await client.post("/admin/overrides", headers=factory.headers(people.admin),
-                                    json={**people.owner_body, "kind": "payment_exemption",
-                                          "reason": "inpatient stay"})
+        created = await create_override(client, factory, people, "payment_exemption",
+                                        reason="inpatient stay")
         assert created.status_code == 201, created.text
-        paused = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        paused = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert paused.collection_paused == "void" and paused.amount_paid_cents == 0
         customer = str(subscription.stripe_customer_id)
         assert await charges_at_peer(settings, customer) == [1500]  # the first invoice only
@@ -240,7 +232,7 @@ class TestPaymentExemption:
 
         revoked = await revoke(client, factory, people, created.json()["id"])
         assert revoked.status_code == 200, revoked.text
-        resumed = await gateway.standin_renewal(subscription.stripe_subscription_id)
+        resumed = await standin_renewal(gateway.client, subscription.stripe_subscription_id)
         assert resumed.collection_paused is None and resumed.amount_paid_cents == 1500
         assert await charges_at_peer(settings, customer) == [1500, 1500]
 
@@ -250,7 +242,7 @@ class TestRevoke:
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
-        created = await discount(client, factory, people, percent_off=25)
+        created = await create_override(client, factory, people, "discount", percent_off=25)
         override_id = created.json()["id"]
         first, second = await asyncio.gather(revoke(client, factory, people, override_id),
                                              revoke(client, factory, people, override_id))
@@ -268,7 +260,7 @@ class TestRevoke:
             settings: Settings) -> None:
         await paid_subscription(db, settings, people.owner)
         ends = (datetime.now(UTC) + timedelta(days=90)).isoformat()
-        created = await discount(client, factory, people, percent_off=25, ends_at=ends)
+        created = await create_override(client, factory, people, "discount", percent_off=25, ends_at=ends)
         assert created.status_code == 201, created.text
         assert (await revoke(client, factory, people, created.json()["id"])).status_code == 200
         again = await revoke(client, factory, people, created.json()["id"])

@@ -28,6 +28,7 @@ from billwatch.billing.refunds import RefundReason, refund_key, reserve_refund
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.payments.gateway import PaymentsGateway
+from tests.billing.helpers import request_refund
 from tests.billing.stripe_peers import AnswerDroppingProxy, SilentStripe
 from tests.billing.test_refunds import refund_rows, stripe_refunds
 from tests.support import Factory, People, audit_rows, keyed, paid_subscription, reload
@@ -142,9 +143,8 @@ class TestSettlementCommitFails:
             self, client: httpx.AsyncClient, db: Database, factory: Factory, people: People,
             settings: Settings, settlement_refused: Any) -> None:
         _, payment = await paid_subscription(db, settings, people.owner)
-        response = await client.post(f"/admin/transactions/{payment.id}/refund",
-                                     headers=keyed(factory.headers(people.admin)),
-                                     json={"amount_cents": 700, "reason": "service_issue"})
+        response = await request_refund(client, factory, people.admin, payment.id,
+                                        {"amount_cents": 700, "reason": "service_issue"})
         assert response.status_code == 503, response.text
         assert response.json()["error"] == "refund_settlement_pending"
         [pending] = await refund_rows(db)
@@ -179,9 +179,8 @@ class TestLostAnswer:
         async with AnswerDroppingProxy(localstripe.url).running() as proxy:
             app = create_app(settings.model_copy(update={"stripe_api_base": proxy.url}), database=db)
             async with await serve(app) as client:
-                response = await client.post(f"/admin/transactions/{payment.id}/refund",
-                                             headers=keyed(factory.headers(people.admin)),
-                                             json={"amount_cents": 900, "reason": "duplicate"})
+                response = await request_refund(client, factory, people.admin, payment.id,
+                                                {"amount_cents": 900, "reason": "duplicate"})
             assert proxy.forwarded == 1
         assert response.status_code == 502 and response.json()["error"] == "stripe_unreachable"
         [pending] = await refund_rows(db)
@@ -218,10 +217,8 @@ class TestHangingStripe:
                 "stripe_api_base": silent.url, "stripe_request_budget_seconds": budget}), database=db)
             async with await serve(app) as client:
                 started = time.monotonic()
-                request = asyncio.create_task(client.post(
-                    f"/admin/transactions/{payment.id}/refund",
-                    headers=keyed(factory.headers(people.admin)),
-                    json={"amount_cents": 600, "reason": "duplicate"}))
+                request = asyncio.create_task(request_refund(client, factory, people.admin, payment.id,
+                                                             {"amount_cents": 600, "reason": "duplicate"}))
                 await asyncio.wait_for(silent.accepted.wait(), timeout=budget * 4)
                 held_while_waiting = db.engine.pool.checkedout()  # type: ignore[attr-defined]
                 response = await request

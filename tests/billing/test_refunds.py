@@ -14,6 +14,7 @@ from billwatch.audit.events import Outcome
 from billwatch.billing.models import Transaction, TransactionKind, TransactionStatus
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
+from tests.billing.helpers import request_refund
 from tests.support import Factory, People, audit_rows, keyed, paid_subscription, reload, snapshot
 
 
@@ -71,9 +72,8 @@ class TestRefunds:
             settings) -> None:
         _, payment = await paid_subscription(db, settings, people.owner)
         before = await snapshot(db)
-        response = await client.post(f"/admin/transactions/{payment.id}/refund",
-                                     headers=keyed(factory.headers(people.admin)),
-                                     json={"amount_cents": 1501, "reason": "duplicate"})
+        response = await request_refund(client, factory, people.admin, payment.id,
+                                        {"amount_cents": 1501, "reason": "duplicate"})
         assert response.status_code == 409
         assert "1500" in response.json()["detail"]
         assert await snapshot(db) == before
@@ -91,9 +91,7 @@ class TestRefunds:
 
     async def test_unknown_transaction_is_404(self, client: httpx.AsyncClient, db: Database,
                                               factory: Factory, people: People) -> None:
-        response = await client.post(f"/admin/transactions/{uuid.uuid4()}/refund",
-                                     headers=keyed(factory.headers(people.admin)),
-                                     json={"reason": "other"})
+        response = await request_refund(client, factory, people.admin, uuid.uuid4(), {"reason": "other"})
         assert response.status_code == 404
         [row] = await audit_rows(db)
         assert row.outcome is Outcome.FAILURE and row.resource_type == "transaction"
@@ -104,8 +102,7 @@ class TestRefunds:
                                     people: People, settings, body: dict[str, object]) -> None:
         _, payment = await paid_subscription(db, settings, people.owner)
         before = await snapshot(db)
-        response = await client.post(f"/admin/transactions/{payment.id}/refund",
-                                     headers=keyed(factory.headers(people.admin)), json=body)
+        response = await request_refund(client, factory, people.admin, payment.id, body)
         assert response.status_code == 422
         assert await snapshot(db) == before
 
@@ -118,9 +115,8 @@ class TestRefunds:
             assert stored is not None
             stored.stripe_charge_id = "ch_unknownatstripe"
             stored.stripe_payment_intent_id = None
-        response = await client.post(f"/admin/transactions/{payment.id}/refund",
-                                     headers=keyed(factory.headers(people.admin)),
-                                     json={"reason": "requested_by_customer"})
+        response = await request_refund(client, factory, people.admin, payment.id,
+                                        {"reason": "requested_by_customer"})
         assert response.status_code == 502
         [refund] = await refund_rows(db)
         assert refund.status is TransactionStatus.FAILED and refund.stripe_refund_id is None

@@ -24,12 +24,11 @@ from billwatch.billing.models import Transaction
 from billwatch.console.models import ConsoleSession
 from billwatch.db import utcnow
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.webhooks import store
 from billwatch.webhooks.models import EventStatus
 from tests.audit.tampering import tampering
 from tests.console.conftest import LINK, Console, admin, no_serious_violations
 from tests.support import audit_rows, paid_subscription, reload
-from tests.webhooks.conftest import stored_as_failed
+from tests.webhooks.conftest import stored_as_failed, stored_event
 
 
 class TestSignIn:
@@ -198,8 +197,7 @@ class TestActions:
         attempts = page.get_by_role("table", name="Every attempt at handling this event, first to last")
         assert await attempts.get_by_role("row").count() == 2  # the header and the replay
         assert await attempts.get_by_role("cell", name="replay", exact=True).count() == 1
-        async with console.db.sessionmaker() as session:
-            stored = await store.get(session, event["id"])
+        stored = await stored_event(console.db, event["id"])
         assert stored is not None and stored.status is EventStatus.IGNORED
         [requested] = await audit_rows(console.db,
                                        event_type=AuditEvent.WEBHOOK_REPLAY_REQUESTED.value)

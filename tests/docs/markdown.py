@@ -6,6 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer
+
+from billwatch import docs_reference
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
@@ -73,3 +77,16 @@ def command_problem(line: CommandLine, commands: dict[str, frozenset[str]]) -> s
     if any(command.startswith(group + " ") for command in commands) and len(line.words) == 2:
         return None  # a group named on its own, e.g. `billwatch audit`
     return f"{line.source}: no such command"
+
+
+def cli_commands() -> dict[str, frozenset[str]]:
+    """Every command's full name (``billwatch audit verify``) and its options, as the CLI has them."""
+    from billwatch.cli import app as cli_app
+
+    root = typer.main.get_command(cli_app)
+    assert isinstance(root, typer.core.TyperGroup)
+    return {name: frozenset(option for param in command.params
+                            if isinstance(param, typer.core.TyperOption)
+                            for option in (*param.opts, *param.secondary_opts))
+            | {"--help"}
+            for name, command in docs_reference.leaf_commands(root, "billwatch")}

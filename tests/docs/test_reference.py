@@ -17,6 +17,7 @@ from billwatch.config import (
     DEVELOPMENT_WEBHOOK_SECRET,
     Settings,
 )
+from tests.docs.markdown import cli_commands
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"
 REGENERATE = "run `python -m billwatch.docs_reference` and commit docs/reference/"
@@ -115,7 +116,7 @@ class TestPagesSayWhatEachThingIs:
 
     def test_every_command_has_help(self) -> None:
         page = docs_reference.cli_page()
-        commands = docs_reference.cli_commands()
+        commands = cli_commands()
         assert "--anchor" in commands["billwatch audit verify"]
         assert "--no-migrate" in commands["billwatch serve"]
         for command in commands:

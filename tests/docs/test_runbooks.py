@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import yaml
 
-from billwatch import docs_reference
 from billwatch.alerts.explain import runbook_path
 from billwatch.alerts.models import AlertKind
 from billwatch.alerts.raising import spec_for
@@ -17,6 +16,7 @@ from tests.docs.markdown import (
     ROOT,
     CommandLine,
     broken_links,
+    cli_commands,
     command_lines,
     command_problem,
 )
@@ -79,14 +79,14 @@ class TestRunbooksNameWhatExists:
         assert broken_links(page) == []
 
     def test_every_billwatch_command_named_exists_with_its_options(self) -> None:
-        commands = docs_reference.cli_commands()
+        commands = cli_commands()
         lines = [line for page in self.PAGES for line in command_lines(page)]
         assert len(lines) > 30  # the pages do name commands: the check has something to check
         problems = [problem for line in lines if (problem := command_problem(line, commands))]
         assert problems == []
 
     def test_a_misspelt_command_or_option_is_caught(self) -> None:
-        commands = docs_reference.cli_commands()
+        commands = cli_commands()
         assert command_problem(CommandLine(("billwatch", "webhooks", "replay", "--failed"), "x"),
                                commands) is None
         assert command_problem(CommandLine(("billwatch", "webhooks", "replay", "--all"), "x"),

@@ -20,14 +20,20 @@ from sqlalchemy import select, update
 
 from billwatch.accounts.actor import OwnerRef
 from billwatch.accounts.models import OwnerType, Role, User
-from billwatch.billing.models import CheckoutSession, StripeCustomer, Subscription, Transaction
+from billwatch.billing.models import (
+    CheckoutSession,
+    CheckoutStatus,
+    StripeCustomer,
+    Subscription,
+    Transaction,
+)
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.runtime import Runtime
 from billwatch.webhooks import store
 from billwatch.webhooks.inbox import drain
-from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent
+from billwatch.webhooks.models import EventSource, EventStatus, StripeEvent, StripeEventAttempt
 from billwatch.webhooks.processing import ProcessResult
 from tests.support import TEST_WEBHOOK_SECRET, Factory, LocalStripe, free_port, snapshot
 from tests.webhooks import stripe_events
@@ -157,6 +163,12 @@ async def _started(server: uvicorn.Server) -> bool:
 
 
 @pytest.fixture
+async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
+    """The webhook endpoint reached in process (no socket), draining the app's inbox."""
+    return Server("/webhooks/stripe", client, app)
+
+
+@pytest.fixture
 async def server(app: FastAPI) -> AsyncIterator[Server]:
     async for running in serve(app):
         yield running
@@ -265,6 +277,20 @@ async def checkout_customer(client: httpx.AsyncClient, db: Database, factory: Fa
     return Customer(patient, checkout.stripe_customer_id, checkout)
 
 
+async def pending_checkout(db: Database, factory: Factory, peer: stripe.StripeClient) -> Customer:
+    """A patient's checkout left at phase 1 (its intent committed, the process died before it
+    heard from Stripe), and the Stripe customer Stripe's side made for it."""
+    patient = await factory.user(Role.PATIENT)
+    async with db.unit_of_work() as session:
+        checkout = CheckoutSession(
+            id=uuid.uuid4(), owner_type=OwnerType.PATIENT, owner_id=patient.id,
+            plan_code="basic_monthly", status=CheckoutStatus.PENDING,
+            created_by_user_id=patient.id, idempotency_key=f"checkout:{uuid.uuid4()}")
+        session.add(checkout)
+    customer = await peer.v1.customers.create_async(params={"name": patient.name})
+    return Customer(patient, customer.id, checkout)
+
+
 async def linked_customer(db: Database, factory: Factory, peer: stripe.StripeClient) -> tuple[User, str]:
     """A patient and a Stripe customer linked directly (for tests that need no checkout)."""
     patient = await factory.user(Role.PATIENT)
@@ -297,6 +323,14 @@ async def stored_event(db: Database, event_id: str) -> StripeEvent | None:
     async with db.sessionmaker() as session:
         return (await session.scalars(
             select(StripeEvent).where(StripeEvent.stripe_event_id == event_id))).first()
+
+
+async def attempts_of_event(db: Database, event_id: str) -> list[StripeEventAttempt]:
+    """The stored event's attempts, first to last."""
+    stored = await stored_event(db, event_id)
+    assert stored is not None
+    async with db.sessionmaker() as session:
+        return await store.attempts_of(session, stored.id)
 
 
 async def stored_as_failed(db: Database, event: dict[str, Any], error: str) -> None:

@@ -7,7 +7,6 @@ import uuid
 import httpx
 import pytest
 import stripe
-from fastapi import FastAPI
 
 from billwatch.accounts.models import Role
 from billwatch.billing.models import CheckoutSession, CheckoutStatus
@@ -16,11 +15,6 @@ from tests.support import Factory, audit_rows
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import Server, checkout_customer, subscribe, subscription_row
 from tests.webhooks.test_idempotency import peer_events
-
-
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
 
 
 class TestProxyCheckout:

@@ -11,22 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 import stripe
-from fastapi import FastAPI
 
-from billwatch.accounts.models import OwnerType, Role
 from billwatch.audit.events import Outcome
 from billwatch.billing.models import CheckoutSession, CheckoutStatus
 from billwatch.db import Database, utcnow
 from tests.support import Factory, audit_rows, reload
 from tests.webhooks import stripe_events as se
-from tests.webhooks.conftest import Server, checkout_customer, stored_event
-
-
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
+from tests.webhooks.conftest import Server, checkout_customer, pending_checkout, stored_event
 
 
 def expired_session(*, session_id: str, customer: str | None,
@@ -117,30 +109,21 @@ class TestPendingIntent:
     async def test_an_intent_whose_settlement_was_lost_is_adopted_then_expired(
             self, asgi: Server, db: Database, factory: Factory, peer: stripe.StripeClient,
             localstripe_silent: None) -> None:
-        patient = await factory.user(Role.PATIENT)
-        async with db.unit_of_work() as session:  # phase 1 only: Stripe opened it, we never heard
-            checkout = CheckoutSession(
-                id=uuid.uuid4(), owner_type=OwnerType.PATIENT, owner_id=patient.id,
-                plan_code="basic_monthly", status=CheckoutStatus.PENDING,
-                created_by_user_id=patient.id, idempotency_key=f"checkout:{uuid.uuid4()}")
-            session.add(checkout)
-        stripe_customer = await peer.v1.customers.create_async(params={"name": patient.name})
-        meta = {"billwatch_checkout_id": str(checkout.id), "billwatch_owner_type": "patient",
-                "billwatch_owner_id": str(patient.id), "billwatch_plan": "basic_monthly"}
+        pending = await pending_checkout(db, factory, peer)  # Stripe opened it, we never heard
         session_id = se.new_id("cs")
         event = se.event("checkout.session.expired", expired_session(
-            session_id=session_id, customer=stripe_customer.id, metadata=meta))
+            session_id=session_id, customer=pending.stripe_id, metadata=pending.metadata()))
         assert (await asgi.deliver(event)).outcome == "processed"
 
-        settled = await reload(db, CheckoutSession, checkout.id)
+        settled = await reload(db, CheckoutSession, pending.checkout.id)
         assert settled.status is CheckoutStatus.EXPIRED
         assert (settled.stripe_session_id, settled.stripe_customer_id) == (
-            session_id, stripe_customer.id)
+            session_id, pending.stripe_id)
         [created] = await audit_rows(db, event_type="billing.checkout.created")
-        assert created.actor_user_id == patient.id
+        assert created.actor_user_id == pending.patient.id
         assert created.data["adopted_from"] == "checkout.session.expired"
         [expired] = await audit_rows(db, event_type="billing.checkout.expired")
-        assert expired.actor_name == "stripe" and expired.resource_id == str(checkout.id)
+        assert expired.actor_name == "stripe" and expired.resource_id == str(pending.checkout.id)
 
 
 class TestNotOurs:

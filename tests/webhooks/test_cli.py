@@ -7,10 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 import stripe
-from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner, Result
 
@@ -29,18 +27,13 @@ from tests.webhooks.conftest import (
     subscription_row,
     transactions_of,
 )
-from tests.webhooks.test_failures import NEW_PRICE, PREMIUM
+from tests.webhooks.test_failures import PREMIUM, unknown_price_event
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """One attempt per event: a failing handler leaves its event ``failed`` at once."""
     return settings.model_copy(update={"webhook_max_attempts": 1})
-
-
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
 
 
 async def billwatch(settings: Settings, *args: str, premium: bool = False) -> Result:
@@ -64,9 +57,7 @@ async def billwatch(settings: Settings, *args: str, premium: bool = False) -> Re
 async def failing_subscription(asgi: Server, db: Database, factory: Factory,
                                peer: stripe.StripeClient) -> dict[str, Any]:
     """A subscription event that fails: its price is not in the catalogue (yet)."""
-    _, customer_id = await linked_customer(db, factory, peer)
-    event = se.event("customer.subscription.created", se.subscription(
-        sub_id=se.new_id("sub"), customer=customer_id, price=NEW_PRICE))
+    _, _, event = await unknown_price_event(db, factory, peer)
     assert (await asgi.deliver(event)).outcome == "failed"
     return event
 

@@ -6,9 +6,7 @@ from billwatch.config import Settings
 from billwatch.db import Database
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import Server, stored_as_failed
-from tests.webhooks.test_cli import asgi, billwatch
-
-__all__ = ["asgi"]  # the fixture, used by name below
+from tests.webhooks.test_cli import billwatch
 
 MARKUP_TYPE = "[link=https://evil.test/login]invoice.paid[/link]"
 MARKUP_ERROR = "KeyError: [link=https://evil.test/login]click here[/link] [bold]x[/bold]"

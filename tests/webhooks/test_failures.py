@@ -4,26 +4,28 @@ recorded attempt by attempt, and after the last attempt ``failed``, audited and 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-import httpx
 import pytest
 import stripe
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from billwatch.accounts.models import User
 from billwatch.app import create_app
 from billwatch.audit.events import Outcome
 from billwatch.billing.models import Subscription
 from billwatch.config import DEFAULT_PLANS, BillingInterval, Plan, Settings
 from billwatch.db import Database, utcnow
-from billwatch.webhooks import service, store
+from billwatch.webhooks import service
 from billwatch.webhooks.inbox import drain
-from billwatch.webhooks.models import AttemptOutcome, EventStatus, StripeEventAttempt
+from billwatch.webhooks.models import AttemptOutcome, EventStatus
 from billwatch.webhooks.processing import ProcessOutcome, ProcessResult, retry_delay
 from tests.support import Factory, audit_rows
 from tests.webhooks import stripe_events as se
 from tests.webhooks.conftest import (
     Server,
+    attempts_of_event,
     business_state,
     linked_customer,
     metric,
@@ -48,21 +50,9 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"webhook_max_attempts": MAX_ATTEMPTS})
 
 
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
-
-
 async def subscriptions(db: Database) -> int:
     async with db.sessionmaker() as session:
         return int(await session.scalar(select(func.count()).select_from(Subscription)) or 0)
-
-
-async def attempts(db: Database, event_id: str) -> list[StripeEventAttempt]:
-    async with db.sessionmaker() as session:
-        row = await store.get(session, event_id)
-        assert row is not None
-        return await store.attempts_of(session, row.id)
 
 
 async def retry_due(app: FastAPI, event_id: str) -> list[ProcessResult]:
@@ -72,6 +62,21 @@ async def retry_due(app: FastAPI, event_id: str) -> list[ProcessResult]:
     assert stored.next_attempt_at is not None
     at: datetime = stored.next_attempt_at + timedelta(milliseconds=1)
     return await drain(app.state.db, app.state.gateway, app.state.settings, now=at)
+
+
+async def unknown_price_event(db: Database, factory: Factory,
+                              peer: stripe.StripeClient) -> tuple[User, str, dict[str, Any]]:
+    """A patient, and a ``customer.subscription.created`` of theirs on a price the catalogue
+    does not know yet: its handler fails until the settings gain :data:`PREMIUM`."""
+    patient, customer_id = await linked_customer(db, factory, peer)
+    sub_id = se.new_id("sub")
+    event = se.event("customer.subscription.created", se.subscription(
+        sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
+    return patient, sub_id, event
+
+
+def failed_count(db: Database) -> float:
+    return metric(db, "billing_webhooks_failed_total", event_type="customer.subscription.created")
 
 
 class TestRetrySchedule:
@@ -89,12 +94,8 @@ class TestHandlerFailure:
     async def test_failing_twice_then_succeeding_records_three_attempts(
             self, asgi: Server, app: FastAPI, db: Database, factory: Factory,
             peer: stripe.StripeClient, settings: Settings) -> None:
-        patient, customer_id = await linked_customer(db, factory, peer)
-        sub_id = se.new_id("sub")
-        event = se.event("customer.subscription.created", se.subscription(
-            sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
-        failed_before = metric(db, "billing_webhooks_failed_total",
-                               event_type="customer.subscription.created")
+        patient, sub_id, event = await unknown_price_event(db, factory, peer)
+        failed_before = failed_count(db)
         response = await asgi.deliver(event)  # Stripe is answered 200 whatever the handler does
         assert response.status_code == 200 and response.json()["status"] == "received"
         assert response.outcome == "retrying"
@@ -113,7 +114,7 @@ class TestHandlerFailure:
         [third] = await retry_due(fixed, event["id"])
         assert third.outcome is ProcessOutcome.PROCESSED and third.attempts == 3
 
-        rows = await attempts(db, event["id"])
+        rows = await attempts_of_event(db, event["id"])
         assert [(a.attempt, a.outcome) for a in rows] == [
             (1, AttemptOutcome.FAILED), (2, AttemptOutcome.FAILED), (3, AttemptOutcome.PROCESSED)]
         assert all(a.error and NEW_PRICE in a.error for a in rows[:2]) and rows[2].error is None
@@ -129,18 +130,13 @@ class TestHandlerFailure:
         assert received.data["attempt"] == 3
         # retried failures are not the alerting failure: only giving up is
         assert not await audit_rows(db, event_type="billing.webhook.failed")
-        assert metric(db, "billing_webhooks_failed_total",
-                      event_type="customer.subscription.created") == failed_before
+        assert failed_count(db) == failed_before
 
     async def test_the_last_attempt_fails_the_event_audits_it_and_replay_fixes_it(
             self, asgi: Server, app: FastAPI, db: Database, factory: Factory,
             peer: stripe.StripeClient, settings: Settings) -> None:
-        patient, customer_id = await linked_customer(db, factory, peer)
-        sub_id = se.new_id("sub")
-        event = se.event("customer.subscription.created", se.subscription(
-            sub_id=sub_id, customer=customer_id, price=NEW_PRICE))
-        failed_before = metric(db, "billing_webhooks_failed_total",
-                               event_type="customer.subscription.created")
+        patient, sub_id, event = await unknown_price_event(db, factory, peer)
+        failed_before = failed_count(db)
         assert (await asgi.deliver(event)).outcome == "retrying"
         await retry_due(app, event["id"])
         [last] = await retry_due(app, event["id"])
@@ -154,8 +150,7 @@ class TestHandlerFailure:
         assert failure.data["stage"] == "handler" and failure.stripe_event_id == event["id"]
         assert failure.stripe_subscription_id == sub_id and failure.owner_id == patient.id
         assert failure.reason and "UnknownPlan" in failure.reason
-        assert metric(db, "billing_webhooks_failed_total",
-                      event_type="customer.subscription.created") == failed_before + 1
+        assert failed_count(db) == failed_before + 1
         # a failed event is not picked up again by the processors, however late
         later = utcnow() + timedelta(days=2)
         assert await drain(db, app.state.gateway, settings, now=later) == []
@@ -163,7 +158,7 @@ class TestHandlerFailure:
         fixed = with_premium(settings)
         result = await service.replay(db, app.state.gateway, fixed, event["id"])
         assert result.outcome is ProcessOutcome.PROCESSED and result.attempts == MAX_ATTEMPTS + 1
-        rows = await attempts(db, event["id"])
+        rows = await attempts_of_event(db, event["id"])
         assert [a.outcome for a in rows] == [AttemptOutcome.FAILED] * MAX_ATTEMPTS + [
             AttemptOutcome.PROCESSED]
         assert rows[-1].delivery == "replay"
@@ -187,6 +182,6 @@ class TestHandlerFailure:
         stored = await stored_event(db, paid["id"])
         assert stored is not None and stored.status is EventStatus.RETRYING
         assert stored.last_error is not None and "amount_paid" in stored.last_error
-        [attempt] = await attempts(db, paid["id"])
+        [attempt] = await attempts_of_event(db, paid["id"])
         assert attempt.outcome is AttemptOutcome.FAILED
         assert attempt.error is not None and "amount_paid" in attempt.error

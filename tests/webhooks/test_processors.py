@@ -38,20 +38,13 @@ from billwatch.webhooks.retention import prune_payloads
 from tests.jobs.workers import Worker, new_queue, publisher, worker_settings
 from tests.support import Factory, audit_rows
 from tests.webhooks import stripe_events as se
-from tests.webhooks.conftest import eventually, stored_event
+from tests.webhooks.conftest import attempts_of_event, eventually, stored_event
 
 PRICE = "billwatch_basic_monthly"
 
 
 def ignored_event() -> dict[str, Any]:
     return se.event("plan.created", se.shape("event")["data"]["object"])
-
-
-async def attempt_rows(db: Database, event_id: str) -> list[StripeEventAttempt]:
-    async with db.sessionmaker() as session:
-        row = await store.get(session, event_id)
-        assert row is not None
-        return await store.attempts_of(session, row.id)
 
 
 async def claim(db: Database, settings: Settings, worker: str, *, at: Any = None) -> list[Any]:
@@ -74,7 +67,7 @@ class TestLeases:
         lapsed = utcnow() + lease(settings) + timedelta(seconds=1)
         [result] = await drain(db, gateway, settings, now=lapsed)
         assert result.outcome is ProcessOutcome.IGNORED and result.attempts == 2
-        rows = await attempt_rows(db, event["id"])
+        rows = await attempts_of_event(db, event["id"])
         assert (rows[0].attempt, rows[0].outcome, rows[0].worker) == (
             1, AttemptOutcome.ABANDONED, "dead-processor")
         assert rows[0].started_at == held.claimed_at and rows[0].finished_at is None
@@ -93,7 +86,7 @@ class TestLeases:
         assert "gave up: 1 attempts never finished" in result.error
         stored = await stored_event(db, event["id"])
         assert stored is not None and stored.status is EventStatus.FAILED
-        assert [a.outcome for a in await attempt_rows(db, event["id"])] == [
+        assert [a.outcome for a in await attempts_of_event(db, event["id"])] == [
             AttemptOutcome.ABANDONED, AttemptOutcome.FAILED]
         [failure] = await audit_rows(db, event_type="billing.webhook.failed")
         assert failure.stripe_event_id == event["id"] and failure.data["attempts"] == 2
@@ -219,7 +212,7 @@ class TestCelery:
         finally:
             await stop_delivery()
             worker.stop()
-        [attempt] = await attempt_rows(db, event["id"])
+        [attempt] = await attempts_of_event(db, event["id"])
         assert ":celery-" in attempt.worker and attempt.outcome is AttemptOutcome.IGNORED
 
 

@@ -6,9 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
-import pytest
 import stripe
-from fastapi import FastAPI
 
 from billwatch.accounts.actor import Actor
 from billwatch.accounts.models import Role, User
@@ -28,11 +26,6 @@ from tests.webhooks.conftest import (
     transactions_of,
 )
 from tests.webhooks.test_idempotency import peer_events
-
-
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
 
 
 async def booked_payment(asgi: Server, db: Database, factory: Factory,

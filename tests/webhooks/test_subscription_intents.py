@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from typing import Any
 
 import httpx
 import pytest
 import stripe
-from fastapi import FastAPI
 from sqlalchemy import select
 
-from billwatch.accounts.models import OwnerType, Role
+from billwatch.accounts.models import Role
 from billwatch.alerts.models import Alert
 from billwatch.app import create_app
 from billwatch.audit.events import Outcome
@@ -28,24 +28,34 @@ from billwatch.config import Settings
 from billwatch.db import Database
 from tests.support import Factory, LocalStripe, audit_rows, reload
 from tests.webhooks import stripe_events as se
-from tests.webhooks.conftest import Server, checkout_customer, subscribe, subscription_row
+from tests.webhooks.conftest import (
+    Customer,
+    Server,
+    checkout_customer,
+    pending_checkout,
+    subscribe,
+    subscription_row,
+)
 
 
-@pytest.fixture
-async def asgi(client: httpx.AsyncClient, app: FastAPI) -> Server:
-    return Server("/webhooks/stripe", client, app)
+async def subscribed(asgi: Server, client: httpx.AsyncClient, db: Database, factory: Factory,
+                     peer: stripe.StripeClient) -> tuple[Customer, dict[str, Any]]:
+    """A customer who checked out, and the subscription at the peer whose creation billwatch
+    has processed (its event dated 10 s back, so later events of the test come after it)."""
+    customer = await checkout_customer(client, db, factory)
+    sub = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly", customer.metadata())
+    created = se.event("customer.subscription.created", se.subscription(
+        sub_id=sub["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"),
+        created=se.now() - 10)
+    assert (await asgi.deliver(created)).outcome == "processed"
+    return customer, sub
 
 
 class TestSecondLiveSubscription:
     async def test_is_recorded_flagged_and_alerted(
             self, asgi: Server, client: httpx.AsyncClient, db: Database, factory: Factory,
             peer: stripe.StripeClient, localstripe_silent: None) -> None:
-        customer = await checkout_customer(client, db, factory)
-        first = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly",
-                                customer.metadata())
-        created = se.event("customer.subscription.created", se.subscription(
-            sub_id=first["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"))
-        assert (await asgi.deliver(created)).outcome == "processed"
+        customer, first = await subscribed(asgi, client, db, factory, peer)
         # a second subscription made on Stripe's side (a second checkout tab, the Dashboard)
         second_id = se.new_id("sub")
         second = se.event("customer.subscription.created", se.subscription(
@@ -76,42 +86,26 @@ class TestAdoption:
     async def test_checkout_completed_settles_a_pending_checkout_as_its_actor(
             self, asgi: Server, db: Database, factory: Factory,
             peer: stripe.StripeClient, localstripe_silent: None) -> None:
-        patient = await factory.user(Role.PATIENT)
-        # phase 1 only, as if the process died right after the intent committed
-        async with db.unit_of_work() as session:
-            checkout = CheckoutSession(
-                id=uuid.uuid4(), owner_type=OwnerType.PATIENT, owner_id=patient.id,
-                plan_code="basic_monthly", status=CheckoutStatus.PENDING,
-                created_by_user_id=patient.id, idempotency_key=f"checkout:{uuid.uuid4()}")
-            session.add(checkout)
-        customer = await peer.v1.customers.create_async(params={"name": patient.name})
-        meta = {"billwatch_checkout_id": str(checkout.id), "billwatch_owner_type": "patient",
-                "billwatch_owner_id": str(patient.id), "billwatch_plan": "basic_monthly"}
-        sub = await subscribe(peer, customer.id, "billwatch_basic_monthly", meta)
+        pending = await pending_checkout(db, factory, peer)
+        sub = await subscribe(peer, pending.stripe_id, "billwatch_basic_monthly", pending.metadata())
         completed = se.event("checkout.session.completed", se.checkout_session(
-            session_id=se.new_id("cs"), customer=customer.id, subscription_id=sub["id"],
-            metadata=meta, amount=1500))
+            session_id=se.new_id("cs"), customer=pending.stripe_id, subscription_id=sub["id"],
+            metadata=pending.metadata(), amount=1500))
         assert (await asgi.deliver(completed)).outcome == "processed"
 
-        settled = await reload(db, CheckoutSession, checkout.id)
+        settled = await reload(db, CheckoutSession, pending.checkout.id)
         assert settled.status is CheckoutStatus.COMPLETE
-        assert settled.stripe_customer_id == customer.id
+        assert settled.stripe_customer_id == pending.stripe_id
         [created] = await audit_rows(db, event_type="billing.checkout.created")
-        assert created.actor_user_id == patient.id and created.outcome is Outcome.SUCCESS
+        assert created.actor_user_id == pending.patient.id and created.outcome is Outcome.SUCCESS
         assert created.data["adopted_from"] == "checkout.session.completed"
         row = await subscription_row(db, sub["id"])
-        assert row is not None and row.owner_id == patient.id
+        assert row is not None and row.owner_id == pending.patient.id
 
     async def test_a_subscription_update_settles_a_pending_cancel_as_its_actor(
             self, asgi: Server, client: httpx.AsyncClient, db: Database, factory: Factory,
             peer: stripe.StripeClient, localstripe_silent: None) -> None:
-        customer = await checkout_customer(client, db, factory)
-        sub = await subscribe(peer, customer.stripe_id, "billwatch_basic_monthly",
-                              customer.metadata())
-        created = se.event("customer.subscription.created", se.subscription(
-            sub_id=sub["id"], customer=customer.stripe_id, price="billwatch_basic_monthly"),
-            created=se.now() - 10)
-        assert (await asgi.deliver(created)).outcome == "processed"
+        customer, sub = await subscribed(asgi, client, db, factory, peer)
         row = await subscription_row(db, sub["id"])
         assert row is not None
         async with db.unit_of_work() as session:  # phase 1 only: the cancel intent

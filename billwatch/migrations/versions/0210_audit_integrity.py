@@ -24,8 +24,6 @@ down_revision: str | Sequence[str] | None = '0200_audit'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-GUARDED = ("audit_logs", "audit_seals", "audit_checkpoints", "audit_archives")
-
 PG_WINDOWS = """
 CREATE TABLE {schema}.audit_maintenance_windows (
     xact_id bigint NOT NULL,

@@ -154,29 +154,28 @@ async def live_subscription_of(session: AsyncSession, owner: OwnerRef) -> Subscr
 
 def record_duplicate(ctx: EventContext, row: Subscription, live: Subscription) -> None:
     """Audit the flag; the alert rule on this event raises the admin alert in this transaction."""
-    recorder.record(
-        ctx.session, AuditEvent.SUBSCRIPTION_DUPLICATE_FLAGGED, actor=STRIPE, owner=owner_of(row),
-        resource=Resource("subscription", row.id),
-        stripe=ctx.refs(customer_id=row.stripe_customer_id,
-                        subscription_id=row.stripe_subscription_id),
-        data={"plan": row.plan_code, "status": row.status.value,
-              "duplicate_of_id": str(live.id),
-              "duplicate_of_stripe_subscription_id": live.stripe_subscription_id,
-              "duplicate_of_plan": live.plan_code})
+    _record(ctx, AuditEvent.SUBSCRIPTION_DUPLICATE_FLAGGED, row, {
+        "plan": row.plan_code, "status": row.status.value, "duplicate_of_id": str(live.id),
+        "duplicate_of_stripe_subscription_id": live.stripe_subscription_id,
+        "duplicate_of_plan": live.plan_code})
+
+
+def _record(ctx: EventContext, event: AuditEvent, row: Subscription, data: dict[str, Any]) -> None:
+    """An audit row written in Stripe's name about ``row``: its owner, the row and its Stripe ids."""
+    recorder.record(ctx.session, event, actor=STRIPE, owner=owner_of(row),
+                    resource=Resource("subscription", row.id),
+                    stripe=ctx.refs(customer_id=row.stripe_customer_id,
+                                    subscription_id=row.stripe_subscription_id),
+                    data=data)
 
 
 def record_created(ctx: EventContext, row: Subscription, *, data: dict[str, Any]) -> None:
-    owner = owner_of(row)
-    recorder.record(
-        ctx.session, AuditEvent.SUBSCRIPTION_CREATED, actor=STRIPE, owner=owner,
-        resource=Resource("subscription", row.id),
-        stripe=ctx.refs(customer_id=row.stripe_customer_id,
-                        subscription_id=row.stripe_subscription_id),
-        data={"plan": row.plan_code, "status": row.status.value,
-              "current_period_end": _iso(row.current_period_end),
-              "managed_by_proxy_id": _str(row.managed_by_proxy_id),
-              "manager_assignment_id": _str(row.manager_assignment_id), **data})
-    plan, owner_type = row.plan_code, owner.type.value
+    _record(ctx, AuditEvent.SUBSCRIPTION_CREATED, row, {
+        "plan": row.plan_code, "status": row.status.value,
+        "current_period_end": _iso(row.current_period_end),
+        "managed_by_proxy_id": _str(row.managed_by_proxy_id),
+        "manager_assignment_id": _str(row.manager_assignment_id), **data})
+    plan, owner_type = row.plan_code, row.owner_type.value
     metrics = runtime_of(ctx.session).metrics
     after_commit(ctx.session, lambda: metrics.subscription_created(owner_type, plan))
 
@@ -237,25 +236,17 @@ async def apply_state(ctx: EventContext, row: Subscription, sub: dict[str, Any])
     elif changes:
         # includes the end of a subscription whose cancellation was already recorded when it
         # was requested, so one cancellation is counted once
-        recorder.record(ctx.session, AuditEvent.SUBSCRIPTION_UPDATED, actor=STRIPE,
-                        owner=owner_of(row), resource=Resource("subscription", row.id),
-                        stripe=ctx.refs(customer_id=row.stripe_customer_id,
-                                        subscription_id=row.stripe_subscription_id),
-                        data={"changes": changes, "plan": row.plan_code})
+        _record(ctx, AuditEvent.SUBSCRIPTION_UPDATED, row,
+                {"changes": changes, "plan": row.plan_code})
     return changes
 
 
 def record_cancelled(ctx: EventContext, row: Subscription, *, mode: str, reason: str | None) -> None:
-    owner = owner_of(row)
-    recorder.record(
-        ctx.session, AuditEvent.SUBSCRIPTION_CANCELLED, actor=STRIPE, owner=owner,
-        resource=Resource("subscription", row.id),
-        stripe=ctx.refs(customer_id=row.stripe_customer_id,
-                        subscription_id=row.stripe_subscription_id),
-        data={"mode": mode, "plan": row.plan_code, "reason": reason, "source": row.source.value,
-              "cancelled_by": "stripe", "ended_at": _iso(row.ended_at),
-              "current_period_end": _iso(row.current_period_end)})
-    owner_type = owner.type.value
+    _record(ctx, AuditEvent.SUBSCRIPTION_CANCELLED, row, {
+        "mode": mode, "plan": row.plan_code, "reason": reason, "source": row.source.value,
+        "cancelled_by": "stripe", "ended_at": _iso(row.ended_at),
+        "current_period_end": _iso(row.current_period_end)})
+    owner_type = row.owner_type.value
     metrics = runtime_of(ctx.session).metrics
     after_commit(ctx.session, lambda: metrics.subscription_cancelled(owner_type, "stripe"))
 
