@@ -255,6 +255,7 @@ class TestSchedulers:
             self, db: Database, people: People, settings: Settings, database_url: str,
             monkeypatch: pytest.MonkeyPatch) -> None:
         from billwatch.config import get_settings
+        from billwatch.jobs import tasks
         from billwatch.jobs.tasks import sweep_refunds
         _, payment = await paid_subscription(db, settings, people.owner)
         await self.died_after_phase_one(db, people, payment)
@@ -264,6 +265,7 @@ class TestSchedulers:
                             "REFUND_SWEEP_GRACE_SECONDS": "0"}.items():
             monkeypatch.setenv(f"BILLWATCH_{name}", value)
         get_settings.cache_clear()
+        monkeypatch.setattr(tasks.WORKER, "runtime", None)  # a worker starting with this env
         try:  # the task runs its own event loop, as in a worker process
             result = await asyncio.to_thread(lambda: sweep_refunds.apply().get(timeout=60))
         finally:
