@@ -175,10 +175,23 @@ async def migrate(url: str) -> None:
 
 
 async def reset_database(db: Database) -> None:
-    """Empty every table between tests (PostgreSQL); SQLite tests get a fresh file instead."""
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with db.engine.begin() as conn, maintenance(conn, "test-reset"):
-        await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+    """Empty every table between tests (PostgreSQL); SQLite tests get a fresh file instead.
+
+    A test leaves rows in a few tables, so one query finds them and a ``DELETE`` empties each,
+    children first. ``TRUNCATE`` of all 28 tables (and every audit partition) gives each a new
+    file and cost 145 to 400 ms a test on a loaded machine; these deletes cost 4 to 20 ms.
+    """
+    names = [table.name for table in Base.metadata.sorted_tables]
+    probe = " UNION ALL ".join(f"SELECT '{name}' WHERE EXISTS (SELECT 1 FROM \"{name}\")"
+                               for name in names)
+    async with db.engine.begin() as conn:
+        filled = set((await conn.scalars(text(probe))).all())
+        if not filled:
+            return
+        async with maintenance(conn, "test-reset"):
+            for name in reversed(names):  # sorted_tables puts parents first
+                if name in filled:
+                    await conn.execute(text(f'DELETE FROM "{name}"'))
 
 
 def test_settings(database_url: str, stripe_url: str, **overrides: Any) -> Settings:
