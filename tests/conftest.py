@@ -187,3 +187,38 @@ async def fresh_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     name, url = await create_pg_database()
     yield url
     await drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+async def pg_template() -> AsyncIterator[str]:
+    """A migrated PostgreSQL database no test connects to, copied by ``fresh_migrated_url``."""
+    name, url = await create_pg_database()
+    await migrate(url)
+    yield name
+    await drop_pg_database(name)
+
+
+@pytest.fixture
+def migrated_template(backend: str, request: pytest.FixtureRequest) -> str:
+    """This backend's migrated template: the SQLite file's path, or the PostgreSQL database's name.
+
+    Looked up here, in a plain fixture: an async fixture cannot ask for a session fixture that
+    is not built yet (pytest-asyncio would have to start the loop it is running in).
+    """
+    return str(request.getfixturevalue("sqlite_template" if backend == "sqlite" else "pg_template"))
+
+
+@pytest.fixture
+async def fresh_migrated_url(backend: str, tmp_path: Path, migrated_template: str) -> AsyncIterator[str]:
+    """A migrated database of this backend that is the test's alone (it may change the schema).
+
+    A copy of a template migrated once per worker: cheaper than migrating an empty database.
+    """
+    if backend == "sqlite":
+        target = tmp_path / "fresh-migrated.db"
+        shutil.copyfile(migrated_template, target)
+        yield f"sqlite+aiosqlite:///{target}"
+        return
+    name, url = await create_pg_database(template=migrated_template)
+    yield url
+    await drop_pg_database(name)

@@ -133,12 +133,19 @@ class LocalStripe:
         self.log.close()
 
 
-async def create_pg_database() -> tuple[str, str]:
-    """A fresh PostgreSQL database for this run; returns (name, async SQLAlchemy URL)."""
+async def create_pg_database(template: str | None = None) -> tuple[str, str]:
+    """A fresh PostgreSQL database for this run; returns (name, async SQLAlchemy URL).
+
+    With ``template``, a copy of that (migrated) database: 80 ms, where migrating an empty one
+    takes 0.7 s or more. Commits in a test database do not wait for the WAL to reach the disk
+    (``synchronous_commit`` off): the server is never crashed under a test, and a commit then
+    costs 0.1 to 0.3 ms instead of 1 to 3 (40 at the 90th percentile on a loaded machine).
+    """
     name = f"billwatch_test_{worker_id()}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     finally:
         await conn.close()
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
