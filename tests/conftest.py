@@ -56,6 +56,13 @@ SLOW: dict[str, str] = {
     "tests/audit/test_cli.py": "CLI subprocesses over thousands of audit rows",
     "tests/audit/test_anchors.py::TestCommandLine": "CLI subprocesses and an anchor server",
     "tests/audit/test_canary_corpus.py": "canaries through every path, CLI subprocesses included",
+    # Their in-process twins (the same rendering compared with the committed files) stay quick.
+    "tests/docs/test_reference.py::TestCommittedPagesAreCurrent::test_the_command_writes_the_pages_and_check_names_the_stale_ones":
+        "three CLI subprocesses",
+    "tests/deploy/test_prometheus_rules_render.py::TestCommittedFile::test_the_command_checks_and_writes":
+        "three CLI subprocesses",
+    "tests/deploy/test_prometheus_rules_render.py::TestCommittedFile::test_the_command_renders_this_installation_s_settings":
+        "a CLI subprocess",
 }
 """Tests marked ``slow`` (``make check`` skips them, ``make test`` runs them), each with its reason."""
 
