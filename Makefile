@@ -59,7 +59,7 @@ pytest-quick: install services
 ## Everything CI runs: services up, lint, types, the whole test suite on PostgreSQL and SQLite.
 test: install services lint typecheck pytest
 
-## Before a commit: lint, types and the quick loop (under two minutes on two cores).
+## Before a commit: lint, types and the quick loop (the target: under two minutes on two idle cores).
 check: install services lint typecheck pytest-quick
 
 clean:
