@@ -58,6 +58,13 @@ SLOW: dict[str, str] = {
     "tests/audit/test_cli.py": "CLI subprocesses over thousands of audit rows",
     "tests/audit/test_anchors.py::TestCommandLine": "CLI subprocesses and an anchor server",
     "tests/audit/test_canary_corpus.py": "canaries through every path, CLI subprocesses included",
+    # Their in-process twins (the same rendering compared with the committed files) stay quick.
+    "tests/docs/test_reference.py::TestCommittedPagesAreCurrent::test_the_command_writes_the_pages_and_check_names_the_stale_ones":
+        "three CLI subprocesses",
+    "tests/deploy/test_prometheus_rules_render.py::TestCommittedFile::test_the_command_checks_and_writes":
+        "three CLI subprocesses",
+    "tests/deploy/test_prometheus_rules_render.py::TestCommittedFile::test_the_command_renders_this_installation_s_settings":
+        "a CLI subprocess",
 }
 """Tests marked ``slow`` (``make check`` skips them, ``make test`` runs them), each with its reason."""
 
@@ -193,5 +200,40 @@ async def fresh_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
         yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
         return
     name, url = await create_pg_database()
+    yield url
+    await drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+async def pg_template() -> AsyncIterator[str]:
+    """A migrated PostgreSQL database no test connects to, copied by ``fresh_migrated_url``."""
+    name, url = await create_pg_database()
+    await migrate(url)
+    yield name
+    await drop_pg_database(name)
+
+
+@pytest.fixture
+def migrated_template(backend: str, request: pytest.FixtureRequest) -> str:
+    """This backend's migrated template: the SQLite file's path, or the PostgreSQL database's name.
+
+    Looked up here, in a plain fixture: an async fixture cannot ask for a session fixture that
+    is not built yet (pytest-asyncio would have to start the loop it is running in).
+    """
+    return str(request.getfixturevalue("sqlite_template" if backend == "sqlite" else "pg_template"))
+
+
+@pytest.fixture
+async def fresh_migrated_url(backend: str, tmp_path: Path, migrated_template: str) -> AsyncIterator[str]:
+    """A migrated database of this backend that is the test's alone (it may change the schema).
+
+    A copy of a template migrated once per worker: cheaper than migrating an empty database.
+    """
+    if backend == "sqlite":
+        target = tmp_path / "fresh-migrated.db"
+        shutil.copyfile(migrated_template, target)
+        yield f"sqlite+aiosqlite:///{target}"
+        return
+    name, url = await create_pg_database(template=migrated_template)
     yield url
     await drop_pg_database(name)

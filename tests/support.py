@@ -133,12 +133,19 @@ class LocalStripe:
         self.log.close()
 
 
-async def create_pg_database() -> tuple[str, str]:
-    """A fresh PostgreSQL database for this run; returns (name, async SQLAlchemy URL)."""
+async def create_pg_database(template: str | None = None) -> tuple[str, str]:
+    """A fresh PostgreSQL database for this run; returns (name, async SQLAlchemy URL).
+
+    With ``template``, a copy of that (migrated) database: 80 ms, where migrating an empty one
+    takes 0.7 s or more. Commits in a test database do not wait for the WAL to reach the disk
+    (``synchronous_commit`` off): the server is never crashed under a test, and a commit then
+    costs 0.1 to 0.3 ms instead of 1 to 3 (40 at the 90th percentile on a loaded machine).
+    """
     name = f"billwatch_test_{worker_id()}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     finally:
         await conn.close()
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
@@ -175,10 +182,23 @@ async def migrate(url: str) -> None:
 
 
 async def reset_database(db: Database) -> None:
-    """Empty every table between tests (PostgreSQL); SQLite tests get a fresh file instead."""
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with db.engine.begin() as conn, maintenance(conn, "test-reset"):
-        await conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+    """Empty every table between tests (PostgreSQL); SQLite tests get a fresh file instead.
+
+    A test leaves rows in a few tables, so one query finds them and a ``DELETE`` empties each,
+    children first. ``TRUNCATE`` of all 28 tables (and every audit partition) gives each a new
+    file and cost 145 to 400 ms a test on a loaded machine; these deletes cost 4 to 20 ms.
+    """
+    names = [table.name for table in Base.metadata.sorted_tables]
+    probe = " UNION ALL ".join(f"SELECT '{name}' WHERE EXISTS (SELECT 1 FROM \"{name}\")"
+                               for name in names)
+    async with db.engine.begin() as conn:
+        filled = set((await conn.scalars(text(probe))).all())
+        if not filled:
+            return
+        async with maintenance(conn, "test-reset"):
+            for name in reversed(names):  # sorted_tables puts parents first
+                if name in filled:
+                    await conn.execute(text(f'DELETE FROM "{name}"'))
 
 
 def test_settings(database_url: str, stripe_url: str, **overrides: Any) -> Settings:

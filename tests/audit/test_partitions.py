@@ -3,7 +3,6 @@ nothing, append-only on every partition, and ``archive --month`` that drops a wh
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,6 @@ from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.jobs import service
 from billwatch.jobs.celery_app import AUDIT_PARTITIONS_TASK, beat_schedule
-from billwatch.migrations import upgrade
 from billwatch.runtime import Runtime
 from tests import support
 from tests.audit.conftest import write_rows, write_rows_at
@@ -38,10 +36,9 @@ FAR_AHEAD = THIS_MONTH.plus(60)
 
 
 @pytest.fixture
-async def fresh_db(fresh_url: str, runtime: Runtime) -> AsyncIterator[Database]:
+async def fresh_db(fresh_migrated_url: str, runtime: Runtime) -> AsyncIterator[Database]:
     """A database of its own: these tests create and drop partitions."""
-    await asyncio.to_thread(upgrade, fresh_url, audit_keys=runtime.keys)
-    database = Database(fresh_url, runtime=runtime)
+    database = Database(fresh_migrated_url, runtime=runtime)
     yield database
     await database.dispose()
 
