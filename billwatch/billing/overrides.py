@@ -214,8 +214,13 @@ def apply_key(override_id: uuid.UUID) -> str:
 
 
 def coupon_id(override_id: uuid.UUID) -> str:
-    """The override's own coupon at Stripe: one per override, so revoking can delete it."""
-    return f"billwatch_override_{override_id.hex}"
+    """The override's own coupon at Stripe: one per override, so revoking can delete it.
+
+    The id is written in its canonical dashed form: a bare hex id can hold a run of 13 or more
+    digits that passes Luhn, which the redactor masks as a card number wherever the coupon id
+    is recorded (the audit row, the console).
+    """
+    return f"billwatch_override_{override_id}"
 
 
 async def apply_at_stripe(gateway: PaymentsGateway, override: BillingOverride) -> DiscountInfo | None:

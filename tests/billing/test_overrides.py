@@ -21,12 +21,13 @@ from billwatch.billing.models import (
     SubscriptionSource,
     SubscriptionStatus,
 )
-from billwatch.billing.overrides import add_months
+from billwatch.billing.overrides import add_months, coupon_id
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import daily_metrics
 from billwatch.metrics.gauges import query_snapshot
 from billwatch.payments.gateway import PaymentsGateway
+from billwatch.redaction import redact_text
 from tests.billing.helpers import create_override, standin_renewal
 from tests.support import Factory, People, audit_rows, paid_subscription, reload, snapshot
 
@@ -119,7 +120,7 @@ class TestDiscountAtStripe:
         body = created.json()
         assert body["state"] == "active" and body["subscription_id"] == str(subscription.id)
         override = await reload(db, BillingOverride, body["id"])
-        assert override.stripe_coupon_id == f"billwatch_override_{uuid.UUID(body['id']).hex}"
+        assert override.stripe_coupon_id == f"billwatch_override_{uuid.UUID(body['id'])}"
         coupon = await gateway.client.v1.coupons.retrieve_async(override.stripe_coupon_id)
         assert coupon.percent_off == 25
 
@@ -367,3 +368,12 @@ async def mrr_figures(client: httpx.AsyncClient, db: Database, settings: Setting
         figures = await daily_metrics.compute(session, settings, datetime.now(UTC).date())
     result["job"] = (figures["mrr_cents"], figures["paying_customers"], figures["arpu_cents"])
     return result
+
+
+class TestCouponIds:
+    def test_a_coupon_id_survives_redaction_whatever_its_uuid(self) -> None:
+        """A bare hex id can hold a Luhn-valid run of 13+ digits; the dashed form cannot."""
+        card_like = uuid.UUID("42424242-4242-4242-abcd-ef0123456789")
+        assert redact_text(card_like.hex) != card_like.hex  # what the old form lost
+        for override_id in [card_like, *(uuid.uuid4() for _ in range(2000))]:
+            assert redact_text(coupon_id(override_id)) == coupon_id(override_id)
