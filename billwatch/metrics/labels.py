@@ -44,8 +44,8 @@ WEBHOOK_REJECT_REASONS: tuple[str, ...] = tuple(member.value for member in Rejec
 
 @cache
 def alert_kinds() -> tuple[str, ...]:
-    """The values of :class:`billwatch.alerts.models.AlertKind`, read on first use: importing
-    ``billwatch.alerts`` wires its rules into the audit recorder, which counts with this module."""
+    """The values of :class:`billwatch.alerts.models.AlertKind`, read on first use: the alerts
+    package counts with these metrics, so it cannot be imported while this module loads."""
     from billwatch.alerts.models import AlertKind
 
     return tuple(member.value for member in AlertKind)
