@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -263,6 +264,45 @@ class TestCanonicalForm:
     def test_redacting_twice_changes_nothing(self, text: str) -> None:
         once = redact_text(text)
         assert redact_text(once) == once, (text, once)
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        # Found by the property: once percent-decoded, the escape written for a line separator
+        # read as "cvv  \\u" and the code 2028.
+        ("cvv %20\u2028", "cvv %20\\u2028"),
+        ("cvv %20\u2029", "cvv %20\\u2029"),
+        ("cvv %20\x105", "cvv %20\\x105"),  # the \x form: its 10 and the 5 after it
+        ("cvv \x105", "cvv \\x105"),
+        ("cvv \u2028", "cvv \\u2028"),
+        ("\u2028123456781", "\\u2028123456781"),  # 2028123456781 passes Luhn
+        ("card \x01%35%33%39%33%30%39%30%35%30%38%35",  # 01 + 53930905085 passes Luhn
+         "card \\x01%35%33%39%33%30%39%30%35%30%38%35"),
+    ])
+    def test_its_own_escapes_are_not_digits(self, text: str, expected: str) -> None:
+        once = redact_text(text)
+        assert once == expected
+        assert redact_text(once) == once
+        assert redact_text(once, multiline=True) == once
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        ("cvv:\u2028123", f"cvv:\\u2028{REDACTED}"),
+        ("cvv 123\x1b", f"cvv {REDACTED}\\x1b"),
+        ("cvv%20\x01%20123", f"cvv \\x01 {REDACTED}"),
+        ("\x014242424242424242", "\\x01************4242"),
+        ("4242\u20284242\x1f4242\x7f4242", "****\\u2028****\\x1f****\\x7f4242"),
+        ("\\u20284242424242424242", "\\u2028************4242"),  # the escape already as text
+        ("\\x0a4242 4242 4242 4242", "\\x0a**** **** **** 4242"),
+    ])
+    def test_what_sits_beside_an_escape_is_still_caught(self, text: str, expected: str) -> None:
+        once = redact_text(text)
+        assert once == expected
+        assert redact_text(once) == once
+
+    def test_multiline_text_reads_only_the_escapes_it_writes(self) -> None:
+        # Tabs and line breaks stay as they are there, so "\\x0a" is someone's text, not ours.
+        text = "line one\ncvv %20\u2028 and \\x0a\tend"
+        once = redact_text(text, multiline=True)
+        assert once == "line one\ncvv %20\\u2028 and \\x0a\tend"
+        assert redact_text(once, multiline=True) == once
 
     def test_plain_text_comes_back_as_it_was(self) -> None:
         for text in ("Ünïcödé note, 50% off", "zero\u200bwidth only", "Basic (monthly)",
