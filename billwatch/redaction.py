@@ -319,7 +319,19 @@ def _apply_rules(text: str, with_card_data: bool) -> str:
     masked = mask_card_numbers(text)
     if masked != text or with_card_data:
         masked = _PAYMENT_METHOD.sub(REDACTED, masked)
-    return _CVV_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", masked)
+    return _redact_codes(masked)
+
+
+def _redact_codes(text: str) -> str:
+    """The CVV rule to its fixed point: once ``cvv 000`` is replaced, ``4242`` after it is in reach.
+
+    Each round removes digits, so it ends; with the marker's 10 characters in its way, a word
+    reaches at most one more code, so two or three rounds in practice."""
+    while True:
+        again = _CVV_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        if again == text:
+            return text
+        text = again
 
 
 def redact(value: Any, *, with_card_data: bool = False) -> Any:

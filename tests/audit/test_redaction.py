@@ -304,6 +304,17 @@ class TestCanonicalForm:
         assert once == "line one\ncvv %20\\u2028 and \\x0a\tend"
         assert redact_text(once, multiline=True) == once
 
+    @pytest.mark.parametrize(("text", "expected"), [
+        # Found by the property: the first code replaced, the next digits were within reach.
+        ("cvv 4242 4242", f"cvv {REDACTED} {REDACTED}"),
+        ("cvv 000,4242", f"cvv {REDACTED},{REDACTED}"),
+        ("cvc: 123 & 456 789", f"cvc: {REDACTED} & {REDACTED} 789"),  # then out of reach
+    ])
+    def test_a_code_replaced_brings_the_next_in_reach(self, text: str, expected: str) -> None:
+        once = redact_text(text)
+        assert once == expected
+        assert redact_text(once) == once
+
     def test_plain_text_comes_back_as_it_was(self) -> None:
         for text in ("Ünïcödé note, 50% off", "zero\u200bwidth only", "Basic (monthly)",
                      "100%", "refund 3 of 12"):
