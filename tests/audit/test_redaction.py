@@ -257,13 +257,14 @@ class TestCanonicalForm:
             assert "42424242" not in re.sub(r"\D", "", canonical_text(redact_text(spelled))), hex(zero)
 
     @given(text=st.lists(st.sampled_from(
-        [*"0123456789 -_./%+,:abcksrtlivewhBearsicvCVD\\\n\x7f\u2028\u200b\u202e\u00e9\uff14\u0664",
+        [*"0123456789 -_./%+,:abcksrtlivewhxuBearsicvCVD\\\n\x10\x7f\u2028\u2029\u200b\u202e\u00e9"
+           "\uff14\u0664",
          "sk_live_", "whsec_", "cvv ", "%20", "%25", "tok_", "Bearer ", "4242"]),
-        max_size=40).map("".join))
+        max_size=40).map("".join), multiline=st.booleans())
     @settings(max_examples=500)
-    def test_redacting_twice_changes_nothing(self, text: str) -> None:
-        once = redact_text(text)
-        assert redact_text(once) == once, (text, once)
+    def test_redacting_twice_changes_nothing(self, text: str, multiline: bool) -> None:
+        once = redact_text(text, multiline=multiline)
+        assert redact_text(once, multiline=multiline) == once, (text, once)
 
     @pytest.mark.parametrize(("text", "expected"), [
         # Found by the property: once percent-decoded, the escape written for a line separator
