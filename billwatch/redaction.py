@@ -282,7 +282,11 @@ def redact_text(text: str, *, with_card_data: bool = False, multiline: bool = Fa
     cleaned = _apply_rules(reading, with_card_data)
     if _URL_ESCAPE.search(reading):
         cleaned = _decoded_rules(reading, cleaned, with_card_data, multiline)
-    return escape_control(text if cleaned == reading else cleaned, multiline=multiline)
+    out = escape_control(text if cleaned == reading else cleaned, multiline=multiline)
+    # What is shown is checked for card numbers once more, escapes' digits counting as digits:
+    # text that spells an escape ("\x1" typed before "4242...") must not keep a whole card
+    # number readable. Masking only removes digits, so a second pass finds nothing more.
+    return mask_card_numbers(out) if "\\" in out else out
 
 
 def _decoded_rules(canonical: str, raw_cleaned: str, with_card_data: bool,
