@@ -19,8 +19,11 @@ lists, dict keys, ints, free text):
 * control characters, CR/LF and bidi overrides are escaped, so one event stays one log line.
 
 It is idempotent (redacting its own output changes nothing), which lets a column type apply it
-again to values already redacted upstream. Text in which no rule matched comes back unchanged
-(control characters escaped); text in which one did comes back in its redacted canonical form.
+again to values already redacted upstream. To that end the rules read the escapes it writes
+(``\\x10``, ``\\u2028``) as the characters they stand for, never their hex digits as a code or
+part of a card number; text that merely spells one of them is read the same way. Text in which
+no rule matched comes back unchanged (control characters escaped); text in which one did comes
+back in its redacted canonical form.
 
 False positives are preferred to leaks. The exceptions are the canonical UUID form
 (8-4-4-4-12) and ISO 8601 date-times with a ``T`` (``2026-12-01T10:20:58.123456+00:00``):
@@ -191,8 +194,49 @@ def escape_control(text: str, *, multiline: bool = False) -> str:
 
 
 def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group(0))
+    return _escape(match.group(0))
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_ESCAPE_SHAPE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4})")
+"""Every form :func:`_escape` can write; :func:`_unescape` keeps only those it does write."""
+_ESCAPE_LEVELS = 3
+"""How often an escape completed by the canonical form is read again (one level is already rare)."""
+
+
+def _unescape(text: str, multiline: bool) -> str:
+    """Exactly the inverse of :func:`escape_control` in the same mode.
+
+    ``\\x42`` and ``\\u0001`` are not escapes it writes, nor, with ``multiline``, ``\\x0a``:
+    they stay text, so what a second pass reads is what the first one read."""
+    if "\\" not in text:
+        return text
+    control = _CONTROL_IN_LINES if multiline else _CONTROL
+
+    def character(match: re.Match[str]) -> str:
+        escape = match.group(0)
+        char = chr(int(escape[2:], 16))
+        return char if control.fullmatch(char) and _escape(char) == escape else escape
+    return _ESCAPE_SHAPE.sub(character, text)
+
+
+def _reading(text: str, multiline: bool) -> str:
+    """What the rules match: the escapes the redactor writes read as their characters, canonical.
+
+    An escape's hex digits (``\\u2028``, ``\\x10``) are not text: read as digits they make, on a
+    second pass, a security code or a card number the first pass never saw. The canonical form
+    can complete an escape (a zero-width space inside one), which is then read too."""
+    read = canonical_text(_unescape(text, multiline))
+    for _level in range(_ESCAPE_LEVELS):
+        again = _unescape(read, multiline)
+        if again == read:
+            break
+        read = canonical_text(again)
+    return read
 
 
 def canonical_text(text: str) -> str:
@@ -216,30 +260,28 @@ def _ascii_digit(char: str) -> str:
 def redact_text(text: str, *, with_card_data: bool = False, multiline: bool = False) -> str:
     """Mask card numbers, secrets and tokens in free text and escape control characters.
 
-    The rules run on :func:`canonical_text`, then again on each percent-decoded form (so
+    The rules run on the text's reading (:func:`_reading`: its canonical form, the redactor's own
+    escapes read as the characters they stand for), then again on each percent-decoded form (so
     ``4242%204242...`` is caught, while decoding can never hide what the raw text shows). When
     nothing matched, the text comes back as it was (control characters escaped); when something
     did, the redacted canonical form comes back.
     """
-    canonical = canonical_text(text)
-    if not with_card_data and (_UUID_ONLY.fullmatch(canonical)
-                               or not (_WORTH_A_LOOK.search(canonical) or "%" in canonical)):
+    reading = _reading(text, multiline)
+    if not with_card_data and (_UUID_ONLY.fullmatch(reading)
+                               or not (_WORTH_A_LOOK.search(reading) or "%" in reading)):
         return text
-    cleaned = _apply_rules(canonical, with_card_data)
-    if _URL_ESCAPE.search(canonical):
-        cleaned = _decoded_rules(canonical, cleaned, with_card_data)
-    out = escape_control(text if cleaned == canonical else cleaned, multiline=multiline)
-    for _round in range(_DECODE_LEVELS):  # an escape's digits ("\\u2028") may complete a match
-        if out == text or "\\" not in out:
-            break
-        again = _apply_rules(out, with_card_data)
-        if again == out:
-            break
-        out = again
-    return out
+    cleaned = _apply_rules(reading, with_card_data)
+    if _URL_ESCAPE.search(reading):
+        cleaned = _decoded_rules(reading, cleaned, with_card_data, multiline)
+    out = escape_control(text if cleaned == reading else cleaned, multiline=multiline)
+    # What is shown is checked for card numbers once more, escapes' digits counting as digits:
+    # text that spells an escape ("\x1" typed before "4242...") must not keep a whole card
+    # number readable. Masking only removes digits, so a second pass finds nothing more.
+    return mask_card_numbers(out) if "\\" in out else out
 
 
-def _decoded_rules(canonical: str, raw_cleaned: str, with_card_data: bool) -> str:
+def _decoded_rules(canonical: str, raw_cleaned: str, with_card_data: bool,
+                   multiline: bool) -> str:
     """The rules on percent-decoded text, so neither reading (raw or decoded) shows a match.
 
     When the fully decoded text holds a match, its redacted form is the answer (masking the raw
@@ -251,7 +293,7 @@ def _decoded_rules(canonical: str, raw_cleaned: str, with_card_data: bool) -> st
     for _level in range(_DECODE_LEVELS):
         if not _URL_ESCAPE.search(decoded):
             break
-        decoded = canonical_text(unquote(decoded))
+        decoded = _reading(unquote(decoded), multiline)
     redacted = _apply_rules(decoded, with_card_data)
     if redacted != decoded:
         return redacted
@@ -261,7 +303,7 @@ def _decoded_rules(canonical: str, raw_cleaned: str, with_card_data: bool) -> st
     for _level in range(_DECODE_LEVELS):
         if not _URL_ESCAPE.search(current):
             break
-        current = _apply_rules(canonical_text(unquote(current)), with_card_data)
+        current = _apply_rules(_reading(unquote(current), multiline), with_card_data)
     return current
 
 
@@ -272,7 +314,19 @@ def _apply_rules(text: str, with_card_data: bool) -> str:
     masked = mask_card_numbers(text)
     if masked != text or with_card_data:
         masked = _PAYMENT_METHOD.sub(REDACTED, masked)
-    return _CVV_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", masked)
+    return _redact_codes(masked)
+
+
+def _redact_codes(text: str) -> str:
+    """The CVV rule to its fixed point: once ``cvv 000`` is replaced, ``4242`` after it is in reach.
+
+    Each round removes digits, so it ends; with the marker's 10 characters in its way, a word
+    reaches at most one more code, so two or three rounds in practice."""
+    while True:
+        again = _CVV_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        if again == text:
+            return text
+        text = again
 
 
 def redact(value: Any, *, with_card_data: bool = False) -> Any:

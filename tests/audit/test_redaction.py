@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billwatch.redaction import REDACTED, canonical_text, redact, redact_text
+from billwatch.redaction import CVV_WORDS, REDACTED, canonical_text, redact, redact_text
 from tests.audit.helpers import luhn_valid
 
 SEPARATOR_CHARS = [" ", "-", ".", "/", "_", "\t", "+", ",", "\u00a0", "\u2009", "\n", ":", "*",
@@ -57,6 +58,10 @@ def formatted(draw: st.DrawFn, pan: str) -> str:
             out.append(draw(SEPARATORS))
     return "".join(out)
 
+
+CODE_WORD = re.compile(rf"(?i){CVV_WORDS}")
+"""A security-code word: the 3-4 digits within 16 characters after it go, a card's last four too
+(``CID ************4242``), as the redactor prefers false positives to leaks."""
 
 ESCAPES = re.compile(r"\\\\x[0-9a-f]{2}|\\\\u[0-9a-f]{4}|\\x[0-9a-f]{2}|\\u[0-9a-f]{4}")
 """The redactor's own escapes of control characters (as text, and once more JSON-encoded)."""
@@ -117,7 +122,9 @@ class TestCardNumbers:
         text = data.draw(NO_DIGITS) + data.draw(formatted(pan)) + data.draw(NO_DIGITS)
         cleaned = redact_text(text)
         assert not leaked(pan, cleaned), (text, cleaned)
-        if not re.search("[%\x00-\x1f\x7f-\x9f\u2028\u2029]", text):  # escapes hold digits too
+        # Escapes hold digits too, and a security-code word takes the four digits after it.
+        if not (re.search("[%\x00-\x1f\x7f-\x9f\u2028\u2029]", text)
+                or CODE_WORD.search(canonical_text(text))):
             assert pan[-4:] in digits_of(cleaned)
 
     @given(pan=pans(), data=st.data())
@@ -244,13 +251,68 @@ class TestCanonicalForm:
             assert "42424242" not in re.sub(r"\D", "", canonical_text(redact_text(spelled))), hex(zero)
 
     @given(text=st.lists(st.sampled_from(
-        [*"0123456789 -_./%+,:abcksrtlivewhBearsicvCVD\\\n\x7f\u2028\u200b\u202e\u00e9\uff14\u0664",
+        [*"0123456789 -_./%+,:abcksrtlivewhxuBearsicvCVD\\\n\x10\x7f\u2028\u2029\u200b\u202e\u00e9"
+           "\uff14\u0664",
          "sk_live_", "whsec_", "cvv ", "%20", "%25", "tok_", "Bearer ", "4242"]),
-        max_size=40).map("".join))
+        max_size=40).map("".join), multiline=st.booleans())
     @settings(max_examples=500)
-    def test_redacting_twice_changes_nothing(self, text: str) -> None:
+    def test_redacting_twice_changes_nothing(self, text: str, multiline: bool) -> None:
+        once = redact_text(text, multiline=multiline)
+        assert redact_text(once, multiline=multiline) == once, (text, once)
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        # Found by the property: once percent-decoded, the escape written for a line separator
+        # read as "cvv  \\u" and the code 2028.
+        ("cvv %20\u2028", "cvv %20\\u2028"),
+        ("cvv %20\u2029", "cvv %20\\u2029"),
+        ("cvv %20\x105", "cvv %20\\x105"),  # the \x form: its 10 and the 5 after it
+        ("cvv \x105", "cvv \\x105"),
+        ("cvv \u2028", "cvv \\u2028"),
+        ("card \x01%35%33%39%33%30%39%30%35%30%38%35",  # 01 + 53930905085 passes Luhn
+         "card \\x01%35%33%39%33%30%39%30%35%30%38%35"),
+    ])
+    def test_its_own_escapes_are_not_digits(self, text: str, expected: str) -> None:
         once = redact_text(text)
-        assert redact_text(once) == once, (text, once)
+        assert once == expected
+        assert redact_text(once) == once
+        assert redact_text(once, multiline=True) == once
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        ("cvv:\u2028123", f"cvv:\\u2028{REDACTED}"),
+        ("cvv 123\x1b", f"cvv {REDACTED}\\x1b"),
+        ("cvv%20\x01%20123", f"cvv \\x01 {REDACTED}"),
+        ("\x014242424242424242", "\\x01************4242"),
+        ("4242\u20284242\x1f4242\x7f4242", "****\\u2028****\\x1f****\\x7f4242"),
+        ("\\u20284242424242424242", "\\u2028************4242"),  # the escape already as text
+        ("\\x0a4242 4242 4242 4242", "\\x0a**** **** **** 4242"),
+        # What is shown is checked once more with the escapes' digits as digits: an escape's
+        # digits completing a Luhn run are masked (a false positive, never a whole card shown).
+        ("\u2028123456781", "\\u*********6781"),  # 2028123456781 passes Luhn
+        ("\\x14242424242424242", "\\x142**********4242"),  # "\x1" typed before a card
+        ("\\x10000000000000", "\\x1*********0000"),
+    ])
+    def test_what_sits_beside_an_escape_is_still_caught(self, text: str, expected: str) -> None:
+        once = redact_text(text)
+        assert once == expected
+        assert redact_text(once) == once
+
+    def test_multiline_text_reads_only_the_escapes_it_writes(self) -> None:
+        # Tabs and line breaks stay as they are there, so "\\x0a" is someone's text, not ours.
+        text = "line one\ncvv %20\u2028 and \\x0a\tend"
+        once = redact_text(text, multiline=True)
+        assert once == "line one\ncvv %20\\u2028 and \\x0a\tend"
+        assert redact_text(once, multiline=True) == once
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        # Found by the property: the first code replaced, the next digits were within reach.
+        ("cvv 4242 4242", f"cvv {REDACTED} {REDACTED}"),
+        ("cvv 000,4242", f"cvv {REDACTED},{REDACTED}"),
+        ("cvc: 123 & 456 789", f"cvc: {REDACTED} & {REDACTED} 789"),  # then out of reach
+    ])
+    def test_a_code_replaced_brings_the_next_in_reach(self, text: str, expected: str) -> None:
+        once = redact_text(text)
+        assert once == expected
+        assert redact_text(once) == once
 
     def test_plain_text_comes_back_as_it_was(self) -> None:
         for text in ("Ünïcödé note, 50% off", "zero\u200bwidth only", "Basic (monthly)",
