@@ -22,6 +22,7 @@ from billwatch.payments.gateway import PaymentsGateway
 from billwatch.runtime import Runtime
 from tests.support import (
     Factory,
+    HangingStripe,
     LocalStripe,
     People,
     create_pg_database,
@@ -237,3 +238,10 @@ async def fresh_migrated_url(backend: str, tmp_path: Path, migrated_template: st
     name, url = await create_pg_database(template=migrated_template)
     yield url
     await drop_pg_database(name)
+
+
+@pytest.fixture
+async def hanging() -> AsyncIterator[HangingStripe]:
+    peer = HangingStripe()
+    yield peer
+    await peer.stop()

@@ -335,3 +335,28 @@ class People:
     @property
     def owner_body(self) -> dict[str, str]:
         return {"owner_type": "patient", "owner_id": str(self.patient.id)}
+
+
+class HangingStripe:
+    """A TCP peer that accepts Stripe calls and never answers them."""
+
+    def __init__(self) -> None:
+        self.accepted = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _hold(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        self.accepted.set()
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

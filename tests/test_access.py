@@ -14,7 +14,7 @@ import ast
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from billwatch.billing.models import Subscription
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.managers import service as managers
-from tests.support import Factory, audit_rows, keyed, paid_subscription
+from tests.support import Factory, HangingStripe, audit_rows, keyed, paid_subscription
 
 
 @dataclass
@@ -328,37 +328,6 @@ async def test_an_anonymous_refusal_names_nobody(world: World, client: httpx.Asy
             if row.actor_user_id is not None] == []
 
 
-class HangingStripe:
-    """A Stripe that takes the call and never answers: the route stays inside its Stripe step."""
-
-    def __init__(self) -> None:
-        self.called = asyncio.Event()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _hold(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        self.called.set()
-
-    async def stop(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-@pytest.fixture
-async def hanging() -> AsyncIterator[HangingStripe]:
-    peer = HangingStripe()
-    yield peer
-    await peer.stop()
-
-
 async def proxy_checkout(w: World) -> tuple[str, dict[str, object]]:
     return "/billing/checkout", {**_owner_body(w), "plan_code": "basic_monthly"}
 
@@ -380,7 +349,7 @@ async def test_a_phased_route_holds_no_connection_while_stripe_answers(
                                  base_url="http://testserver") as http:
         call = asyncio.create_task(http.post(path, json=body, headers=world.as_("proxy")))
         try:
-            await asyncio.wait_for(hanging.called.wait(), timeout=30)
+            await asyncio.wait_for(hanging.accepted.wait(), timeout=30)
             assert world.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         finally:
             call.cancel()

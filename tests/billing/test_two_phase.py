@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
@@ -31,39 +30,15 @@ from billwatch.billing.models import (
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
 from billwatch.payments.gateway import PaymentsGateway
-from tests.support import Factory, People, audit_rows, free_port, paid_subscription, reload
-
-
-class HangingStripe:
-    """A TCP peer that accepts Stripe calls and never answers them."""
-
-    def __init__(self) -> None:
-        self.accepted = asyncio.Event()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def _hold(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        self.accepted.set()
-
-    async def stop(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-@pytest.fixture
-async def hanging() -> AsyncIterator[HangingStripe]:
-    peer = HangingStripe()
-    yield peer
-    await peer.stop()
+from tests.support import (
+    Factory,
+    HangingStripe,
+    People,
+    audit_rows,
+    free_port,
+    paid_subscription,
+    reload,
+)
 
 
 def later(settings: Settings) -> object:
