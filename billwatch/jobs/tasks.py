@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -49,6 +50,7 @@ from billwatch.jobs.celery_app import (
     WEBHOOKS_RECONCILE_TASK,
     app,
 )
+from billwatch.jobs.runs import RunOutcome
 from billwatch.logging import configure_logging
 from billwatch.runtime import Runtime
 
@@ -91,6 +93,25 @@ def run_async(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
             await db.dispose()
 
     return asyncio.run(main())
+
+
+def retrying_database_errors(task: Task, run: Callable[[], T], event: str, **fields: str) -> T:
+    """``run()``; a database error (server gone, deadlock) rolled its transaction back, so the
+    task is retried shortly (1, 2, 4... s), ``DATABASE_RETRIES`` times, then left to the sweep."""
+    try:
+        return run()
+    except DBAPIError as error:
+        if task.request.retries >= DATABASE_RETRIES:
+            raise
+        log.warning(event, error=type(error.orig).__name__ if error.orig else type(error).__name__,
+                    **fields)
+        raise task.retry(countdown=min(2 ** task.request.retries, 30), exc=error) from error
+
+
+def run_job(job: Callable[[Database, Settings], Awaitable[RunOutcome]]) -> dict[str, Any]:
+    """Run a job claimed once per period in ``job_runs``: whether this run did it, and its result."""
+    outcome = run_async(job)
+    return {"ran": outcome.ran, **outcome.result}
 
 
 class CelerySink:
@@ -185,14 +206,9 @@ def deliver_alert(self: Task, alert_id: str) -> str:
     transaction back, so the alert is claimable again: try again shortly, a few times, and
     leave the rest to the minute sweep.
     """
-    try:
-        result = run_async(lambda db, settings: deliver_one(db, settings, uuid.UUID(alert_id)))
-    except DBAPIError as error:
-        if self.request.retries >= DATABASE_RETRIES:
-            raise
-        log.warning("alert_delivery_database_error", alert_id=alert_id,
-                    error=type(error.orig).__name__ if error.orig else type(error).__name__)
-        raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=error) from error
+    result = retrying_database_errors(
+        self, lambda: run_async(lambda db, settings: deliver_one(db, settings, uuid.UUID(alert_id))),
+        "alert_delivery_database_error", alert_id=alert_id)
     if result.outcome == "retry" and result.retry_in is not None:
         raise self.retry(countdown=result.retry_in)
     return result.outcome
@@ -259,35 +275,25 @@ def audit_write_failed(self: Task, details: dict[str, Any]) -> None:
 @task(name=AUDIT_CHECKPOINT_TASK, **JOB_RETRY)
 def audit_checkpoint(self: Task) -> dict[str, Any]:
     """``billwatch audit checkpoint``, hourly: seal new audit rows, write a signed checkpoint."""
-    task_id = self.request.id
-    outcome = run_async(lambda db, settings: service.audit_checkpoint_job(db, settings,
-                                                                          task_id=task_id))
-    return {"ran": outcome.ran, **outcome.result}
+    return run_job(partial(service.audit_checkpoint_job, task_id=self.request.id))
 
 
 @task(name=AUDIT_SEAL_TASK, **JOB_RETRY)
 def audit_seal(self: Task) -> dict[str, Any]:
     """Every ``audit_seal_interval_seconds``: seal new audit rows, as the embedded runner does."""
-    outcome = run_async(lambda db, settings: service.audit_seal_due(db, settings))
-    return {"ran": outcome.ran, **outcome.result}
+    return run_job(service.audit_seal_due)
 
 
 @task(name=AUDIT_PARTITIONS_TASK, **JOB_RETRY)
 def audit_partitions(self: Task) -> dict[str, Any]:
     """Daily: make the audit partitions of this month and the months ahead (PostgreSQL)."""
-    task_id = self.request.id
-    outcome = run_async(lambda db, settings: service.audit_partitions_job(db, settings,
-                                                                          task_id=task_id))
-    return {"ran": outcome.ran, **outcome.result}
+    return run_job(partial(service.audit_partitions_job, task_id=self.request.id))
 
 
 @task(name=WEBHOOKS_RECONCILE_TASK, **JOB_RETRY)
 def webhooks_reconcile(self: Task) -> dict[str, Any]:
     """``billwatch webhooks reconcile``, hourly: process events no webhook delivered."""
-    task_id = self.request.id
-    outcome = run_async(lambda db, settings: service.webhooks_reconcile_job(db, settings,
-                                                                            task_id=task_id))
-    return {"ran": outcome.ran, **outcome.result}
+    return run_job(partial(service.webhooks_reconcile_job, task_id=self.request.id))
 
 
 @task(name=REFUNDS_SWEEP_TASK, **JOB_RETRY)
@@ -317,10 +323,7 @@ def sweep_subscription_intents(self: Task) -> dict[str, Any]:
 @task(name=IDEMPOTENCY_PRUNE_TASK, **JOB_RETRY)
 def prune_idempotency_keys(self: Task) -> dict[str, Any]:
     """Hourly: delete client idempotency keys past their replay window (once per hour)."""
-    task_id = self.request.id
-    outcome = run_async(lambda db, settings: service.idempotency_prune_job(db, settings,
-                                                                           task_id=task_id))
-    return {"ran": outcome.ran, **outcome.result}
+    return run_job(partial(service.idempotency_prune_job, task_id=self.request.id))
 
 
 @task(name=WEBHOOKS_INBOX_TASK, bind=True, max_retries=None)
@@ -341,20 +344,10 @@ def process_inbox(self: Task) -> dict[str, int]:
             counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
         return counts
 
-    try:
-        return run_async(work)
-    except DBAPIError as error:
-        if self.request.retries >= DATABASE_RETRIES:
-            raise
-        log.warning("inbox_database_error",
-                    error=type(error.orig).__name__ if error.orig else type(error).__name__)
-        raise self.retry(countdown=min(2 ** self.request.retries, 30), exc=error) from error
+    return retrying_database_errors(self, lambda: run_async(work), "inbox_database_error")
 
 
 @task(name=WEBHOOKS_PRUNE_TASK, **JOB_RETRY)
 def prune_webhook_payloads(self: Task) -> dict[str, Any]:
     """Daily: drop stored Stripe payloads past their retention (rows and hashes stay)."""
-    task_id = self.request.id
-    outcome = run_async(lambda db, settings: service.webhooks_prune_job(db, settings,
-                                                                        task_id=task_id))
-    return {"ran": outcome.ran, **outcome.result}
+    return run_job(partial(service.webhooks_prune_job, task_id=self.request.id))
