@@ -34,7 +34,7 @@ from billwatch.http import (
 from billwatch.jobs.lifecycle import start_delivery
 from billwatch.logging import configure_logging
 from billwatch.managers.endpoints import router as managers_router
-from billwatch.metrics.exposition import install_metrics
+from billwatch.monitoring.exposition import install_metrics
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.redaction import redact, redact_text
 from billwatch.runtime import Runtime

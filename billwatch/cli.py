@@ -26,7 +26,7 @@ from billwatch.db import Database
 from billwatch.demo.cli import demo as demo_command
 from billwatch.errors import BillwatchError
 from billwatch.jobs import cli as jobs_cli
-from billwatch.metrics.cli import monitoring_app
+from billwatch.monitoring.cli import monitoring_app
 from billwatch.startup import InsecureSettings, checked_settings
 from billwatch.webhooks.cli import app as webhooks_app
 

@@ -25,7 +25,7 @@ from billwatch.billing.overrides import add_months, coupon_id
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.jobs import daily_metrics
-from billwatch.metrics.gauges import query_snapshot
+from billwatch.monitoring.gauges import query_snapshot
 from billwatch.payments.gateway import PaymentsGateway
 from billwatch.redaction import redact_text
 from tests.billing.helpers import create_override, standin_renewal

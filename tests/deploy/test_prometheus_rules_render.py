@@ -20,7 +20,7 @@ import yaml
 from billwatch.alerts.models import AlertKind
 from billwatch.alerts.raising import spec_for
 from billwatch.config import Settings
-from billwatch.metrics import prometheus_rules
+from billwatch.monitoring import prometheus_rules
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / prometheus_rules.RULES_PATH

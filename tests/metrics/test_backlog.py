@@ -17,7 +17,7 @@ from billwatch.app import create_app
 from billwatch.audit.sealing import checkpoint
 from billwatch.config import Settings
 from billwatch.db import Database, utcnow
-from billwatch.metrics.gauges import Backlog, GaugeCache, GaugeCollector, GaugeSnapshot, age_seconds
+from billwatch.monitoring.gauges import Backlog, GaugeCache, GaugeCollector, GaugeSnapshot, age_seconds
 from billwatch.webhooks.models import UNFINISHED, EventStatus, StripeEvent
 from tests.audit.conftest import write_rows
 from tests.metrics.helpers import Samples, parse, scrape, value

@@ -14,8 +14,8 @@ from billwatch.bootstrap import build_runtime
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.http import AuditedRoute
-from billwatch.metrics.exposition import router as metrics_router
 from billwatch.metrics.middleware import route_template
+from billwatch.monitoring.exposition import router as metrics_router
 from billwatch.runtime import Runtime
 from tests.metrics.helpers import parse, value
 from tests.support import Factory, People, audit_rows

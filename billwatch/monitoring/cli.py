@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from billwatch.config import get_settings
-from billwatch.metrics import prometheus_rules
+from billwatch.monitoring import prometheus_rules
 
 monitoring_app = typer.Typer(help="Prometheus rules from billwatch's alert thresholds.",
                              no_args_is_help=True)

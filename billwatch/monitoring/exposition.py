@@ -24,8 +24,8 @@ from billwatch.db import Database
 from billwatch.hardening import require_metrics_token
 from billwatch.metrics import multiproc
 from billwatch.metrics.billing import BillingMetrics
-from billwatch.metrics.gauges import GaugeCache, GaugeCollector
 from billwatch.metrics.middleware import HttpMetricsMiddleware
+from billwatch.monitoring.gauges import GaugeCache, GaugeCollector
 
 router = APIRouter(tags=["ops"])
 
