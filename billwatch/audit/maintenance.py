@@ -12,7 +12,7 @@ except inside a transaction that opened this path:
 * SQLite: a row in ``audit_maintenance`` inserted at the start and removed before commit.
 
 Even then, an UPDATE of ``audit_logs`` may only change the metadata ciphertext and its key id
-(key rotation), never content or hashes; DELETE serves archiving, TRUNCATE the test reset.
+(key rotation), never content or hashes; DELETE serves archiving and the test reset.
 The triggers stop mistakes and the application; the application's own role should not even
 hold UPDATE/DELETE (README: "Audit trail"). A superuser can bypass triggers, which is why the
 chain, the row HMACs and the checkpoints outside the database exist.

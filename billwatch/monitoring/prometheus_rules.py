@@ -26,6 +26,8 @@ from billwatch.config import Settings
 
 RULES_PATH = "deploy/prometheus/rules/billwatch.rules.yml"
 TESTS_PATH = "deploy/prometheus/tests/billwatch.rules.test.yml"
+WEEK_TESTS_PATH = "deploy/prometheus/tests/billwatch.rules.week.test.yml"
+"""The cases that need a week of history, on a coarser step so promtool checks them quickly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +235,8 @@ HEADER = f"""\
 # computed from the database (MRR, churn, the backlog, ...) are exported
 # identically by every replica, so they are never summed across instances.
 #
-# Unit tests: {TESTS_PATH}
-#   promtool test rules {TESTS_PATH}
+# Unit tests: {TESTS_PATH} and {WEEK_TESTS_PATH}
+#   promtool test rules {TESTS_PATH} {WEEK_TESTS_PATH}
 """
 
 
