@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -83,7 +84,7 @@ class Cooldown:
         return True
 
 
-def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings,
+def webhook_failure(session: AsyncSession, row: AuditLog, settings: Settings, *,
                     rejections: Cooldown) -> None:
     """A webhook that failed: one key per Stripe event type (handler failures) or per reject
     reason (deliveries refused at verification), so one outage mails once per window."""
@@ -145,8 +146,8 @@ RULES: dict[str, Rule] = {
     AuditEvent.REFUND_RECORDED.value: refund_written,
     AuditEvent.SUBSCRIPTION_DUPLICATE_FLAGGED.value: duplicate_subscription,
 }
-"""The rules that need nothing but the row; :class:`AlertRules` adds the webhook-failure rule,
-which keeps a per-runtime cooldown for refused deliveries."""
+"""The rules that keep no memory; :class:`AlertRules` adds the webhook-failure rule, bound to
+its runtime's cooldown for refused deliveries."""
 
 
 class AlertRules:
@@ -155,21 +156,20 @@ class AlertRules:
     def __init__(self) -> None:
         self.rejections = Cooldown()
         """When each refused-delivery reason last raised (unsigned posts are anyone's to send)."""
+        self.rules: dict[str, Rule] = {
+            **RULES,
+            AuditEvent.WEBHOOK_FAILED.value: partial(webhook_failure, rejections=self.rejections)}
 
     def on_audit_row(self, session: AsyncSession, row: AuditLog) -> None:
         """The audit listener: apply the rule for ``row``'s event, if any, inside its transaction."""
-        is_webhook_failure = row.event_type == AuditEvent.WEBHOOK_FAILED.value
-        rule = RULES.get(row.event_type)
-        if rule is None and not is_webhook_failure:
+        rule = self.rules.get(row.event_type)
+        if rule is None:
             return
         settings = runtime_of(session).settings
         if not settings.enable_billing_alerts:
             return
         try:
-            if is_webhook_failure:
-                webhook_failure(session, row, settings, self.rejections)
-            elif rule is not None:
-                rule(session, row, settings)
+            rule(session, row, settings)
         except Exception:  # an alert rule must never fail the operation it observes
             log.exception("alert_rule_failed", audit_event=row.event_type)
 
