@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # alerts and inbox events leave after commit
-        stop_delivery = await start_delivery(db, settings, runtime, gateway=_app.state.gateway)
+        stop_delivery = await start_delivery(db, settings, gateway=_app.state.gateway)
         yield
         await refusals_of(_app.state).flush(db, everything=True)  # the last minute's counts
         await stop_delivery()

@@ -37,7 +37,7 @@ def _run(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
         stop = None
         if settings.broker_url:  # hand alerts to the workers; embedded: deliver them below
             from billwatch.jobs.lifecycle import start_delivery
-            stop = await start_delivery(db, settings, db.required_runtime())
+            stop = await start_delivery(db, settings)
         try:
             with bound_origin(Origin(job_id="cli")):
                 result = await work(db, settings)

@@ -17,7 +17,6 @@ from billwatch.background import settle
 from billwatch.config import Settings
 from billwatch.db import Database
 from billwatch.payments.gateway import PaymentsGateway
-from billwatch.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 Stop = Callable[[], Awaitable[None]]
@@ -25,9 +24,10 @@ CLOSE_WAIT_SECONDS = 10.0
 """How long shutdown waits for queued hand-offs; unsent ones stay pending for the sweep."""
 
 
-async def start_delivery(db: Database, settings: Settings, runtime: Runtime, *,
+async def start_delivery(db: Database, settings: Settings, *,
                          gateway: PaymentsGateway | None = None) -> Stop:
-    """Start the deliverer of ``runtime`` (``db``'s); returns the coroutine that stops it."""
+    """Start the deliverer of ``db``'s runtime; returns the coroutine that stops it."""
+    runtime = db.required_runtime()
     if settings.broker_url:
         from billwatch.jobs.celery_app import make_celery
         from billwatch.jobs.tasks import CelerySink
@@ -47,6 +47,6 @@ async def start_delivery(db: Database, settings: Settings, runtime: Runtime, *,
 
     from billwatch.jobs.embedded import EmbeddedRunner
 
-    runner = EmbeddedRunner(db, settings, gateway=gateway)  # attaches itself to db's runtime
+    runner = EmbeddedRunner(db, settings, gateway=gateway)  # attaches itself to the runtime
     await runner.start()
     return runner.stop

@@ -60,7 +60,7 @@ async def celery_env(db: Database, celery_settings: Settings) -> AsyncIterator[t
     settings = celery_settings
     runtime = db.required_runtime()
     celery = publisher(settings)
-    stop_delivery = await start_delivery(db, settings, runtime)
+    stop_delivery = await start_delivery(db, settings)
     assert isinstance(runtime.alert_sink, CelerySink)
     yield settings, celery
     await stop_delivery()

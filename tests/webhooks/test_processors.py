@@ -201,7 +201,7 @@ class TestCelery:
             self, db: Database, database_url: str, tmp_path: Path) -> None:
         settings = worker_settings(database_url, 9, new_queue())
         runtime = db.required_runtime()
-        stop_delivery = await start_delivery(db, settings, runtime)  # as the app's lifespan does
+        stop_delivery = await start_delivery(db, settings)  # as the app's lifespan does
         worker = Worker(settings, tmp_path / "workers", concurrency=1, extra_env=WORKER_ENV)
         try:
             assert isinstance(runtime.inbox_sink, CelerySink)
