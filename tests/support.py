@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +77,22 @@ def _worker_ports() -> range | None:
 
 _PORTS = _worker_ports()
 _next_port = [0 if _PORTS is None else random.randrange(len(_PORTS))]
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM (a server stops its own workers), then SIGKILL after 30 s: the process's own
+    group when it leads one (started with ``start_new_session``), else the process alone."""
+    if process.returncode is None:
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), timeout=30)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        await asyncio.wait_for(process.wait(), timeout=10)
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ import httpx
 
 from billwatch.db import Database
 from billwatch.metrics import multiproc
-from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, Factory, free_port
+from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, Factory, free_port, stop_process
 from tests.support import test_settings as make_settings
 
 Condition = Callable[[], bool] | Callable[[], Awaitable[bool]]
@@ -43,16 +43,6 @@ async def wait_until(condition: Condition, *, what: str, within: float = 60.0) -
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), timeout=30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
 
 
 @dataclass
@@ -115,7 +105,7 @@ async def billwatch_served(workdir: Path, stripe_url: str, *, workers: int = 2,
                              what=f"{workers} workers")
             yield served
         finally:
-            await _stop(process)
+            await stop_process(process)
             await db.dispose()
 
 
@@ -176,4 +166,4 @@ async def prometheus_running(workdir: Path, config: str) -> AsyncIterator[Promet
                 await wait_until(ready, what="prometheus to be ready", within=60)
                 yield Prometheus(url, http)
         finally:
-            await _stop(process)
+            await stop_process(process)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import time
 import uuid
@@ -41,7 +40,7 @@ from billwatch.db import Database, utcnow
 from billwatch.redaction import redact_text
 from billwatch.webhooks.models import UNFINISHED, AttemptOutcome, StripeEvent, StripeEventAttempt
 from tests.pgserver import PgServer, private_server
-from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, free_port, migrate
+from tests.support import TEST_TOKEN_SECRET, TEST_WEBHOOK_SECRET, free_port, migrate, stop_process
 from tests.webhooks import stripe_events as se
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -230,7 +229,7 @@ async def billwatch_serving(database_url: str, workdir: Path) -> AsyncIterator[
             await _until_healthy(f"http://127.0.0.1:{port}/healthz", process, workdir)
             yield f"http://127.0.0.1:{port}/webhooks/stripe", process
         finally:
-            await _stop(process)
+            await stop_process(process)
 
 
 def worker_pids(parent: int) -> set[int]:
@@ -251,18 +250,6 @@ async def _until_healthy(url: str, process: asyncio.subprocess.Process, workdir:
                     return
             assert time.monotonic() < deadline, "billwatch did not answer /healthz in 60 s"
             await asyncio.sleep(0.1)
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM (uvicorn stops its workers), then kill the server's own process group."""
-    if process.returncode is None:
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), timeout=30)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await asyncio.wait_for(process.wait(), timeout=10)
 
 
 async def unfinished_and_total(db: Database) -> tuple[int, int]:
